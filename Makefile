@@ -1,0 +1,27 @@
+# Two commands a newcomer needs: `make flywheel` (the main job) and `make test`.
+# Both set everything up themselves: uv (from PyPI if missing) and the locked environment.
+SHELL := /bin/bash
+UV := python3 -m uv
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK := true
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: setup flywheel test test-slow bench clean
+
+setup:
+	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.13,<0.14"
+	@$(UV) sync --frozen --quiet
+
+flywheel: setup
+	$(UV) run --frozen lwd flywheel $(ARGS)
+
+test: setup
+	$(UV) run --frozen pytest $(ARGS)
+
+test-slow: setup
+	$(UV) run --frozen pytest -m slow $(ARGS)
+
+clean:
+	rm -rf .lwd .pytest_cache

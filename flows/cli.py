@@ -1,0 +1,176 @@
+"""`lwd`: the command line over every flywheel stage.
+
+Each stage command runs the same Prefect flow that deployments schedule, so a run started here shows
+up in the Prefect UI like any other. Flow modules are imported lazily: `lwd --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lwd_core.config import CONFIG_FILE_ENV, LWDConfig, load_config
+
+app = typer.Typer(
+    name="lwd",
+    help=(
+        "LWD Flywheel: learning while deploying.\n\n"
+        "Stages of one round: ingest -> label-rewards -> snapshot -> train -> evaluate -> promote "
+        "(reviewer: approve) -> rollout. `lwd flywheel` chains them for K rounds."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+fleet_app = typer.Typer(help="Simulated robot fleet: start actors, show versions per robot.", no_args_is_help=True)
+app.add_typer(fleet_app, name="fleet")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help=f"YAML config file (default: ${CONFIG_FILE_ENV} or ./lwd.yaml)."),
+]
+
+
+class StageUnavailable(RuntimeError):
+    pass
+
+
+def _config(config_file: Path | None) -> LWDConfig:
+    if config_file is not None:
+        import os
+
+        os.environ[CONFIG_FILE_ENV] = str(config_file)
+    return load_config()
+
+
+def _stage(module: str, attribute: str) -> Callable[..., Any]:
+    """The callable behind a stage; a clear error where that stage is not part of this build."""
+    try:
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        raise StageUnavailable(f"stage {module} is not available in this build") from exc
+    return getattr(loaded, attribute)
+
+
+def _run(module: str, attribute: str, **params: Any) -> Any:
+    try:
+        func = _stage(module, attribute)
+    except StageUnavailable as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(code=2) from exc
+    result = func(**params)
+    if result is not None:
+        typer.echo(json.dumps(result, indent=2, default=str) if isinstance(result, dict | list) else str(result))
+    return result
+
+
+@app.command("config")
+def show_config(config: ConfigOption = None) -> None:
+    """Print the effective configuration (secrets masked)."""
+    typer.echo(json.dumps(_config(config).public_dict(), indent=2))
+
+
+@app.command()
+def generate_offline(config: ConfigOption = None, episodes_per_task: int = 8, seed: int = 0) -> None:
+    """Generate the offline dataset in the simulator (demos, failed rollouts, play)."""
+    _config(config)
+    _run("flows.generate_offline", "generate_offline", episodes_per_task=episodes_per_task, seed=seed)
+
+
+@app.command()
+def ingest(config: ConfigOption = None, limit: int = 0) -> None:
+    """Validate uploaded episodes, quarantine bad ones, append good ones to the online buffer."""
+    _config(config)
+    _run("flows.ingest", "ingest", limit=limit)
+
+
+@app.command()
+def label_rewards(config: ConfigOption = None) -> None:
+    """Label sparse success rewards, interventions and return bookkeeping on new buffer data."""
+    _config(config)
+    _run("flows.label_rewards", "label_rewards")
+
+
+@app.command()
+def snapshot(config: ConfigOption = None) -> None:
+    """Write an immutable manifest of the offline + online buffer for a training run to name."""
+    _config(config)
+    _run("flows.snapshot_buffer", "snapshot_buffer")
+
+
+@app.command()
+def train(config: ConfigOption = None, snapshot_id: str = "", steps: int = 0) -> None:
+    """Train DIVL + QAM on a snapshot (latest if omitted), from the last checkpoint."""
+    _config(config)
+    _run("flows.train", "train", snapshot_id=snapshot_id, steps=steps)
+
+
+@app.command()
+def evaluate(config: ConfigOption = None, model_version: str = "", episodes_per_task: int = 0) -> None:
+    """Evaluation gate: candidate vs champion on the sim suite."""
+    _config(config)
+    _run("flows.evaluate_gate", "evaluate_gate", model_version=model_version, episodes_per_task=episodes_per_task)
+
+
+@app.command()
+def promote(config: ConfigOption = None, model_version: str = "") -> None:
+    """Give a passing candidate the `challenger` alias and wait for a reviewer."""
+    _config(config)
+    _run("flows.promote", "promote", model_version=model_version)
+
+
+@app.command()
+def approve(model_version: str, config: ConfigOption = None, reviewer: str = "cli") -> None:
+    """Reviewer approval: move alias `champion` to MODEL_VERSION (same as doing it in the MLflow UI)."""
+    _config(config)
+    _run("flows.promote", "approve", model_version=model_version, reviewer=reviewer)
+
+
+@app.command()
+def rollout(config: ConfigOption = None, model_version: str = "") -> None:
+    """Staged rollout of the champion: canary robots, watch success, then all; roll back on regression."""
+    _config(config)
+    _run("flows.rollout", "rollout", model_version=model_version)
+
+
+@app.command()
+def flywheel(config: ConfigOption = None, rounds: int = 2, robots: int = 0) -> None:
+    """The main job: K rounds of the whole flywheel on the configured stack."""
+    _config(config)
+    _run("flows.flywheel", "flywheel", rounds=rounds, robots=robots)
+
+
+@app.command()
+def experiment(config: ConfigOption = None, reduced: bool = True) -> None:
+    """Paper table: BC, HG-DAgger, RECAP, IQL, LWD offline and online on the sim suite."""
+    _config(config)
+    _run("flows.experiment", "experiment", reduced=reduced)
+
+
+@fleet_app.command("up")
+def fleet_up(config: ConfigOption = None, robots: int = 4, episodes: int = 0) -> None:
+    """Start N actor processes with their edge clients."""
+    _config(config)
+    _run("flows.fleet", "fleet_up", robots=robots, episodes=episodes)
+
+
+@fleet_app.command("status")
+def fleet_status(config: ConfigOption = None) -> None:
+    """Show desired and running model version per robot."""
+    _config(config)
+    _run("flows.fleet", "fleet_status")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

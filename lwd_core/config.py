@@ -1,0 +1,175 @@
+"""Typed configuration: the one place every setting lives.
+
+Precedence, highest first: explicit keyword arguments, environment variables (``LWD_`` prefix, ``__``
+between nested names, e.g. ``LWD_ALGO__DISCOUNT=0.98``), a YAML file (``LWD_CONFIG`` or ``./lwd.yaml``),
+then the defaults below. The defaults are the embedded stack: a local object store under the project
+data dir, MLflow on SQLite, and an ephemeral Prefect API.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "LWD_CONFIG"
+DEFAULT_CONFIG_FILE = "lwd.yaml"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("LWD_DATA_DIR", Path.cwd() / ".lwd")).resolve()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(_Section):
+    """Object store: ``file://`` (default, under the data dir) or ``s3://bucket/prefix``."""
+
+    url: str = ""
+    # s3fs-style options for s3:// (endpoint, key, secret, region); empty for file://.
+    endpoint_url: str | None = None
+    key: str | None = None
+    secret: str | None = None
+    region: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if url and "://" in url and not url.startswith(("file://", "s3://", "memory://")):
+            raise ValueError(f"unsupported storage url {url!r}: use file://, s3:// or memory://")
+        return url
+
+
+class TrackingConfig(_Section):
+    mlflow_uri: str = ""
+    experiment: str = "lwd-flywheel"
+    registered_model: str = "lwd-policy"
+
+
+class OrchestrationConfig(_Section):
+    # Empty: Prefect's ephemeral API (SQLite). Set to e.g. http://127.0.0.1:4200/api for a server.
+    prefect_api_url: str = ""
+    work_pool: str = "lwd-process"
+
+
+class FleetConfig(_Section):
+    robots: int = Field(default=4, ge=1, le=1024)
+    canary_fraction: float = Field(default=0.25, gt=0.0, le=1.0)
+    # Task ids the fleet runs; empty means the whole suite.
+    tasks: list[str] = Field(default_factory=list)
+    episodes_per_round: int = Field(default=16, ge=1)
+    # Per-robot HMAC keys are derived from this secret unless given per robot.
+    signing_secret: str = "lwd-dev-secret-change-me"
+
+
+class AlgoConfig(_Section):
+    """Learning hyperparameters; defaults follow the QAM reference settings on OGBench."""
+
+    value_model: Literal["divl", "expectile"] = "divl"
+    discount: float = Field(default=0.99, gt=0.0, le=1.0)
+    action_chunk: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    learning_rate: float = Field(default=3e-4, gt=0.0)
+    grad_clip: float = Field(default=1.0, gt=0.0)
+    target_tau: float = Field(default=0.005, gt=0.0, le=1.0)
+    critic_heads: int = Field(default=10, ge=1)
+    hidden_dims: list[int] = Field(default_factory=lambda: [512, 512, 512, 512])
+    flow_steps: int = Field(default=10, ge=1)
+    # QAM inverse temperature: target policy ~ pi_beta * exp(beta * Q).
+    qam_beta: float = Field(default=1.0, gt=0.0)
+    bc_weight: float = Field(default=0.0, ge=0.0)
+    # DIVL distributional value.
+    value_quantiles: int = Field(default=32, ge=2)
+    tau_min: float = Field(default=0.5, gt=0.0, lt=1.0)
+    tau_max: float = Field(default=0.9, gt=0.0, lt=1.0)
+    tau_direction: Literal["optimistic_when_narrow", "optimistic_when_wide"] = "optimistic_when_narrow"
+    expectile: float = Field(default=0.9, gt=0.0, lt=1.0)
+    # Dynamic n-step: per (horizon class, stage).
+    nstep_offline_long: int = Field(default=10, ge=1)
+    nstep_offline_short: int = Field(default=3, ge=1)
+    nstep_online: int = Field(default=1, ge=1)
+    long_horizon_threshold: int = Field(default=400, ge=1)
+    online_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
+    offline_steps: int = Field(default=2000, ge=0)
+    online_steps_per_round: int = Field(default=500, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _tau_bounds_ordered(self) -> AlgoConfig:
+        if self.tau_min > self.tau_max:
+            raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau_max ({self.tau_max})")
+        return self
+
+
+class LWDConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LWD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> LWDConfig:
+        # Derived from data_dir so that pointing LWD_DATA_DIR elsewhere moves the whole embedded stack.
+        data_dir = Path(self.data_dir).resolve()
+        if not self.storage.url:
+            self.storage.url = (data_dir / "store").as_uri()
+        if not self.tracking.mlflow_uri:
+            self.tracking.mlflow_uri = f"sqlite:///{data_dir / 'mlflow.db'}"
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = _config_file()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings with secrets masked, for logs and MLflow params."""
+        data = self.model_dump(mode="json")
+        for section, key in (("storage", "secret"), ("storage", "key"), ("fleet", "signing_secret")):
+            if data[section].get(key):
+                data[section][key] = "***"
+        return data
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get(CONFIG_FILE_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise FileNotFoundError(f"{CONFIG_FILE_ENV}={explicit} does not name a file")
+        return path
+    local = Path.cwd() / DEFAULT_CONFIG_FILE
+    return local if local.is_file() else None
+
+
+def load_config(**overrides: Any) -> LWDConfig:
+    return LWDConfig(**overrides)

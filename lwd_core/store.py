@@ -1,0 +1,231 @@
+"""Object store over fsspec: ``file://`` by default, ``s3://`` through s3fs.
+
+Keys are relative POSIX paths under the store root (``raw/2026-11-24/robot-3/<id>.parquet``).
+
+Atomicity, so a reader never sees half an object:
+- local: write a hidden temp file in the target directory, fsync, then ``os.replace`` (atomic rename);
+- S3: a single PUT (or a completed multipart upload) is only visible once whole.
+Multi-object artifacts (checkpoints) are written object by object and then committed by writing a
+manifest last (:meth:`ObjectStore.put_committed`); readers trust only committed prefixes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+TEMP_PREFIX = ".tmp-"
+COMMIT_MANIFEST = "_MANIFEST.json"
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class IntegrityError(StoreError):
+    """Stored bytes do not match the sha256 their manifest names."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def validate_key(key: str) -> str:
+    """Reject keys that could escape the store root or name nothing."""
+    if not key or key.startswith("/") or "\\" in key:
+        raise ValueError(f"invalid store key {key!r}: must be a non-empty relative POSIX path")
+    parts = key.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"invalid store key {key!r}: empty, '.' or '..' component")
+    if parts[-1].startswith(TEMP_PREFIX):
+        raise ValueError(f"invalid store key {key!r}: names starting {TEMP_PREFIX!r} are reserved")
+    return key
+
+
+class ObjectStore:
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
+        protocol, _, root = url.partition("://")
+        if not root:
+            raise ValueError(f"store url {url!r} needs a scheme, e.g. file:///data or s3://bucket/prefix")
+        self.url = url.rstrip("/")
+        self.protocol = protocol
+        self.storage_options = dict(storage_options or {})
+        options = dict(self.storage_options)
+        if protocol == "s3":
+            # A poller must see new objects: never serve listings from cache.
+            options.setdefault("use_listings_cache", False)
+        self.fs = fsspec.filesystem(protocol, **options)
+        self.root = root.rstrip("/") if protocol != "file" else str(Path(root).resolve())
+        if protocol == "file":
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_config(cls, storage: Any) -> ObjectStore:
+        options: dict[str, Any] = {}
+        if storage.url.startswith("s3://"):
+            if storage.key:
+                options["key"] = storage.key
+            if storage.secret:
+                options["secret"] = storage.secret
+            client_kwargs: dict[str, Any] = {}
+            if storage.endpoint_url:
+                client_kwargs["endpoint_url"] = storage.endpoint_url
+            if storage.region:
+                client_kwargs["region_name"] = storage.region
+            if client_kwargs:
+                options["client_kwargs"] = client_kwargs
+        return cls(storage.url, options)
+
+    def ensure_bucket(self) -> None:
+        """Create the S3 bucket of this store if it is missing (no-op for file://)."""
+        if self.protocol == "s3":
+            bucket = self.root.split("/", 1)[0]
+            if self.fs.exists(bucket):
+                return
+            region = self.storage_options.get("client_kwargs", {}).get("region_name")
+            if region in (None, "us-east-1"):
+                # S3 rejects LocationConstraint=us-east-1, which s3fs.mkdir would send.
+                self.fs.call_s3("create_bucket", Bucket=bucket)
+            else:
+                self.fs.mkdir(bucket)
+
+    # -- paths -------------------------------------------------------------------------------------
+    def _path(self, key: str) -> str:
+        return posixpath.join(self.root, validate_key(key))
+
+    def uri(self, key: str) -> str:
+        return f"{self.protocol}://{self._path(key)}"
+
+    def key_of(self, path: str) -> str:
+        path = path.split("://", 1)[-1]
+        root = self.root.rstrip("/") + "/"
+        if not path.startswith(root):
+            raise StoreError(f"{path!r} is outside store root {self.root!r}")
+        return path[len(root) :]
+
+    # -- single objects ----------------------------------------------------------------------------
+    def put_atomic(self, key: str, data: bytes) -> str:
+        """Write ``data`` under ``key`` so that readers see either nothing or all of it."""
+        path = self._path(key)
+        if self.protocol == "file":
+            directory = os.path.dirname(path)
+            os.makedirs(directory, exist_ok=True)
+            tmp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            self.fs.pipe_file(path, data)
+        return self.uri(key)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.fs.cat_file(self._path(key))
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"no object {key!r} in {self.url}") from exc
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self._path(key)))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self._path(key)))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if self.fs.exists(path):
+            self.fs.rm_file(path)
+
+    def list(self, prefix: str = "", suffix: str = "") -> list[str]:
+        """Keys under ``prefix`` (a directory-like prefix), sorted, without in-flight temp files."""
+        base = posixpath.join(self.root, prefix.strip("/")) if prefix else self.root
+        if not self.fs.exists(base):
+            return []
+        keys = []
+        for path in self.fs.find(base):
+            name = posixpath.basename(path)
+            if name.startswith(TEMP_PREFIX) or not name.endswith(suffix):
+                continue
+            keys.append(self.key_of(path))
+        return sorted(keys)
+
+    def put_json(self, key: str, obj: Any) -> str:
+        return self.put_atomic(key, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get(key))
+
+    def move(self, src: str, dst: str) -> None:
+        """Copy to ``dst`` atomically, then delete ``src``: a crash leaves a copy, never neither."""
+        self.put_atomic(dst, self.get(src))
+        self.delete(src)
+
+    # -- committed multi-object artifacts ----------------------------------------------------------
+    def put_committed(
+        self, prefix: str, objects: Mapping[str, bytes], extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Write each object under ``prefix`` then a manifest of sha256s; the manifest is the commit."""
+        prefix = prefix.strip("/")
+        files = {}
+        for name, data in objects.items():
+            self.put_atomic(f"{prefix}/{name}", data)
+            files[name] = {"sha256": sha256_hex(data), "bytes": len(data)}
+        manifest = {"files": files, **(dict(extra) if extra else {})}
+        self.put_json(f"{prefix}/{COMMIT_MANIFEST}", manifest)
+        return manifest
+
+    def is_committed(self, prefix: str) -> bool:
+        return self.exists(f"{prefix.strip('/')}/{COMMIT_MANIFEST}")
+
+    def get_committed(self, prefix: str, name: str) -> bytes:
+        """Read one object of a committed artifact, checking its sha256 against the manifest."""
+        prefix = prefix.strip("/")
+        if not self.is_committed(prefix):
+            raise StoreError(f"{prefix!r} has no {COMMIT_MANIFEST}: not committed (partial write?)")
+        manifest = self.get_json(f"{prefix}/{COMMIT_MANIFEST}")
+        if name not in manifest["files"]:
+            raise StoreError(f"{name!r} is not part of committed artifact {prefix!r}")
+        data = self.get(f"{prefix}/{name}")
+        expected = manifest["files"][name]["sha256"]
+        if sha256_hex(data) != expected:
+            raise IntegrityError(f"{prefix}/{name}: sha256 mismatch with manifest (expected {expected})")
+        return data
+
+    # -- interop -----------------------------------------------------------------------------------
+    def polars_storage_options(self) -> dict[str, str] | None:
+        """Options in the form polars' native readers understand (they ignore s3fs's names)."""
+        if self.protocol != "s3":
+            return None
+        opts: dict[str, str] = {}
+        client = self.storage_options.get("client_kwargs", {})
+        if self.storage_options.get("key"):
+            opts["aws_access_key_id"] = self.storage_options["key"]
+        if self.storage_options.get("secret"):
+            opts["aws_secret_access_key"] = self.storage_options["secret"]
+        if client.get("endpoint_url"):
+            opts["aws_endpoint_url"] = client["endpoint_url"]
+            if client["endpoint_url"].startswith("http://"):
+                opts["aws_allow_http"] = "true"
+        opts["aws_region"] = client.get("region_name", "us-east-1")
+        return opts
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({self.url!r})"
+
+
+def open_store(config: Any) -> ObjectStore:
+    """The store named by an :class:`~lwd_core.config.LWDConfig`."""
+    return ObjectStore.from_config(config.storage)

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+
+# No network here: keep every service quiet and offline before anything imports them.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+os.environ.setdefault("MUJOCO_GL", "disable")
+
+from lwd_core.data.episode import Episode  # noqa: E402
+from lwd_core.store import ObjectStore  # noqa: E402
+
+
+def make_episode(
+    steps: int = 12,
+    obs_dim: int = 7,
+    action_dim: int = 5,
+    robot_id: str = "robot-0",
+    task_id: str = "cube-single-task1",
+    seed: int = 0,
+    success: bool = True,
+    **overrides,
+) -> Episode:
+    """A small valid episode with deterministic content."""
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(steps + 1, obs_dim)).astype(np.float32)
+    successes = np.zeros(steps, dtype=bool)
+    if success:
+        successes[-1] = True
+    fields = dict(
+        robot_id=robot_id,
+        task_id=task_id,
+        instruction="put the red cube on the shelf",
+        policy_version="v0",
+        source="rollout",
+        outcome="success" if success else "failure",
+        observations=obs[:-1],
+        actions=rng.uniform(-1, 1, size=(steps, action_dim)),
+        rewards=np.where(successes, 0.0, -1.0),
+        successes=successes,
+        interventions=np.arange(steps) % 5 == 3,
+        terminals=successes,
+        chunk_pos=np.arange(steps) % 5,
+        timestamps_us=1_780_000_000_000_000 + np.arange(steps) * 50_000,
+        next_observations=obs[1:],
+    )
+    fields.update(overrides)
+    return Episode(**fields)
+
+
+@pytest.fixture
+def episode_factory():
+    return make_episode
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible HTTP server (moto) on loopback; clients talk to it over sockets."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    yield {
+        "endpoint_url": f"http://{host}:{port}",
+        "key": "testing",
+        "secret": "testing",
+        "region": "us-east-1",
+    }
+    server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_server, request):
+    from lwd_core.config import StorageConfig
+
+    bucket = "lwd-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    bucket = "".join(ch for ch in bucket if ch.isalnum() or ch == "-")
+    config = StorageConfig(url=f"s3://{bucket}/root", **{k: s3_server[k] for k in ("endpoint_url", "key", "secret", "region")})
+    store = ObjectStore.from_config(config)
+    store.ensure_bucket()
+    return store
+
+
+@pytest.fixture
+def local_store(tmp_path):
+    return ObjectStore((tmp_path / "store").as_uri())
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_store(request):
+    return request.getfixturevalue(f"{request.param}_store")

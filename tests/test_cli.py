@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+STAGES = ["ingest", "label-rewards", "snapshot", "train", "evaluate", "promote", "approve", "rollout",
+          "flywheel", "fleet", "generate-offline", "experiment", "config"]
+
+
+def _lwd(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def test_help_lists_every_stage():
+    result = _lwd("--help")
+    assert result.returncode == 0, result.stderr
+    for stage in STAGES:
+        assert stage in result.stdout, stage
+
+
+def test_lwd_entry_point_installed():
+    import shutil
+
+    exe = shutil.which("lwd")
+    assert exe, "the `lwd` console script is not on PATH"
+    result = subprocess.run([exe, "fleet", "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "status" in result.stdout and "up" in result.stdout
+
+
+def test_config_command_prints_effective_settings(tmp_path, monkeypatch):
+    (tmp_path / "lwd.yaml").write_text("fleet:\n  robots: 5\n")
+    result = _lwd("config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["fleet"]["robots"] == 5 and shown["fleet"]["signing_secret"] == "***"
+
+
+def test_missing_stage_module_is_a_clear_error():
+    from flows.cli import StageUnavailable, _stage
+
+    with pytest.raises(StageUnavailable, match="not available"):
+        _stage("flows.no_such_stage", "run")

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import polars as pl
+import pytest
+
+from lwd_core.data.episode import EPISODE_SCHEMA, Episode, EpisodeFormatError, read_parquet_metadata
+from lwd_core.data.layout import buffer_key, get_episode, put_episode, raw_key, safe_name
+
+
+def assert_same_episode(a: Episode, b: Episode):
+    assert a.episode_id == b.episode_id
+    assert a.metadata() == b.metadata()
+    for name in ("observations", "actions", "rewards", "successes", "interventions", "terminals",
+                 "chunk_pos", "timestamps_us", "next_observations"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+def test_id_is_content_hash(episode_factory):
+    a, b = episode_factory(seed=1), episode_factory(seed=1)
+    assert a.episode_id == b.episode_id and len(a.episode_id) == 64
+    assert episode_factory(seed=2).episode_id != a.episode_id
+    assert a.replace(robot_id="robot-9").episode_id != a.episode_id
+    flipped = a.interventions.copy()
+    flipped[0] = not flipped[0]
+    assert a.replace(interventions=flipped).episode_id != a.episode_id
+
+
+def test_frame_matches_schema(episode_factory):
+    episode = episode_factory(steps=9)
+    frame = episode.to_frame()
+    assert dict(frame.schema) == EPISODE_SCHEMA
+    assert frame.height == 9
+    assert frame["done"].to_list() == [False] * 8 + [True]
+    assert frame["timestamp"].dt.epoch("us").to_list() == episode.timestamps_us.tolist()
+
+
+@pytest.mark.parametrize("store_name", ["local_store", "s3_store"])
+def test_round_trip_through_store(store_name, request, episode_factory):
+    store = request.getfixturevalue(store_name)
+    episode = episode_factory(steps=30, obs_dim=11)
+    key = raw_key(episode.robot_id, episode.episode_id)
+    uri = put_episode(store, key, episode, extra_metadata={"lwd.note": "hello"})
+    assert uri.startswith("file://" if store_name == "local_store" else "s3://")
+    back = get_episode(store, key)
+    assert_same_episode(episode, back)
+    meta = read_parquet_metadata(store.get(key))
+    assert meta["lwd.episode_id"] == episode.episode_id and meta["lwd.note"] == "hello"
+    # Same episode lands on the same buffer key: the basis of exactly-once appends.
+    assert buffer_key("online", episode.task_id, episode.episode_id) == buffer_key("online", back.task_id, back.episode_id)
+
+
+def test_altered_content_detected(episode_factory):
+    episode = episode_factory()
+    frame = episode.to_frame().with_columns(pl.col("reward") + 1.0)
+    with pytest.raises(EpisodeFormatError, match="does not match its content"):
+        Episode.from_frame(frame)
+
+
+def test_truncated_parquet_is_a_format_error(episode_factory):
+    data = episode_factory().to_parquet_bytes()
+    with pytest.raises(EpisodeFormatError, match="unreadable Parquet"):
+        Episode.from_parquet_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda f: f.drop("reward"), "missing columns"),
+        (lambda f: f.with_columns(pl.lit(1).alias("extra")), "unexpected columns"),
+        (lambda f: f.with_columns(pl.col("reward").cast(pl.Float64)), "wrong column types"),
+        (lambda f: f.with_columns(pl.when(pl.col("step") == 2).then(pl.lit("other")).otherwise(pl.col("robot_id")).alias("robot_id")), "one value"),
+        (lambda f: f.filter(pl.col("step") != 3), "no gaps"),
+        (lambda f: f.with_columns(pl.lit(True).alias("done")), "last step only"),
+        (lambda f: f.head(0), "no rows"),
+    ],
+)
+def test_malformed_frames_rejected_with_reason(episode_factory, mutate, message):
+    frame = mutate(episode_factory().to_frame())
+    with pytest.raises(EpisodeFormatError, match=message):
+        Episode.from_frame(frame)
+
+
+def test_ragged_observations_rejected(episode_factory):
+    frame = episode_factory().to_frame()
+    ragged = frame.with_columns(
+        pl.when(pl.col("step") == 1).then(pl.col("obs").list.head(3)).otherwise(pl.col("obs")).alias("obs")
+    )
+    with pytest.raises(EpisodeFormatError, match="different lengths"):
+        Episode.from_frame(ragged, verify_id=False)
+
+
+def test_inconsistent_arrays_rejected(episode_factory):
+    good = episode_factory(steps=6)
+    with pytest.raises(EpisodeFormatError, match="actions has 5 steps"):
+        good.replace(actions=good.actions[:5])
+    with pytest.raises(EpisodeFormatError, match="unknown source"):
+        good.replace(source="teleport")
+
+
+def test_parquet_is_plain_columns_not_pickle(episode_factory):
+    data = episode_factory().to_parquet_bytes()
+    assert data[:4] == b"PAR1" and data[-4:] == b"PAR1"
+    assert b"pickle" not in data.lower()
+    assert pl.read_parquet(io.BytesIO(data)).height == 12
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "x" * 200, ".hidden"])
+def test_ids_in_keys_are_safe(bad):
+    with pytest.raises(ValueError):
+        safe_name(bad, "id")

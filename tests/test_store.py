@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from lwd_core.store import COMMIT_MANIFEST, IntegrityError, ObjectStore, StoreError, validate_key
+
+
+def test_put_get_list_delete(any_store: ObjectStore):
+    any_store.put_atomic("raw/day/robot-1/a.parquet", b"aaa")
+    any_store.put_atomic("raw/day/robot-2/b.parquet", b"bb")
+    any_store.put_json("fleet/desired.json", {"version": "v3"})
+    assert any_store.get("raw/day/robot-1/a.parquet") == b"aaa"
+    assert any_store.list("raw", suffix=".parquet") == ["raw/day/robot-1/a.parquet", "raw/day/robot-2/b.parquet"]
+    assert any_store.get_json("fleet/desired.json") == {"version": "v3"}
+    assert any_store.size("raw/day/robot-2/b.parquet") == 2
+    any_store.delete("raw/day/robot-1/a.parquet")
+    assert not any_store.exists("raw/day/robot-1/a.parquet")
+    assert any_store.list("raw") == ["raw/day/robot-2/b.parquet"]
+    assert any_store.list("nothing-here") == []
+    with pytest.raises(FileNotFoundError, match="no object"):
+        any_store.get("raw/day/robot-1/a.parquet")
+
+
+def test_overwrite_replaces_whole_object(any_store: ObjectStore):
+    any_store.put_atomic("k/obj", b"x" * 1000)
+    any_store.put_atomic("k/obj", b"short")
+    assert any_store.get("k/obj") == b"short"
+
+
+def test_move_keeps_content(any_store: ObjectStore):
+    any_store.put_atomic("raw/x.parquet", b"payload")
+    any_store.move("raw/x.parquet", "quarantine/x.parquet")
+    assert any_store.get("quarantine/x.parquet") == b"payload"
+    assert not any_store.exists("raw/x.parquet")
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "./a", "a/.tmp-x", "a\\b"])
+def test_rejects_unsafe_keys(key):
+    with pytest.raises(ValueError):
+        validate_key(key)
+
+
+def test_committed_artifact_checks_hashes(any_store: ObjectStore):
+    manifest = any_store.put_committed("checkpoints/v1", {"params.msgpack": b"weights"}, extra={"step": 7})
+    assert manifest["step"] == 7
+    assert any_store.get_committed("checkpoints/v1", "params.msgpack") == b"weights"
+    any_store.put_atomic("checkpoints/v1/params.msgpack", b"tampered")
+    with pytest.raises(IntegrityError, match="sha256 mismatch"):
+        any_store.get_committed("checkpoints/v1", "params.msgpack")
+
+
+def test_uncommitted_artifact_is_not_trusted(any_store: ObjectStore):
+    any_store.put_atomic("checkpoints/v2/params.msgpack", b"half-written set")
+    assert not any_store.is_committed("checkpoints/v2")
+    with pytest.raises(StoreError, match="not committed"):
+        any_store.get_committed("checkpoints/v2", "params.msgpack")
+    with pytest.raises(StoreError, match="not part"):
+        any_store.put_committed("checkpoints/v3", {"a": b"1"})
+        any_store.get_committed("checkpoints/v3", "b")
+    assert COMMIT_MANIFEST in any_store.list("checkpoints/v3")[0]
+
+
+def test_local_reader_never_sees_partial_object(local_store: ObjectStore):
+    """A concurrent reader polling during large rewrites only ever sees complete payloads."""
+    payloads = [bytes([i]) * 4_000_000 for i in range(1, 6)]
+    local_store.put_atomic("big/obj", payloads[0])
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            data = local_store.get("big/obj")
+            assert len(data) == 4_000_000 and data.count(data[:1]) == len(data)
+            seen.add(data[0])
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for payload in payloads[1:]:
+            local_store.put_atomic("big/obj", payload)
+    finally:
+        stop.set()
+        thread.join()
+    assert local_store.get("big/obj") == payloads[-1]
+    # No temp files left behind, and listings never show them.
+    root = os.path.join(local_store.root, "big")
+    assert os.listdir(root) == ["obj"]
+
+
+def test_temp_files_hidden_from_listing(local_store: ObjectStore):
+    local_store.put_atomic("raw/a.parquet", b"1")
+    # Simulate a writer that died mid-write: its temp file stays on disk.
+    with open(os.path.join(local_store.root, "raw", ".tmp-dead-b.parquet"), "wb") as handle:
+        handle.write(b"partial")
+    assert local_store.list("raw") == ["raw/a.parquet"]
+
+
+def test_s3_objects_are_visible_to_a_second_client(s3_store: ObjectStore, s3_server):
+    """Through the real HTTP server, not an in-process mock: a fresh client sees what the first wrote."""
+    s3_store.put_atomic("raw/r/e.parquet", b"episode")
+    other = ObjectStore(s3_store.url, s3_store.storage_options)
+    assert other.get("raw/r/e.parquet") == b"episode"
+    # Listing is not cached: a new object shows up for a client that listed before.
+    assert other.list("raw") == ["raw/r/e.parquet"]
+    s3_store.put_atomic("raw/r/f.parquet", b"episode2")
+    assert other.list("raw") == ["raw/r/e.parquet", "raw/r/f.parquet"]
+
+
+def test_polars_options_for_s3(s3_store: ObjectStore, local_store: ObjectStore):
+    import io
+
+    import polars as pl
+
+    frame = pl.DataFrame({"a": [1, 2, 3]})
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    s3_store.put_atomic("t/frame.parquet", buffer.getvalue())
+    read = pl.read_parquet(s3_store.uri("t/frame.parquet"), storage_options=s3_store.polars_storage_options())
+    assert read.equals(frame)
+    assert local_store.polars_storage_options() is None
