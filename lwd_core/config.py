@@ -88,12 +88,22 @@ class AlgoConfig(_Section):
     # QAM inverse temperature: target policy ~ pi_beta * exp(beta * Q).
     qam_beta: float = Field(default=1.0, gt=0.0)
     bc_weight: float = Field(default=0.0, ge=0.0)
-    # DIVL distributional value.
-    value_quantiles: int = Field(default=32, ge=2)
+    # DIVL distributional value: categorical atoms (or quantiles) over [value_min, value_max].
+    # The range fits the sparse reward (-1 per step, 0 at success): returns lie in [-1/(1-gamma), 0].
+    value_representation: Literal["categorical", "quantile"] = "categorical"
+    value_size: int = Field(default=51, ge=2)
+    value_min: float = -100.0
+    value_max: float = 0.0
+    # Quantile-Huber zone for the quantile representation; its fixed points are exact quantiles as it -> 0.
+    value_huber_kappa: float = Field(default=1.0, gt=0.0)
+    critic_std_weight: float = Field(default=0.5, ge=0.0)
     tau_min: float = Field(default=0.5, gt=0.0, lt=1.0)
     tau_max: float = Field(default=0.9, gt=0.0, lt=1.0)
     tau_direction: Literal["optimistic_when_narrow", "optimistic_when_wide"] = "optimistic_when_narrow"
     expectile: float = Field(default=0.9, gt=0.0, lt=1.0)
+    # RECAP-style baseline: share of each task's transitions labelled "advantage positive".
+    recap_positive_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    recap_condition_dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
     # Dynamic n-step: per (horizon class, stage).
     nstep_offline_long: int = Field(default=10, ge=1)
     nstep_offline_short: int = Field(default=3, ge=1)
@@ -106,6 +116,8 @@ class AlgoConfig(_Section):
 
     @model_validator(mode="after")
     def _tau_bounds_ordered(self) -> AlgoConfig:
+        if self.value_min >= self.value_max:
+            raise ValueError("value_min must be below value_max")
         if self.tau_min > self.tau_max:
             raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau_max ({self.tau_max})")
         return self

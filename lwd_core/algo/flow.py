@@ -1,0 +1,77 @@
+"""Flow matching on the linear path and the samplers QAM needs.
+
+Path: x_t = t * x1 + (1 - t) * x0, x0 ~ N(0, I), x1 = data; target velocity x1 - x0 (Lipman et al.).
+
+Memoryless SDE of a flow on this path (Adjoint Matching, Domingo-Enrich et al. 2024, arXiv 2409.08861):
+    dX = b(X, t) dt + sigma(t) dB,   b(x, t) = 2 v(x, t) - x / t,   sigma(t) = sqrt(2 (1 - t) / t),
+which has the flow's marginals and makes X_1 independent of X_0 (what the KL-regularised fine-tuning
+objective needs). Discretisation (ours, following the QAM reference's choices): K Euler-Maruyama steps on
+t_k = k / K; the singular 1/t terms are evaluated at the shifted time s_k = t_k + 1/K so the first step is
+finite; the last step (s = 1, sigma = 0) is a plain deterministic Euler step of the velocity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+# velocity(x_t, t) -> v, with the observation/instruction already bound.
+Velocity = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def flow_matching_loss(
+    velocity: Velocity, actions: jax.Array, rng: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
+    """Mean squared error between v(x_t, t) and x1 - x0 at a uniform random time."""
+    noise_rng, time_rng = jax.random.split(rng)
+    x0 = jax.random.normal(noise_rng, actions.shape)
+    t = jax.random.uniform(time_rng, actions.shape[:-1])
+    x_t = t[..., None] * actions + (1.0 - t[..., None]) * x0
+    per_sample = jnp.mean((velocity(x_t, t) - (actions - x0)) ** 2, axis=-1)
+    if weights is None:
+        return per_sample.mean()
+    return (per_sample * weights).sum() / jnp.maximum(weights.sum(), 1e-6)
+
+
+def euler_sample(velocity: Velocity, noise: jax.Array, steps: int) -> jax.Array:
+    """Deterministic ODE sampling from noise (t=0) to an action (t=1); used for acting."""
+
+    def step(x, k):
+        t = jnp.full(x.shape[:-1], k / steps)
+        return x + velocity(x, t) / steps, None
+
+    x, _ = jax.lax.scan(step, noise, jnp.arange(steps))
+    return x
+
+
+def memoryless_schedule(steps: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(t_k, s_k, sigma_k) for k = 0..K-1: network time, shifted time, noise scale (0 on the last step)."""
+    k = jnp.arange(steps, dtype=jnp.float32)
+    t = k / steps
+    s = (k + 1.0) / steps
+    sigma = jnp.sqrt(2.0 * (1.0 - s) / s)
+    return t, s, sigma.at[-1].set(0.0)
+
+
+def memoryless_drift(v: jax.Array, x: jax.Array, s: jax.Array, last: jax.Array) -> jax.Array:
+    """b = 2v - x/s on stochastic steps, b = v on the final deterministic step."""
+    return jnp.where(last, v, 2.0 * v - x / s)
+
+
+def memoryless_sample(velocity: Velocity, noise: jax.Array, rng: jax.Array, steps: int) -> tuple[jax.Array, jax.Array]:
+    """Euler-Maruyama trajectory of the memoryless SDE. Returns (states x_0..x_K, final action)."""
+    t_grid, s_grid, sigma_grid = memoryless_schedule(steps)
+    eps = jax.random.normal(rng, (steps, *noise.shape))
+    h = 1.0 / steps
+
+    def step(x, inputs):
+        t, s, sigma, e, k = inputs
+        v = velocity(x, jnp.full(x.shape[:-1], t))
+        x_next = x + h * memoryless_drift(v, x, s, k == steps - 1) + jnp.sqrt(h) * sigma * e
+        return x_next, x
+
+    final, visited = jax.lax.scan(step, noise, (t_grid, s_grid, sigma_grid, eps, jnp.arange(steps)))
+    states = jnp.concatenate([visited, final[None]], axis=0)
+    return states, final

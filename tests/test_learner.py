@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from conftest import make_episode
+
+from lwd_core.algo.baselines import hgdagger_subset, recap_conditions
+from lwd_core.algo.checkpoint import load_checkpoint, load_policy, save_checkpoint
+from lwd_core.algo.learner import CONDITION_NEGATIVE, CONDITION_POSITIVE, Learner, LearnerSpec
+from lwd_core.algo.nstep import build_transitions
+from lwd_core.algo.replay import MixedReplay
+from lwd_core.algo.text import tokenize
+from lwd_core.store import IntegrityError
+
+OBS, ACT = 6, 2
+
+
+def tiny_spec(**overrides) -> LearnerSpec:
+    values = dict(obs_dim=OBS, action_dim=ACT, chunk=2, hidden_dims=(32, 32), critic_heads=2, flow_steps=4,
+                  value_size=21, value_min=-20.0, value_max=0.0, learning_rate=1e-3, target_tau=0.05)
+    values.update(overrides)
+    return LearnerSpec(**values)
+
+
+@pytest.fixture(scope="module")
+def transitions():
+    tasks = ["task-a", "task-b"]
+    episodes = [
+        make_episode(steps=20, obs_dim=OBS, action_dim=ACT, task_id=tasks[i % 2], seed=i, success=i % 3 != 0,
+                     source="demo" if i < 2 else "rollout")
+        for i in range(8)
+    ]
+    return build_transitions(
+        episodes, chunk=2, gamma=0.95, n_for_task={"task-a": 3, "task-b": 1},
+        task_index={t: i for i, t in enumerate(tasks)},
+        tokens_for_task={t: tokenize(f"do {t}") for t in tasks},
+    )
+
+
+def train(learner, state, replay, steps):
+    history = []
+    for _ in range(steps):
+        state, metrics = learner.update(state, replay.sample(64))
+        history.append({k: float(v) for k, v in metrics.items()})
+    return state, history
+
+
+def window_mean(history, key, sl):
+    return float(np.mean([h[key] for h in history[sl]]))
+
+
+@pytest.mark.parametrize("value_model, representation", [("divl", "categorical"), ("divl", "quantile"), ("expectile", "categorical")])
+def test_smoke_train_lowers_losses(transitions, value_model, representation):
+    learner = Learner(tiny_spec(value_model=value_model, value_representation=representation))
+    state, history = train(learner, learner.init(0), MixedReplay(transitions, seed=0), 300)
+    for key in ("base_flow_loss", "critic_loss"):
+        assert window_mean(history, key, slice(-30, None)) < 0.7 * window_mean(history, key, slice(0, 30)), key
+    assert all(np.isfinite(v) for h in history for v in h.values())
+    # The critic learned the sign and rough size of returns under the -1 per step reward.
+    q_mean = window_mean(history, "q_mean", slice(-30, None))
+    assert -20.0 < q_mean < -0.5
+    if value_model == "divl":
+        assert 0.5 - 1e-6 <= window_mean(history, "divl_tau", slice(-30, None)) <= 0.9 + 1e-6
+
+
+@pytest.mark.parametrize("method", ["bc", "hgdagger", "recap"])
+def test_baseline_methods_train(transitions, method):
+    data = hgdagger_subset(transitions) if method == "hgdagger" else dict(transitions)
+    if method == "recap":
+        data["condition"] = np.where(np.arange(len(data["obs"])) % 2 == 0, CONDITION_POSITIVE, CONDITION_NEGATIVE)
+    learner = Learner(tiny_spec(method=method))
+    state, history = train(learner, learner.init(0), MixedReplay(data, seed=0), 200)
+    assert window_mean(history, "bc_loss", slice(-20, None)) < 0.7 * window_mean(history, "bc_loss", slice(0, 20))
+    actions = learner.act(state.params["policy"], data["obs"][:5], data["tokens"][:5], jax.random.PRNGKey(0))
+    assert actions.shape == (5, 2, ACT) and np.all(np.abs(actions) <= 1.0)
+
+
+def test_resume_is_exact(transitions, local_store):
+    learner = Learner(tiny_spec())
+    replay = MixedReplay(transitions, seed=5)
+    state, _ = train(learner, learner.init(1), replay, 5)
+    save_checkpoint(local_store, "checkpoints/run-1", learner, state, extra={"replay": replay.state_dict()})
+    uninterrupted, _ = train(learner, state, replay, 5)
+
+    learner2, restored, manifest = load_checkpoint(local_store, "checkpoints/run-1")
+    assert learner2.spec == learner.spec and manifest["step"] == 5
+    replay2 = MixedReplay(transitions, seed=123)
+    replay2.load_state_dict(manifest["replay"])
+    resumed, _ = train(learner2, restored, replay2, 5)
+    assert int(resumed.step) == int(uninterrupted.step) == 10
+    for a, b in zip(jax.tree_util.tree_leaves(uninterrupted), jax.tree_util.tree_leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_checkpoint_integrity_and_policy_pinning(transitions, local_store):
+    learner = Learner(tiny_spec())
+    state = learner.init(0)
+    manifest = save_checkpoint(local_store, "checkpoints/v7", learner, state)
+    policy_sha = manifest["files"]["policy.msgpack"]["sha256"]
+    _, params = load_policy(local_store, "checkpoints/v7", expected_sha256=policy_sha)
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(state.params["policy"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(IntegrityError, match="expected sha256"):
+        load_policy(local_store, "checkpoints/v7", expected_sha256="0" * 64)
+    local_store.put_atomic("checkpoints/v7/train_state.msgpack", b"\x80garbage")
+    with pytest.raises(IntegrityError):
+        load_checkpoint(local_store, "checkpoints/v7")
+
+
+def test_hgdagger_keeps_only_interventions_and_demos(transitions):
+    subset = hgdagger_subset(transitions)
+    assert np.all(subset["intervention"] | subset["demo"])
+    assert len(subset["obs"]) == int((transitions["intervention"] | transitions["demo"]).sum())
+    with pytest.raises(ValueError, match="needs intervention"):
+        hgdagger_subset({k: v[~(transitions["intervention"] | transitions["demo"])] for k, v in transitions.items()})
+
+
+def test_recap_labels_top_fraction_per_task_and_forces_interventions():
+    n = 200
+    data = {
+        "reward": np.zeros(n, np.float32), "discount": np.zeros(n, np.float32),
+        "task": np.repeat([0, 1], n // 2), "intervention": np.zeros(n, bool),
+    }
+    data["intervention"][99] = True  # the lowest advantage of task 0: only the forcing makes it positive
+    value = np.concatenate([np.linspace(0, -10, 100), np.linspace(0, -1000, 100)])  # very different scales
+    conditions = recap_conditions(data, -value, np.zeros(n), positive_fraction=0.3)
+    for task in (0, 1):
+        rows = data["task"] == task
+        share = np.mean(conditions[rows] == CONDITION_POSITIVE)
+        assert 0.28 <= share <= 0.34, (task, share)  # per-task percentile, not one global threshold
+    assert conditions[99] == CONDITION_POSITIVE
+    assert conditions[98] == CONDITION_NEGATIVE
