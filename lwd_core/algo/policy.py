@@ -11,7 +11,7 @@ integer token (0 = none) used by the advantage-conditioned RECAP baseline; other
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -46,6 +46,8 @@ class FlowPolicy(nn.Module):
     hidden_dims: Sequence[int]
     vocab_size: int
     pixels: bool = False
+    # Any Flax module mapping (obs, tokens) -> features; None builds our Observer (state or pixels).
+    backbone: Any = None
 
     @property
     def flat_dim(self) -> int:
@@ -55,7 +57,8 @@ class FlowPolicy(nn.Module):
     def __call__(
         self, obs: jax.Array, tokens: jax.Array, x_t: jax.Array, t: jax.Array, condition: jax.Array | None = None
     ) -> jax.Array:
-        features = Observer(self.vocab_size, feature_dim=self.hidden_dims[0], pixels=self.pixels)(obs, tokens)
+        backbone = self.backbone or Observer(self.vocab_size, feature_dim=self.hidden_dims[0], pixels=self.pixels)
+        features = backbone(obs, tokens)
         if condition is None:
             condition = jnp.zeros(x_t.shape[:-1], dtype=jnp.int32)
         cond = nn.Embed(NUM_CONDITIONS, 16)(condition)
