@@ -141,7 +141,7 @@ def rollout(config: ConfigOption = None, model_version: str = "") -> None:
 
 
 @app.command()
-def flywheel(config: ConfigOption = None, rounds: int = 2, robots: int = 0) -> None:
+def flywheel(config: ConfigOption = None, rounds: int = 1, robots: int = 0) -> None:
     """The main job: K rounds of the whole flywheel on the configured stack."""
     _config(config)
     _run("flows.flywheel", "flywheel", rounds=rounds, robots=robots)
