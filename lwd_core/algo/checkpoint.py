@@ -8,13 +8,12 @@ state, so a resumed run draws the same batches. Loading verifies every hash.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flax import serialization
 
 from lwd_core.algo.learner import Learner, LearnerSpec, TrainState
-from lwd_core.store import ObjectStore
+from lwd_core.store import COMMIT_MANIFEST, IntegrityError, ObjectStore, sha256_hex
 
 STATE_FILE = "train_state.msgpack"
 POLICY_FILE = "policy.msgpack"
@@ -36,14 +35,12 @@ def load_checkpoint(store: ObjectStore, prefix: str) -> tuple[Learner, TrainStat
     spec = LearnerSpec.from_json(store.get_committed(prefix, SPEC_FILE).decode())
     learner = Learner(spec)
     state = learner.from_bytes(store.get_committed(prefix, STATE_FILE))
-    manifest = store.get_json(f"{prefix.strip('/')}/_MANIFEST.json")
+    manifest = store.get_json(f"{prefix.strip('/')}/{COMMIT_MANIFEST}")
     return learner, state, manifest
 
 
 def load_policy(store: ObjectStore, prefix: str, expected_sha256: str | None = None) -> tuple[Learner, Any]:
     """Policy parameters for acting; ``expected_sha256`` pins the file to a coordinator's manifest."""
-    from lwd_core.store import IntegrityError, sha256_hex
-
     spec = LearnerSpec.from_json(store.get_committed(prefix, SPEC_FILE).decode())
     learner = Learner(spec)
     data = store.get_committed(prefix, POLICY_FILE)
@@ -52,6 +49,3 @@ def load_policy(store: ObjectStore, prefix: str, expected_sha256: str | None = N
     template = learner.init(0).params["policy"]
     return learner, serialization.from_bytes(template, data)
 
-
-def manifest_json(manifest: dict[str, Any]) -> str:
-    return json.dumps(manifest, sort_keys=True)
