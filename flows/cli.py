@@ -78,10 +78,14 @@ def show_config(config: ConfigOption = None) -> None:
 
 
 @app.command()
-def generate_offline(config: ConfigOption = None, episodes_per_task: int = 8, seed: int = 0) -> None:
-    """Generate the offline dataset in the simulator (demos, failed rollouts, play)."""
+def generate_offline(
+    config: ConfigOption = None,
+    total_steps: Annotated[int, typer.Option(help="Robot steps in all (default: dataset.total_steps).")] = 0,
+    seed: Annotated[int, typer.Option(help="Base seed (default: dataset.seed).")] = -1,
+) -> None:
+    """Generate the offline dataset in the simulator (demos, failed rollouts, play; paper mix)."""
     _config(config)
-    _run("flows.generate_offline", "generate_offline", episodes_per_task=episodes_per_task, seed=seed)
+    _run("flows.generate_offline", "generate_offline", total_steps=total_steps, seed=seed)
 
 
 @app.command()
@@ -155,10 +159,15 @@ def experiment(config: ConfigOption = None, reduced: bool = True) -> None:
 
 
 @fleet_app.command("up")
-def fleet_up(config: ConfigOption = None, robots: int = 4, episodes: int = 0) -> None:
-    """Start N actor processes with their edge clients."""
+def fleet_up(
+    config: ConfigOption = None,
+    robots: Annotated[int, typer.Option(help="Robots to start (default: fleet.robots).")] = 0,
+    episodes: Annotated[int, typer.Option(help="Episodes per robot, then stop (0: until Ctrl-C).")] = 0,
+    duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: no limit).")] = 0.0,
+) -> None:
+    """Start N simulated robots as supervised actor processes with their edge clients."""
     _config(config)
-    _run("flows.fleet", "fleet_up", robots=robots, episodes=episodes)
+    _run("flows.fleet", "fleet_up", robots=robots, episodes=episodes, duration=duration)
 
 
 @fleet_app.command("status")

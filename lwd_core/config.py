@@ -70,6 +70,25 @@ class FleetConfig(_Section):
     episodes_per_round: int = Field(default=16, ge=1)
     # Per-robot HMAC keys are derived from this secret unless given per robot.
     signing_secret: str = "lwd-dev-secret-change-me"
+    # The scripted human takes over stalled or drifting rollouts (steps flagged as interventions).
+    intervention: bool = True
+    # Robots sharing one actor process (one batched policy call); 0: spread over the CPU cores.
+    robots_per_process: int = Field(default=0, ge=0)
+    # Cap on steps per fleet episode; 0 means each task's own time limit.
+    max_episode_steps: int = Field(default=0, ge=0)
+    # How often actors re-read the coordinator and heartbeat.
+    poll_seconds: float = Field(default=1.0, gt=0.0)
+
+
+class DatasetConfig(_Section):
+    """The generated offline dataset; shares are of robot time (steps)."""
+
+    total_steps: int = Field(default=40_000, ge=1)
+    demo: float = Field(default=0.50, ge=0.0, le=1.0)
+    failed_rollout: float = Field(default=0.35, ge=0.0, le=1.0)
+    play: float = Field(default=0.15, ge=0.0, le=1.0)
+    long_share: float = Field(default=0.70, ge=0.0, le=1.0)
+    seed: int = 0
 
 
 class AlgoConfig(_Section):
@@ -136,6 +155,7 @@ class LWDConfig(BaseSettings):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
 
     @model_validator(mode="after")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 
@@ -85,8 +86,10 @@ def s3_server():
 def s3_store(s3_server, request):
     from lwd_core.config import StorageConfig
 
+    # One bucket per test (parametrized cases included): tests never see each other's objects.
+    digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8]
     bucket = "lwd-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
-    bucket = "".join(ch for ch in bucket if ch.isalnum() or ch == "-")
+    bucket = "".join(ch for ch in bucket if ch.isalnum() or ch == "-").strip("-") + "-" + digest
     config = StorageConfig(url=f"s3://{bucket}/root", **{k: s3_server[k] for k in ("endpoint_url", "key", "secret", "region")})
     store = ObjectStore.from_config(config)
     store.ensure_bucket()

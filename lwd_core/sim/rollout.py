@@ -34,6 +34,128 @@ class MonotonicClock:
         return self._last
 
 
+class EpisodeRunner:
+    """One episode as a step machine, so many robots can share one batched policy call.
+
+    Drive it with ``while not runner.done: runner.step(chunk if runner.needs_chunk else None)``;
+    :meth:`episode` returns the recording once done.
+    """
+
+    def __init__(
+        self,
+        env,
+        task: TaskSpec,
+        *,
+        robot_id: str,
+        policy_version: str,
+        source: Source,
+        seed: int,
+        teleop: Teleoperator | None = None,
+        monitor: InterventionMonitor | None = None,
+        max_steps: int | None = None,
+        clock: Callable[[], int] | None = None,
+    ):
+        if source != "rollout" and teleop is None:
+            raise ValueError(f"a {source} episode needs a teleoperator")
+        if monitor is not None and teleop is None:
+            raise ValueError("interventions need a teleoperator")
+        self.env, self.task, self.teleop, self.monitor = env, task, teleop, monitor
+        self.robot_id, self.policy_version, self.source = robot_id, policy_version, source
+        self.clock = clock or MonotonicClock()
+        self.limit = min(max_steps or task.horizon, task.horizon)
+        self._ob, self._info = env.reset(seed=seed)
+        if teleop is not None:
+            teleop.reset(self._ob, self._info)
+        if monitor is not None:
+            monitor.reset()
+        self._record: dict[str, list] = {k: [] for k in _RECORD_FIELDS}
+        self._pending: list[np.ndarray] = []
+        self._chunk_pos = 0
+        self._human = source != "rollout"
+        self.done = False
+
+    @property
+    def observation(self) -> np.ndarray:
+        """The padded observation the policy sees now."""
+        return pad_observation(self._ob, self.task)
+
+    @property
+    def raw_observation(self) -> np.ndarray:
+        return self._ob
+
+    @property
+    def info(self) -> dict:
+        return self._info
+
+    @property
+    def needs_chunk(self) -> bool:
+        return not self.done and not self._human and not self._pending
+
+    def step(self, chunk: np.ndarray | None = None) -> None:
+        if self.done:
+            raise RuntimeError("the episode is over")
+        record = self._record
+        padded = self.observation
+        if self._human:
+            action = self.teleop.act(self._ob, self._info)
+            self._pending.clear()
+            position = 0  # the human decides every step: each action is its own chunk
+        else:
+            if not self._pending:
+                if chunk is None:
+                    raise ValueError("the policy must supply an action chunk now (needs_chunk is true)")
+                self._pending = list(np.clip(np.asarray(chunk, dtype=np.float32), -1.0, 1.0))
+                self._chunk_pos = 0
+            action = self._pending.pop(0)
+            position = self._chunk_pos
+            self._chunk_pos += 1
+        self._ob, _, terminated, truncated, self._info = self.env.step(action)
+        success = bool(self._info.get("success", False))
+        record["obs"].append(padded)
+        record["action"].append(action)
+        record["reward"].append(sparse_reward(success))
+        record["success"].append(success)
+        record["intervention"].append(self.source == "rollout" and self._human)
+        record["terminal"].append(bool(terminated))
+        record["chunk_pos"].append(position)
+        record["timestamp"].append(self.clock())
+        record["next_obs"].append(pad_observation(self._ob, self.task))
+        if terminated or truncated or len(record["obs"]) >= self.limit:
+            self.done = True
+            return
+        if self.monitor is not None:
+            block, progress = cube_subgoal(self.env)
+            self._human = self.monitor.observe(block, progress)
+            if self._human and not record["intervention"][-1]:
+                self.teleop.reset(self._ob, self._info)  # the human re-plans from where the robot left things
+
+    def episode(self) -> Episode:
+        if not self.done:
+            raise RuntimeError("the episode is still running")
+        record = self._record
+        return Episode(
+            robot_id=self.robot_id,
+            task_id=self.task.task_id,
+            instruction=self.task.instruction,
+            policy_version=self.policy_version,
+            source=self.source,
+            outcome="success" if record["success"][-1] else "failure",
+            observations=np.stack(record["obs"]),
+            actions=np.stack(record["action"]),
+            rewards=np.asarray(record["reward"]),
+            successes=np.asarray(record["success"]),
+            interventions=np.asarray(record["intervention"]),
+            terminals=np.asarray(record["terminal"]),
+            chunk_pos=np.asarray(record["chunk_pos"]),
+            timestamps_us=np.asarray(record["timestamp"]),
+            next_observations=np.stack(record["next_obs"]),
+        )
+
+
+_RECORD_FIELDS = ("obs", "action", "reward", "success", "intervention", "terminal", "chunk_pos", "timestamp",
+                  "next_obs")
+
+
 def run_episode(
     env,
     task: TaskSpec,
@@ -48,72 +170,11 @@ def run_episode(
     max_steps: int | None = None,
     clock: Callable[[], int] | None = None,
 ) -> Episode:
+    """Run one whole episode with a single (unbatched) policy."""
     if source == "rollout" and policy is None:
         raise ValueError("a rollout needs a policy")
-    if source != "rollout" and teleop is None:
-        raise ValueError(f"a {source} episode needs a teleoperator")
-    if monitor is not None and teleop is None:
-        raise ValueError("interventions need a teleoperator")
-    clock = clock or MonotonicClock()
-    limit = min(max_steps or task.horizon, task.horizon)
-
-    ob, info = env.reset(seed=seed)
-    if teleop is not None:
-        teleop.reset(ob, info)
-    if monitor is not None:
-        monitor.reset()
-    record: dict[str, list] = {k: [] for k in ("obs", "action", "reward", "success", "intervention", "terminal",
-                                               "chunk_pos", "timestamp", "next_obs")}
-    pending: list[np.ndarray] = []
-    chunk_pos = 0
-    human = source != "rollout"
-    for _ in range(limit):
-        padded = pad_observation(ob, task)
-        if human:
-            action = teleop.act(ob, info)
-            pending.clear()
-            position = 0  # the human decides every step: each action is its own chunk
-        else:
-            if not pending:
-                chunk = np.asarray(policy(padded, task), dtype=np.float32)
-                pending = list(np.clip(chunk, -1.0, 1.0))
-                chunk_pos = 0
-            action = pending.pop(0)
-            position = chunk_pos
-            chunk_pos += 1
-        ob, _, terminated, truncated, info = env.step(action)
-        success = bool(info.get("success", False))
-        record["obs"].append(padded)
-        record["action"].append(action)
-        record["reward"].append(sparse_reward(success))
-        record["success"].append(success)
-        record["intervention"].append(source == "rollout" and human)
-        record["terminal"].append(bool(terminated))
-        record["chunk_pos"].append(position)
-        record["timestamp"].append(clock())
-        record["next_obs"].append(pad_observation(ob, task))
-        if terminated or truncated:
-            break
-        if monitor is not None:
-            block, progress = cube_subgoal(env)
-            human = monitor.observe(block, progress)
-            if human and teleop is not None and not record["intervention"][-1]:
-                teleop.reset(ob, info)  # the human re-plans from where the robot left things
-
-    return Episode(
-        robot_id=robot_id,
-        task_id=task.task_id,
-        instruction=task.instruction,
-        policy_version=policy_version,
-        source=source,
-        outcome="success" if record["success"][-1] else "failure",
-        observations=np.stack(record["obs"]),
-        actions=np.stack(record["action"]),
-        rewards=np.asarray(record["reward"]),
-        successes=np.asarray(record["success"]),
-        interventions=np.asarray(record["intervention"]),
-        terminals=np.asarray(record["terminal"]),
-        chunk_pos=np.asarray(record["chunk_pos"]),
-        timestamps_us=np.asarray(record["timestamp"]),
-        next_observations=np.stack(record["next_obs"]),
-    )
+    runner = EpisodeRunner(env, task, robot_id=robot_id, policy_version=policy_version, source=source, seed=seed,
+                           teleop=teleop, monitor=monitor, max_steps=max_steps, clock=clock)
+    while not runner.done:
+        runner.step(policy(runner.observation, task) if runner.needs_chunk else None)
+    return runner.episode()

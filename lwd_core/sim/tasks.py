@@ -24,6 +24,7 @@ SCENE_OBS_DIMS = {"cube-single": 28, "cube-double": 37, "cube-triple": 46}
 MAX_SCENE_OBS = max(SCENE_OBS_DIMS.values())
 OBS_DIM = MAX_SCENE_OBS + len(SCENES)
 ACTION_DIM = 5
+CONTROL_PERIOD_S = 0.05  # OGBench manipspace controls at 20 Hz: steps -> robot hours
 
 
 @dataclass(frozen=True)

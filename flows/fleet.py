@@ -1,0 +1,152 @@
+"""`lwd fleet up` / `lwd fleet status`, and the actor process entry point.
+
+    lwd fleet up --robots 16            # robots spread over processes, supervised, Ctrl-C to stop
+    python -m flows.fleet actor --robots robot-00,robot-01 --spool .lwd/spool/actor-0
+
+Each actor process runs an :class:`~lwd_core.fleet.actor.Actor` for its robots and an edge client
+uploading in the background and emitting ``lwd.episode.uploaded`` Prefect events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from lwd_core.config import LWDConfig, load_config
+from lwd_core.fleet.coordinator import Coordinator
+from lwd_core.fleet.supervisor import Child, Supervisor
+from lwd_core.sim.tasks import select_tasks
+from lwd_core.store import open_store
+
+log = logging.getLogger("lwd.fleet")
+
+
+def robot_ids(count: int) -> list[str]:
+    return [f"robot-{index:02d}" for index in range(count)]
+
+
+def plan_processes(robots: list[str], robots_per_process: int) -> list[list[str]]:
+    """Robots per actor process; 0 spreads them over the CPU cores."""
+    if robots_per_process <= 0:
+        processes = max(1, min(len(robots), os.cpu_count() or 1))
+        robots_per_process = -(-len(robots) // processes)
+    return [robots[i : i + robots_per_process] for i in range(0, len(robots), robots_per_process)]
+
+
+def spool_dir(config: LWDConfig, process_name: str) -> Path:
+    return Path(config.data_dir).resolve() / "spool" / process_name
+
+
+def fleet_up(robots: int = 0, episodes: int = 0, duration: float = 0.0, config: LWDConfig | None = None) -> dict:
+    """Start the fleet as supervised actor processes; returns when every actor is done or stopped.
+
+    ``episodes`` is per robot (0: run until stopped or ``duration`` seconds pass).
+    """
+    config = config or load_config()
+    ids = robot_ids(robots or config.fleet.robots)
+    groups = plan_processes(ids, config.fleet.robots_per_process)
+    children = []
+    for index, group in enumerate(groups):
+        name = f"actor-{index}"
+        argv = [sys.executable, "-m", "flows.fleet", "actor", "--robots", ",".join(group),
+                "--spool", str(spool_dir(config, name)), "--episodes", str(episodes * len(group)),
+                "--fleet-size", str(len(ids))]
+        log_path = Path(config.data_dir).resolve() / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        children.append(Child(name=name, argv=argv, env=dict(os.environ), log_path=str(log_path)))
+    supervisor = Supervisor(children)
+    stop = threading.Event()
+
+    def on_signal(_signum, _frame):
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"fleet: {len(ids)} robots in {len(groups)} actor processes; logs in {Path(config.data_dir) / 'logs'}",
+              flush=True)
+        supervisor.run(duration_s=duration or None, stop=stop)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return {"robots": ids, "processes": {c.name: {"exit_code": c.exit_code, "restarts": c.restarts}
+                                         for c in children}}
+
+
+def fleet_status(config: LWDConfig | None = None) -> None:
+    """Print desired vs running version per robot."""
+    config = config or load_config()
+    coordinator = Coordinator(open_store(config))
+    desired = coordinator.desired()
+    stable = (desired.get("stable") or {}).get("version")
+    canary = desired.get("canary")
+    print(f"desired revision {desired['revision']}: stable={stable or '-'}"
+          + (f" canary={canary['release']['version']} on {','.join(canary['robots'])}" if canary else ""))
+    rows = coordinator.status()
+    if not rows:
+        print("no actors have reported yet (start some with `lwd fleet up`)")
+        return
+    header = f"{'robot':<10} {'task':<20} {'desired':<14} {'running':<14} {'sync':<5} {'state':<17} " \
+             f"{'episodes':>8} {'success':>8} {'heartbeat':>10}"
+    print(header)
+    for row in rows:
+        rate = "-" if row["success_rate"] is None else f"{row['success_rate']:.0%}"
+        print(f"{row['robot_id']:<10} {row['task_id'] or '-':<20} {row['desired'] or '-':<14} "
+              f"{row['running'] or '-':<14} {'yes' if row['in_sync'] else 'NO':<5} {row['state'] or '-':<17} "
+              f"{row['episodes']:>8} {rate:>8} {row['heartbeat_age_s']:>9.0f}s")
+        if row["last_error"]:
+            print(f"{'':<10} error: {row['last_error']}")
+
+
+def actor_main(argv: list[str] | None = None) -> int:
+    """Process entry: run the named robots until done or SIGTERM, then drain uploads."""
+    from lwd_core.fleet.actor import Actor, assign_tasks
+    from lwd_core.fleet.edge import EdgeClient
+    from tasks.events import emit_episode_uploaded, flush_events
+
+    parser = argparse.ArgumentParser(prog="python -m flows.fleet actor")
+    parser.add_argument("--robots", required=True, help="comma-separated robot ids")
+    parser.add_argument("--spool", required=True)
+    parser.add_argument("--episodes", type=int, default=0, help="episodes to finish (0: until stopped)")
+    parser.add_argument("--duration", type=float, default=0.0)
+    parser.add_argument("--fleet-size", type=int, default=0, help="robots in the whole fleet (task assignment)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = load_config()
+    store = open_store(config)
+    suite = select_tasks(config.fleet.tasks)
+    mine = args.robots.split(",")
+    fleet = robot_ids(max(args.fleet_size, 1)) if args.fleet_size else mine
+    tasks = {robot: spec for robot, spec in assign_tasks(fleet, suite).items() if robot in mine}
+
+    edge = EdgeClient(args.spool, store, notify=emit_episode_uploaded)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    actor = Actor(store, edge, tasks, intervene=config.fleet.intervention, seed=config.algo.seed,
+                  max_steps=config.fleet.max_episode_steps or None, poll_s=config.fleet.poll_seconds)
+    edge.flush()  # whatever a previous incarnation left behind goes first
+    edge.start()
+    try:
+        finished = actor.run(max_episodes=args.episodes or None, duration_s=args.duration or None, stop=stop)
+    finally:
+        report = edge.stop(drain=True)
+        flush_events()
+        actor.close()
+    log.info("actor done: %d episodes finished, %d left in spool", finished, len(edge.pending()))
+    return 0 if report is not None and not report.failed else 1
+
+
+def _main(argv: list[str]) -> Any:
+    if argv[:1] == ["actor"]:
+        return actor_main(argv[1:])
+    raise SystemExit("usage: python -m flows.fleet actor --robots ... --spool ...")
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

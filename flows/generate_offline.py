@@ -1,0 +1,37 @@
+"""Generate the offline dataset in the simulator with the paper's mix (see lwd_core.sim.dataset)."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from lwd_core.config import load_config
+from lwd_core.sim.dataset import DatasetReport, plan_allocations
+from lwd_core.sim.tasks import select_tasks
+from tasks.dataset import generate_offline_allocation, offline_mix, write_offline_report
+
+
+@flow(name="generate-offline")
+def generate_offline(total_steps: int = 0, seed: int = -1) -> dict:
+    """``total_steps``/``seed`` override the config's dataset section (0 / -1: use the config)."""
+    config = load_config()
+    logger = get_run_logger()
+    total_steps = total_steps or config.dataset.total_steps
+    seed = config.dataset.seed if seed < 0 else seed
+    suite = select_tasks(config.fleet.tasks)
+    plan = plan_allocations(suite, total_steps, offline_mix(config))
+    futures = [generate_offline_allocation.submit(config, a.task_id, a.kind, a.steps, seed) for a in plan]
+    report = DatasetReport(total_steps_planned=total_steps, mix={})
+    for future in futures:
+        report.merge(future.result())
+    document = write_offline_report(config, report)
+    achieved = document["achieved"]
+    create_table_artifact(
+        key="offline-dataset",
+        table=[{"task": t, **{f"{k}_steps": v for k, v in row.items()},
+                **{f"{k}_successes": v for k, v in document["successes"].get(t, {}).items()}}
+               for t, row in sorted(document["steps"].items())],
+        description=f"Offline dataset: {achieved['episodes']} episodes, {achieved['hours']:.2f} robot hours",
+    )
+    logger.info("offline dataset: %s", achieved)
+    return achieved

@@ -1,0 +1,248 @@
+"""Actor: one process driving one or more simulated robots with the current policy.
+
+Robots sharing a process step in lockstep and share one batched policy call per model version (the
+batch is padded to the process's robot count so JAX compiles once). Each robot keeps its own task,
+simulator, teleoperator (who takes over when the policy stalls or drifts) and version.
+
+Weights change only between episodes. Before a swap the actor fetches the release named by the
+coordinator and loads the policy only if its bytes hash to the release's sha256; a mismatch is
+reported and the robot keeps its current weights. Finished episodes go to the edge client's spool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lwd_core.algo.text import tokenize
+from lwd_core.fleet.coordinator import Coordinator, Release, now_us
+from lwd_core.fleet.edge import EdgeClient
+from lwd_core.sim.rollout import EpisodeRunner
+from lwd_core.sim.tasks import TaskSpec, make_env
+from lwd_core.sim.teleop import InterventionMonitor, Teleoperator
+from lwd_core.store import ObjectStore
+
+log = logging.getLogger(__name__)
+_SWAPS_KEPT = 20
+
+
+class PolicyCache:
+    """Verified policies by version (a process rarely needs more than the current and the next)."""
+
+    def __init__(self, store: ObjectStore, capacity: int = 2):
+        self.store = store
+        self.capacity = capacity
+        self._entries: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+
+    def get(self, release: Release) -> tuple[Any, Any]:
+        from lwd_core.algo.checkpoint import load_policy  # JAX is only needed once there is a policy
+
+        cache_key = f"{release.version}:{release.policy_sha256}"
+        if cache_key not in self._entries:
+            self._entries[cache_key] = load_policy(self.store, release.checkpoint, release.policy_sha256)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(cache_key)
+        return self._entries[cache_key]
+
+
+@dataclass(eq=False)
+class Robot:
+    robot_id: str
+    task: TaskSpec
+    env: Any = None
+    runner: EpisodeRunner | None = None
+    release: Release | None = None
+    rejected_sha: str | None = None
+    episodes_started: int = 0
+    per_version: dict[str, dict[str, int]] = field(default_factory=dict)
+    swaps: list[dict[str, Any]] = field(default_factory=list)
+    last_error: str | None = None
+
+
+def assign_tasks(robot_ids: list[str], suite: tuple[TaskSpec, ...] | list[TaskSpec]) -> dict[str, TaskSpec]:
+    """Robot stations cover the suite round-robin by robot index (robot-00 -> first task, ...)."""
+    return {robot_id: suite[index % len(suite)] for index, robot_id in enumerate(sorted(robot_ids))}
+
+
+def _seed(robot_id: str, episode: int, base: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{base}/{robot_id}/{episode}".encode()).digest()[:4], "little")
+
+
+class Actor:
+    def __init__(
+        self,
+        store: ObjectStore,
+        edge: EdgeClient,
+        robots: dict[str, TaskSpec],
+        *,
+        intervene: bool = True,
+        max_steps: int | None = None,
+        seed: int = 0,
+        poll_s: float = 1.0,
+        clock: Callable[[], int] | None = None,
+    ):
+        import jax
+
+        self.store = store
+        self.coordinator = Coordinator(store)
+        self.edge = edge
+        self.robots = [Robot(robot_id, task) for robot_id, task in sorted(robots.items())]
+        self.intervene = intervene
+        self.max_steps = max_steps
+        self.seed = seed
+        self.poll_s = poll_s
+        self.clock = clock
+        self.policies = PolicyCache(store)
+        self._rng = jax.random.PRNGKey(seed)
+        self._desired: dict[str, Any] | None = None
+        self._desired_at = 0.0
+        self._last_report = 0.0
+        self.episodes_finished = 0
+
+    # -- coordinator I/O -----------------------------------------------------------------------
+    def _desired_document(self) -> dict[str, Any]:
+        if self._desired is None or time.monotonic() - self._desired_at >= self.poll_s:
+            self._desired = self.coordinator.desired()
+            self._desired_at = time.monotonic()
+        return self._desired
+
+    def report(self, robot: Robot, state: str) -> None:
+        running = robot.release
+        self.coordinator.report(robot.robot_id, {
+            "task_id": robot.task.task_id,
+            "state": state,
+            "running_version": running.version if running else None,
+            "running_sha256": running.policy_sha256 if running else None,
+            "per_version": robot.per_version,
+            "swaps": robot.swaps,
+            "last_error": robot.last_error,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        })
+
+    def _maybe_swap(self, robot: Robot) -> None:
+        """Between episodes: move to the desired release if it verifies."""
+        desired = self.coordinator.release_for(robot.robot_id, self._desired_document())
+        if desired is None or (robot.release and desired.version == robot.release.version
+                               and desired.policy_sha256 == robot.release.policy_sha256):
+            return
+        if desired.policy_sha256 == robot.rejected_sha:
+            return  # already refused these bytes; wait for a different release
+        try:
+            self.policies.get(desired)
+        except Exception as exc:  # integrity or missing checkpoint: keep running what we have
+            robot.rejected_sha = desired.policy_sha256
+            robot.last_error = f"refused {desired.version}: {type(exc).__name__}: {exc}"
+            log.error("%s %s", robot.robot_id, robot.last_error)
+            self.report(robot, "rejected-release")
+            return
+        robot.release, robot.rejected_sha, robot.last_error = desired, None, None
+        robot.swaps = ([{"version": desired.version, "approved_us": desired.approved_us,
+                         "published_us": desired.published_us, "swapped_us": now_us()}] + robot.swaps)[:_SWAPS_KEPT]
+        self.report(robot, "running")
+
+    def _start_episode(self, robot: Robot) -> bool:
+        self._maybe_swap(robot)
+        if robot.release is None:
+            return False
+        if robot.env is None:
+            robot.env = make_env(robot.task)
+        seed = _seed(robot.robot_id, robot.episodes_started, self.seed)
+        teleop = monitor = None
+        if self.intervene:
+            teleop = Teleoperator(robot.env, np.random.default_rng(seed))
+            monitor = InterventionMonitor()
+        robot.runner = EpisodeRunner(robot.env, robot.task, robot_id=robot.robot_id,
+                                     policy_version=robot.release.version, source="rollout", seed=seed,
+                                     teleop=teleop, monitor=monitor, max_steps=self.max_steps, clock=self.clock)
+        robot.episodes_started += 1
+        return True
+
+    def _finish_episode(self, robot: Robot) -> None:
+        episode = robot.runner.episode()
+        robot.runner = None
+        self.edge.spool(episode)
+        counts = robot.per_version.setdefault(episode.policy_version, {"episodes": 0, "successes": 0,
+                                                                       "intervention_steps": 0, "steps": 0})
+        counts["episodes"] += 1
+        counts["successes"] += int(episode.outcome == "success")
+        counts["intervention_steps"] += int(episode.interventions.sum())
+        counts["steps"] += episode.num_steps
+        self.episodes_finished += 1
+        self.report(robot, "running")
+
+    # -- acting --------------------------------------------------------------------------------
+    def _act(self, needing: list[Robot]) -> None:
+        import jax
+
+        by_version: dict[str, list[Robot]] = {}
+        for robot in needing:
+            by_version.setdefault(robot.runner.policy_version, []).append(robot)
+        size = len(self.robots)  # fixed batch: one compilation per process
+        for robots in by_version.values():
+            learner, params = self.policies.get(robots[0].release)
+            obs = np.zeros((size, learner.spec.obs_dim), np.float32)
+            tokens = np.zeros((size, learner.spec.max_tokens), np.int32)
+            for row, robot in enumerate(robots):
+                obs[row] = robot.runner.observation
+                tokens[row] = tokenize(robot.task.instruction)
+            self._rng, key = jax.random.split(self._rng)
+            chunks = learner.act(params, obs, tokens, key)
+            for row, robot in enumerate(robots):
+                robot.runner.step(chunks[row])
+
+    def run(self, max_episodes: int | None = None, duration_s: float | None = None,
+            stop: threading.Event | None = None) -> int:
+        """Act until ``max_episodes`` episodes finished, ``duration_s`` passed or ``stop`` is set.
+
+        Episodes in flight when time runs out or ``stop`` is set are dropped, as a robot that is
+        switched off mid-episode would; ``max_episodes`` lets every started episode finish.
+        """
+        deadline = time.monotonic() + duration_s if duration_s else None
+        stop = stop or threading.Event()
+        started = 0
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            for robot in self.robots:
+                if robot.runner is None and (max_episodes is None or started < max_episodes):
+                    started += self._start_episode(robot)
+            active = [r for r in self.robots if r.runner is not None]
+            if not active:
+                if max_episodes is not None and started >= max_episodes:
+                    break
+                self._heartbeat("waiting")
+                stop.wait(self.poll_s)
+                continue
+            needing = [r for r in active if r.runner.needs_chunk]
+            if needing:
+                self._act(needing)
+            for robot in active:
+                if robot.runner is not None and not robot.runner.done and robot not in needing:
+                    robot.runner.step()
+                if robot.runner is not None and robot.runner.done:
+                    self._finish_episode(robot)
+            self._heartbeat("running")
+        return self.episodes_finished
+
+    def _heartbeat(self, state: str) -> None:
+        if time.monotonic() - self._last_report < self.poll_s:
+            return
+        self._last_report = time.monotonic()
+        for robot in self.robots:
+            self.report(robot, state if robot.release else "waiting")
+
+    def close(self) -> None:
+        for robot in self.robots:
+            if robot.env is not None:
+                robot.env.close()
+                robot.env = None

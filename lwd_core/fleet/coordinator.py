@@ -1,0 +1,186 @@
+"""Coordinator: which model each robot should run, and which it actually runs.
+
+State lives in the object store so every actor, flow and dashboard reads one source of truth:
+
+    fleet/desired.json          written by the rollout flow only: stable release, optional canary
+                                release with its robot subset, a revision counter and history
+    fleet/actors/<robot>.json   written by that robot's actor only: running version, heartbeats,
+                                per-version episode/success counts, recent swap timestamps
+
+A release names a committed checkpoint and the sha256 of its policy file; actors refuse weights that
+do not hash to it. Timestamps are UTC microseconds so latency percentiles can be computed afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from lwd_core.data.layout import safe_name
+from lwd_core.store import COMMIT_MANIFEST, ObjectStore
+
+DESIRED_KEY = "fleet/desired.json"
+ACTORS_PREFIX = "fleet/actors"
+POLICY_FILE = "policy.msgpack"
+_HISTORY = 20
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class Release:
+    version: str
+    checkpoint: str
+    policy_sha256: str
+    published_us: int = 0
+    # When the model became eligible (registered/approved): the start of distribution latency.
+    approved_us: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Release | None:
+        return cls(**data) if data else None
+
+
+def release_for_checkpoint(store: ObjectStore, checkpoint: str, version: str, approved_us: int | None = None) -> Release:
+    """A release pinned to the policy hash recorded in the checkpoint's commit manifest."""
+    manifest = store.get_json(f"{checkpoint.strip('/')}/{COMMIT_MANIFEST}")
+    sha = manifest["files"][POLICY_FILE]["sha256"]
+    return Release(version=safe_name(version, "model version"), checkpoint=checkpoint.strip("/"), policy_sha256=sha,
+                   approved_us=approved_us or now_us())
+
+
+def choose_canary(robot_ids: list[str], fraction: float) -> list[str]:
+    """A deterministic canary subset: the first ceil(fraction * n) robots (at least one)."""
+    if not robot_ids:
+        return []
+    count = min(len(robot_ids), max(1, math.ceil(fraction * len(robot_ids))))
+    return sorted(robot_ids)[:count]
+
+
+class Coordinator:
+    def __init__(self, store: ObjectStore):
+        self.store = store
+
+    # -- desired state (rollout flow) ----------------------------------------------------------
+    def desired(self) -> dict[str, Any]:
+        if not self.store.exists(DESIRED_KEY):
+            return {"revision": 0, "stable": None, "canary": None, "history": [], "updated_us": 0}
+        return self.store.get_json(DESIRED_KEY)
+
+    def _write(self, document: dict[str, Any]) -> dict[str, Any]:
+        document["revision"] = int(document.get("revision", 0)) + 1
+        document["updated_us"] = now_us()
+        self.store.put_json(DESIRED_KEY, document)
+        return document
+
+    def publish_all(self, release: Release) -> dict[str, Any]:
+        """Every robot should run ``release``; any canary ends."""
+        document = self.desired()
+        release = Release(**{**asdict(release), "published_us": now_us()})
+        if document["stable"] and document["stable"]["version"] != release.version:
+            document["history"] = ([document["stable"]] + document["history"])[:_HISTORY]
+        document["stable"], document["canary"] = asdict(release), None
+        return self._write(document)
+
+    def publish_canary(self, release: Release, robots: list[str]) -> dict[str, Any]:
+        """Only ``robots`` should run ``release``; the rest keep the stable release."""
+        if not robots:
+            raise ValueError("a canary needs at least one robot")
+        document = self.desired()
+        release = Release(**{**asdict(release), "published_us": now_us()})
+        document["canary"] = {"release": asdict(release), "robots": sorted(safe_name(r, "robot id") for r in robots)}
+        return self._write(document)
+
+    def end_canary(self) -> dict[str, Any]:
+        """Roll the canary robots back to the stable release."""
+        document = self.desired()
+        document["canary"] = None
+        return self._write(document)
+
+    def rollback(self) -> dict[str, Any]:
+        """Drop any canary and return the fleet to the previous stable release."""
+        document = self.desired()
+        if not document["history"]:
+            raise RuntimeError("no previous release to roll back to")
+        previous, *rest = document["history"]
+        document["stable"], document["history"], document["canary"] = previous, rest, None
+        document["stable"]["published_us"] = now_us()
+        return self._write(document)
+
+    def release_for(self, robot_id: str, document: dict[str, Any] | None = None) -> Release | None:
+        document = document or self.desired()
+        canary = document.get("canary")
+        if canary and robot_id in canary["robots"]:
+            return Release.from_dict(canary["release"])
+        return Release.from_dict(document.get("stable"))
+
+    # -- actual state (actors) -----------------------------------------------------------------
+    def report(self, robot_id: str, state: dict[str, Any]) -> None:
+        self.store.put_json(f"{ACTORS_PREFIX}/{safe_name(robot_id, 'robot id')}.json",
+                            {**state, "robot_id": robot_id, "heartbeat_us": now_us()})
+
+    def actor(self, robot_id: str) -> dict[str, Any] | None:
+        key = f"{ACTORS_PREFIX}/{safe_name(robot_id, 'robot id')}.json"
+        return self.store.get_json(key) if self.store.exists(key) else None
+
+    def actors(self) -> dict[str, dict[str, Any]]:
+        states = {}
+        for key in self.store.list(ACTORS_PREFIX, suffix=".json"):
+            state = self.store.get_json(key)
+            states[state["robot_id"]] = state
+        return states
+
+    # -- views ---------------------------------------------------------------------------------
+    def status(self) -> list[dict[str, Any]]:
+        """One row per known robot: desired vs running version, health and outcomes."""
+        document = self.desired()
+        rows = []
+        now = now_us()
+        for robot_id, state in sorted(self.actors().items()):
+            release = self.release_for(robot_id, document)
+            episodes = sum(v["episodes"] for v in state.get("per_version", {}).values())
+            successes = sum(v["successes"] for v in state.get("per_version", {}).values())
+            rows.append({
+                "robot_id": robot_id,
+                "task_id": state.get("task_id"),
+                "desired": release.version if release else None,
+                "running": state.get("running_version"),
+                "in_sync": bool(release) and state.get("running_version") == release.version,
+                "state": state.get("state"),
+                "episodes": episodes,
+                "success_rate": successes / episodes if episodes else None,
+                "heartbeat_age_s": (now - state["heartbeat_us"]) / 1e6,
+                "last_error": state.get("last_error"),
+            })
+        return rows
+
+    def running(self, version: str, robots: list[str] | None = None) -> bool:
+        """Whether every robot (or every robot in ``robots``) runs ``version``."""
+        states = self.actors()
+        targets = robots if robots is not None else list(states)
+        return bool(targets) and all(states.get(r, {}).get("running_version") == version for r in targets)
+
+    def outcomes(self, version: str, robots: list[str] | None = None) -> tuple[int, int]:
+        """(episodes, successes) finished under ``version`` by ``robots`` (default: all)."""
+        episodes = successes = 0
+        for robot_id, state in self.actors().items():
+            if robots is not None and robot_id not in robots:
+                continue
+            counts = state.get("per_version", {}).get(version, {})
+            episodes += counts.get("episodes", 0)
+            successes += counts.get("successes", 0)
+        return episodes, successes
+
+    def distribution_latencies_s(self, version: str) -> list[float]:
+        """Per robot: seconds from the release's approval to that robot running it."""
+        latencies = []
+        for state in self.actors().values():
+            for swap in state.get("swaps", []):
+                if swap["version"] == version and swap.get("approved_us"):
+                    latencies.append((swap["swapped_us"] - swap["approved_us"]) / 1e6)
+                    break
+        return latencies
