@@ -145,9 +145,19 @@ def rollout(config: ConfigOption = None, model_version: str = "") -> None:
 
 
 @app.command()
-def flywheel(config: ConfigOption = None, rounds: int = 1, robots: int = 0) -> None:
-    """The main job: K rounds of the whole flywheel on the configured stack."""
+def flywheel(
+    config: ConfigOption = None,
+    rounds: Annotated[int, typer.Option(help="Online rounds after the offline stage.")] = 1,
+    robots: Annotated[int, typer.Option(help="Fleet size (default: fleet.robots).")] = 0,
+    auto_approve: Annotated[bool, typer.Option(
+        "--auto-approve", help="Let a passing gate stand in for the reviewer (sets promotion.auto_approve).")] = False,
+) -> None:
+    """The main job: offline stage, then K rounds of the whole flywheel with the sim fleet deployed."""
     _config(config)
+    if auto_approve:
+        import os
+
+        os.environ["LWD_PROMOTION__AUTO_APPROVE"] = "true"
     _run("flows.flywheel", "flywheel", rounds=rounds, robots=robots)
 
 

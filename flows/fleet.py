@@ -19,16 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from lwd_core.config import LWDConfig, load_config
+from lwd_core.fleet.actor import fleet_robot_ids
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.fleet.supervisor import Child, Supervisor
 from lwd_core.sim.tasks import select_tasks
 from lwd_core.store import open_store
 
 log = logging.getLogger("lwd.fleet")
-
-
-def robot_ids(count: int) -> list[str]:
-    return [f"robot-{index:02d}" for index in range(count)]
 
 
 def plan_processes(robots: list[str], robots_per_process: int) -> list[list[str]]:
@@ -43,16 +40,11 @@ def spool_dir(config: LWDConfig, process_name: str) -> Path:
     return Path(config.data_dir).resolve() / "spool" / process_name
 
 
-def fleet_up(robots: int = 0, episodes: int = 0, duration: float = 0.0, config: LWDConfig | None = None) -> dict:
-    """Start the fleet as supervised actor processes; returns when every actor is done or stopped.
-
-    ``episodes`` is per robot (0: run until stopped or ``duration`` seconds pass).
-    """
-    config = config or load_config()
-    ids = robot_ids(robots or config.fleet.robots)
-    groups = plan_processes(ids, config.fleet.robots_per_process)
+def fleet_supervisor(config: LWDConfig, robots: int = 0, episodes: int = 0) -> tuple[list[str], Supervisor]:
+    """Actor processes for ``robots`` robots (``episodes`` per robot, 0: until stopped), not started."""
+    ids = fleet_robot_ids(robots or config.fleet.robots)
     children = []
-    for index, group in enumerate(groups):
+    for index, group in enumerate(plan_processes(ids, config.fleet.robots_per_process)):
         name = f"actor-{index}"
         argv = [sys.executable, "-m", "flows.fleet", "actor", "--robots", ",".join(group),
                 "--spool", str(spool_dir(config, name)), "--episodes", str(episodes * len(group)),
@@ -60,7 +52,16 @@ def fleet_up(robots: int = 0, episodes: int = 0, duration: float = 0.0, config: 
         log_path = Path(config.data_dir).resolve() / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         children.append(Child(name=name, argv=argv, env=dict(os.environ), log_path=str(log_path)))
-    supervisor = Supervisor(children)
+    return ids, Supervisor(children)
+
+
+def fleet_up(robots: int = 0, episodes: int = 0, duration: float = 0.0, config: LWDConfig | None = None) -> dict:
+    """Start the fleet as supervised actor processes; returns when every actor is done or stopped.
+
+    ``episodes`` is per robot (0: run until stopped or ``duration`` seconds pass).
+    """
+    config = config or load_config()
+    ids, supervisor = fleet_supervisor(config, robots, episodes)
     stop = threading.Event()
 
     def on_signal(_signum, _frame):
@@ -68,14 +69,14 @@ def fleet_up(robots: int = 0, episodes: int = 0, duration: float = 0.0, config: 
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        print(f"fleet: {len(ids)} robots in {len(groups)} actor processes; logs in {Path(config.data_dir) / 'logs'}",
-              flush=True)
+        print(f"fleet: {len(ids)} robots in {len(supervisor.children)} actor processes; "
+              f"logs in {Path(config.data_dir) / 'logs'}", flush=True)
         supervisor.run(duration_s=duration or None, stop=stop)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return {"robots": ids, "processes": {c.name: {"exit_code": c.exit_code, "restarts": c.restarts}
-                                         for c in children}}
+                                         for c in supervisor.children}}
 
 
 def fleet_status(config: LWDConfig | None = None) -> None:
@@ -121,7 +122,7 @@ def actor_main(argv: list[str] | None = None) -> int:
     store = open_store(config)
     suite = select_tasks(config.fleet.tasks)
     mine = args.robots.split(",")
-    fleet = robot_ids(max(args.fleet_size, 1)) if args.fleet_size else mine
+    fleet = fleet_robot_ids(max(args.fleet_size, 1)) if args.fleet_size else mine
     tasks = {robot: spec for robot, spec in assign_tasks(fleet, suite).items() if robot in mine}
 
     edge = EdgeClient(args.spool, store, notify=emit_episode_uploaded)

@@ -1,35 +1,123 @@
-"""The parent flywheel flow.
+"""The parent flywheel: offline stage, then K online rounds while the simulated fleet is deployed.
 
-What runs today is the offline stage on embedded defaults: oracle demonstrations in the simulator ->
-offline buffer -> LWD (DIVL + QAM) training -> committed checkpoint -> per-task success in the sim.
-The online rounds (fleet, ingest, gate, promotion, rollout) chain onto this as their flows land.
+Round 0 (once): generate the offline dataset if the buffer has none -> label -> snapshot -> train
+(offline n-step) -> gate -> promote -> (approval) -> first release to every robot.
+Rounds 1..K: the fleet keeps running the champion; when ``fleet.episodes_per_round`` new episodes
+have been uploaded: ingest -> label -> snapshot -> train (online, from the last checkpoint) -> gate
+-> promote -> (approval) -> staged rollout (canary, then all, or rollback).
 """
 
 from __future__ import annotations
 
-import json
+import time
+from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
 
+from flows.evaluate_gate import evaluate_gate
+from flows.fleet import fleet_supervisor
+from flows.generate_offline import generate_offline
+from flows.ingest import ingest
+from flows.label_rewards import label_rewards
+from flows.promote import promote
+from flows.rollout import rollout
+from flows.snapshot_buffer import snapshot_buffer
+from flows.train import train
 from lwd_core.config import load_config
-from lwd_core.sim.tasks import select_tasks
-from tasks.offline import evaluate_in_sim, generate_demonstrations, train_offline
+from lwd_core.data.ingest import pending_raw
+from lwd_core.data.layout import buffer_prefix
+from lwd_core.store import open_store
+from tasks import tracking
 
 
-@flow(name="flywheel")
-def flywheel(rounds: int = 1, robots: int = 0, demos_per_task: int = 2, train_steps: int = 200,
-             eval_episodes: int = 2) -> dict:
+def _deploy(version: str | None, gate: dict, logger) -> dict:
+    """Gate -> promote -> rollout for one candidate; what happened, for the round table."""
+    if version is None or not gate["passed"]:
+        return {"promoted": False, "approved": False, "rollout": "-"}
+    promotion = promote(version)
+    if not promotion["approved"]:
+        logger.info("v%s awaits a reviewer: the fleet keeps the current champion", version)
+        return {"promoted": promotion["promoted"], "approved": False, "rollout": "awaiting approval"}
+    deployed = rollout(version)
+    return {"promoted": True, "approved": True, "rollout": deployed["status"],
+            "distribution_latency_p50_s": deployed.get("distribution_latency_p50_s")}
+
+
+def _row(round_index: int, trained: dict, gate: dict, deployed: dict, fleet: dict) -> dict:
+    return {"round": round_index, "stage": trained["stage"], "snapshot": trained["snapshot_id"],
+            "model_version": trained["model_version"], "candidate_success": round(gate["candidate_mean"], 3),
+            "champion_success": None if gate["champion_mean"] is None else round(gate["champion_mean"], 3),
+            "gate": "pass" if gate["passed"] else "fail", **deployed, **fleet}
+
+
+@flow(name="flywheel", log_prints=True)
+def flywheel(rounds: int = 1, robots: int = 0) -> dict:
     config = load_config()
     logger = get_run_logger()
-    suite = select_tasks(config.fleet.tasks)
-    keys: list[str] = []
-    for index, spec in enumerate(suite):
-        keys += generate_demonstrations(config, spec.task_id, demos_per_task, seed=1000 * index)
-    logger.info("offline buffer: %d demonstration episodes over %d tasks", len(keys), len(suite))
-    checkpoint = train_offline(config, keys, train_steps, version="offline-0")
-    table = {spec.task_id: evaluate_in_sim(config, checkpoint, spec.task_id, eval_episodes, seed=index)
-             for index, spec in enumerate(suite)}
-    summary = {"checkpoint": config.storage.url + "/" + checkpoint, "success_by_task": table,
-               "mean_success": sum(table.values()) / len(table)}
-    logger.info("round 0 (offline): %s", json.dumps(summary))
+    store = open_store(config)
+    table: list[dict] = []
+
+    if not store.list(buffer_prefix("offline"), suffix=".parquet"):
+        generate_offline()
+    if tracking.alias_version(config, tracking.CHAMPION) is None:
+        label_rewards()
+        snapshot = snapshot_buffer()
+        trained = train(snapshot_id=snapshot["snapshot_id"], resume=False)
+        gate = evaluate_gate(trained["model_version"])
+        table.append(_row(0, trained, gate, _deploy(trained["model_version"], gate, logger), {}))
+        print(f"round 0 (offline): {table[-1]}")
+    if tracking.alias_version(config, tracking.CHAMPION) is None:
+        raise RuntimeError("no approved champion: approve one (MLflow UI or `lwd approve`) and run again")
+
+    ids, supervisor = fleet_supervisor(config, robots)
+    stop_fleet = supervisor.run_in_background()
+    print(f"fleet: {len(ids)} robots running the champion (logs in {Path(config.data_dir) / 'logs'})")
+    try:
+        for round_index in range(1, rounds + 1):
+            wanted, started = config.fleet.episodes_per_round, time.monotonic()
+            while len(pending_raw(store)) < wanted:
+                if time.monotonic() - started > config.rollout.timeout_seconds:
+                    raise TimeoutError(f"the fleet uploaded fewer than {wanted} episodes in "
+                                       f"{config.rollout.timeout_seconds:.0f}s; see the actor logs")
+                time.sleep(2.0)
+            ingested = ingest()
+            labels = label_rewards()["online"]
+            snapshot = snapshot_buffer()
+            trained = train(snapshot_id=snapshot["snapshot_id"])
+            gate = evaluate_gate(trained["model_version"])
+            fleet = {"fleet_episodes": ingested["accepted"], "quarantined": ingested["quarantined"],
+                     "fleet_success": round(labels["successes"] / labels["labelled"], 3) if labels["labelled"] else None,
+                     "intervention_steps": labels["intervention_steps"]}
+            table.append(_row(round_index, trained, gate, _deploy(trained["model_version"], gate, logger), fleet))
+            print(f"round {round_index}: {table[-1]}")
+    finally:
+        stop_fleet.set()
+        supervisor.stop()
+    ingest()  # what the fleet uploaded while stopping
+
+    create_table_artifact(key="flywheel-rounds", table=table, description="Per-round success of the flywheel")
+    summary = {"rounds": table, "champion": tracking.alias_version(config, tracking.CHAMPION),
+               "where_to_look": where_to_look(config)}
+    print(format_table(table))
+    for line in summary["where_to_look"]:
+        print(line)
     return summary
+
+
+def where_to_look(config) -> list[str]:
+    return [
+        "Prefect UI:  uv run prefect server start  -> http://127.0.0.1:4200 (flow runs, artifacts, events)",
+        f"MLflow UI:   uv run mlflow ui --backend-store-uri {config.tracking.mlflow_uri}  -> http://127.0.0.1:5000",
+        f"Data:        {config.storage.url} (buffer/, snapshots/, checkpoints/, quarantine/, fleet/)",
+        "Fleet:       uv run lwd fleet status",
+    ]
+
+
+def format_table(rows: list[dict]) -> str:
+    columns = ["round", "stage", "model_version", "candidate_success", "champion_success", "gate", "approved",
+               "rollout", "fleet_episodes", "fleet_success"]
+    lines = [" | ".join(f"{c:>17}" for c in columns)]
+    for row in rows:
+        lines.append(" | ".join(f"{str(row.get(c, '-')):>17}" for c in columns))
+    return "\n".join(lines)

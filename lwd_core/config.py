@@ -142,6 +142,35 @@ class AlgoConfig(_Section):
         return self
 
 
+class GateConfig(_Section):
+    """Evaluation gate: candidate vs champion on the sim suite, same seeds for both."""
+
+    episodes_per_task: int = Field(default=4, ge=1)
+    # Pass when candidate mean success >= champion mean - tolerance (non-inferiority).
+    tolerance: float = Field(default=0.05, ge=0.0, le=1.0)
+    # Without a champion, the candidate must reach this mean success.
+    min_success: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_steps: int = Field(default=0, ge=0)  # 0: each task's time limit
+    seed: int = 0
+
+
+class PromotionConfig(_Section):
+    # Off by default: a reviewer moves alias `champion`. On: the gate's pass is the approval.
+    auto_approve: bool = False
+    # How long `promote` waits for a reviewer before returning "awaiting approval" (0: do not wait).
+    approval_timeout_seconds: float = Field(default=0.0, ge=0.0)
+
+
+class RolloutConfig(_Section):
+    # Canary episodes per canary robot before the decision.
+    canary_episodes: int = Field(default=1, ge=1)
+    # Roll back when canary success < the previous release's success - tolerance.
+    regression_tolerance: float = Field(default=0.25, ge=0.0, le=1.0)
+    timeout_seconds: float = Field(default=900.0, gt=0.0)
+    # Actors silent longer than this are not waited for.
+    heartbeat_timeout_seconds: float = Field(default=60.0, gt=0.0)
+
+
 class LWDConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LWD_",
@@ -156,6 +185,9 @@ class LWDConfig(BaseSettings):
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
 
     @model_validator(mode="after")

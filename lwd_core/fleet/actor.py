@@ -70,6 +70,10 @@ class Robot:
     last_error: str | None = None
 
 
+def fleet_robot_ids(count: int) -> list[str]:
+    return [f"robot-{index:02d}" for index in range(count)]
+
+
 def assign_tasks(robot_ids: list[str], suite: tuple[TaskSpec, ...] | list[TaskSpec]) -> dict[str, TaskSpec]:
     """Robot stations cover the suite round-robin by robot index (robot-00 -> first task, ...)."""
     return {robot_id: suite[index % len(suite)] for index, robot_id in enumerate(sorted(robot_ids))}

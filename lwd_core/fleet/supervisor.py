@@ -83,6 +83,19 @@ class Supervisor:
         finally:
             self.stop()
 
+    def run_in_background(self) -> threading.Event:
+        """Start the children and keep them alive from a thread; set the returned event to stop."""
+        stop = threading.Event()
+        self.start()
+
+        def loop() -> None:
+            while not stop.is_set():
+                self.poll()
+                stop.wait(self.poll_s)
+
+        threading.Thread(target=loop, name="fleet-supervisor", daemon=True).start()
+        return stop
+
     def stop(self, grace_s: float = 60.0) -> None:
         """SIGTERM every child (actors finish their upload drain), SIGKILL after the grace period."""
         self._stopping = True

@@ -1,0 +1,94 @@
+"""Staged rollout of the champion through the coordinator.
+
+1. First release ever: every robot gets it.
+2. Otherwise the canary subset (``fleet.canary_fraction`` of live robots) gets it first; once each
+   canary robot finished ``rollout.canary_episodes`` episodes on it, compare its success with the
+   previous release's. A regression beyond ``rollout.regression_tolerance`` rolls the canaries back and
+   returns alias ``champion`` to the previous version; otherwise every robot gets it.
+3. Wait until every live robot runs it; record distribution latencies (approval -> running).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from prefect import flow, get_run_logger
+
+from lwd_core.config import load_config
+from lwd_core.fleet.coordinator import Coordinator, Release, choose_canary, now_us
+from lwd_core.store import open_store
+from tasks import tracking
+
+
+def live_robots(coordinator: Coordinator, heartbeat_timeout_s: float) -> list[str]:
+    now = now_us()
+    return sorted(r for r, s in coordinator.actors().items() if (now - s["heartbeat_us"]) / 1e6 <= heartbeat_timeout_s)
+
+
+def wait_until(predicate, timeout_s: float, poll_s: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+def release_of(config, version: str) -> Release:
+    tags = tracking.version_tags(config, version)
+    return Release(version=tracking.release_name(version), checkpoint=tags["checkpoint"],
+                   policy_sha256=tags["policy_sha256"], approved_us=int(tags.get("approved_us") or now_us()))
+
+
+@flow(name="rollout")
+def rollout(model_version: str = "") -> dict:
+    config = load_config()
+    logger = get_run_logger()
+    version = model_version or tracking.alias_version(config, tracking.CHAMPION)
+    if not version:
+        raise ValueError("no champion to roll out: approve a model version first")
+    if tracking.alias_version(config, tracking.CHAMPION) != version:
+        raise PermissionError(f"v{version} is not the approved champion; approve it before rolling out")
+    coordinator = Coordinator(open_store(config))
+    release = release_of(config, version)
+    stable = coordinator.desired().get("stable")
+    if stable and stable["version"] == release.version:
+        return {"version": version, "status": "already-deployed"}
+    robots = live_robots(coordinator, config.rollout.heartbeat_timeout_seconds)
+    timeout = config.rollout.timeout_seconds
+    result: dict = {"version": version, "release": release.version, "live_robots": robots}
+
+    if stable and robots:
+        canary = choose_canary(robots, config.fleet.canary_fraction)
+        coordinator.publish_canary(release, canary)
+        logger.info("canary: %s -> %s", ",".join(canary), release.version)
+        needed = config.rollout.canary_episodes * len(canary)
+        watched = wait_until(lambda: coordinator.outcomes(release.version, canary)[0] >= needed, timeout)
+        episodes, successes = coordinator.outcomes(release.version, canary)
+        base_episodes, base_successes = coordinator.outcomes(stable["version"])
+        canary_rate = successes / episodes if episodes else 0.0
+        base_rate = base_successes / base_episodes if base_episodes else 0.0
+        result["canary"] = {"robots": canary, "episodes": episodes, "success_rate": canary_rate,
+                            "baseline_version": stable["version"], "baseline_success_rate": base_rate,
+                            "baseline_episodes": base_episodes, "watched": watched}
+        if not watched or canary_rate < base_rate - config.rollout.regression_tolerance:
+            coordinator.end_canary()
+            previous = tracking.version_tags(config, version).get("previous_champion")
+            if previous:
+                tracking.set_alias(config, tracking.CHAMPION, previous)
+            tracking.set_version_tags(config, version, {"approval": "rolled-back",
+                                                        "rollback_reason": "canary timeout" if not watched else
+                                                        f"canary {canary_rate:.2f} < baseline {base_rate:.2f}"})
+            logger.warning("rolled back v%s: %s", version, result["canary"])
+            return result | {"status": "rolled-back", "champion": previous}
+    coordinator.publish_all(release)
+    everyone = wait_until(lambda: coordinator.running(release.version, robots), timeout) if robots else True
+    latencies = coordinator.distribution_latencies_s(release.version)
+    result |= {"status": "deployed" if everyone else "deployed-partially", "distribution_latency_s": latencies}
+    if latencies:
+        result["distribution_latency_p50_s"] = float(np.percentile(latencies, 50))
+        result["distribution_latency_p99_s"] = float(np.percentile(latencies, 99))
+    tracking.set_version_tags(config, version, {"deployed_us": now_us(), "rollout": result["status"]})
+    logger.info("rollout v%s: %s", version, {k: v for k, v in result.items() if k != "distribution_latency_s"})
+    return result

@@ -1,0 +1,14 @@
+"""Train DIVL + QAM (or a baseline) on a snapshot, from the last checkpoint; register the result."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from lwd_core.config import load_config
+from tasks.pipeline import train_on_snapshot
+
+
+@flow(name="train")
+def train(snapshot_id: str = "", steps: int = 0, method: str = "lwd", resume: bool = True) -> dict:
+    """``snapshot_id`` empty: the latest snapshot; ``steps`` 0: the config's offline/online budget."""
+    return train_on_snapshot(load_config(), snapshot_id, steps, method, resume)

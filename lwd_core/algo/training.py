@@ -1,0 +1,103 @@
+"""One training run on a snapshot: episodes -> n-step transitions -> mixed replay -> learner updates.
+
+Stage "offline" (no previous checkpoint) uses the long/short offline n; stage "online" (resuming a
+checkpoint while the fleet is deployed) uses the online n and mixes online data in by ``online_ratio``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lwd_core.algo.learner import Learner, LearnerSpec, TrainState
+from lwd_core.algo.nstep import NStepSchedule, Stage, build_transitions
+from lwd_core.algo.replay import MixedReplay
+from lwd_core.algo.text import tokenize
+from lwd_core.data.episode import Episode
+from lwd_core.data.layout import get_episode
+from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM, TASK_INDEX, TASK_SUITE
+from lwd_core.store import ObjectStore
+
+
+def load_snapshot_episodes(store: ObjectStore, manifest: dict) -> dict[str, list[Episode]]:
+    episodes: dict[str, list[Episode]] = {"offline": [], "online": []}
+    for entry in manifest["episodes"]:
+        episodes[entry["kind"]].append(get_episode(store, entry["key"]))
+    return episodes
+
+
+def transitions_for(episodes: list[Episode], algo: Any, stage: Stage) -> dict[str, np.ndarray] | None:
+    if not episodes:
+        return None
+    schedule = NStepSchedule.from_config(algo)
+    return build_transitions(
+        episodes, chunk=algo.action_chunk, gamma=algo.discount,
+        n_for_task={t.task_id: schedule.n_for(t.horizon, stage) for t in TASK_SUITE},
+        task_index=TASK_INDEX, tokens_for_task={t.task_id: tokenize(t.instruction) for t in TASK_SUITE},
+    )
+
+
+def build_replay(episodes: dict[str, list[Episode]], algo: Any, stage: Stage, seed: int) -> MixedReplay:
+    offline = transitions_for(episodes["offline"], algo, stage)
+    online = transitions_for(episodes["online"], algo, stage)
+    if offline is None:  # no offline data: the online buffer plays that role
+        offline, online = online, None
+    if offline is None:
+        raise ValueError("the snapshot holds no episodes")
+    return MixedReplay(offline, online, online_ratio=algo.online_ratio, seed=seed)
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    history: list[dict[str, float]]
+    replay: MixedReplay
+
+
+def run_updates(
+    learner: Learner,
+    state: TrainState,
+    replay: MixedReplay,
+    steps: int,
+    batch_size: int,
+    log_every: int = 50,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """``steps`` updates; every ``log_every`` the window-mean metrics go to ``on_log(step, metrics)``."""
+    history: list[dict[str, float]] = []
+    window: list[dict[str, Any]] = []
+    for _ in range(steps):
+        state, metrics = learner.update(state, replay.sample(batch_size))
+        window.append(metrics)
+        if len(window) == log_every:
+            means = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
+            history.append(means)
+            window.clear()
+            if on_log:
+                on_log(int(state.step), means)
+    if window:
+        means = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
+        history.append(means)
+        if on_log:
+            on_log(int(state.step), means)
+    return TrainResult(state, history, replay)
+
+
+def new_learner(algo: Any, method: str = "lwd") -> Learner:
+    return Learner(LearnerSpec.from_config(algo, OBS_DIM, ACTION_DIM, method))
+
+
+def per_task_value(learner: Learner, state: TrainState, replay: MixedReplay, rows: int = 256) -> dict[str, float]:
+    """Mean value estimate per task on buffer states: a cheap per-task learning curve."""
+    data = replay.offline
+    out = {}
+    for task in TASK_SUITE:
+        index = np.flatnonzero(data["task"] == TASK_INDEX[task.task_id])[:rows]
+        if len(index):
+            stats = learner.value_statistics(state, data["obs"][index], data["tokens"][index])
+            out[task.task_id] = float(np.mean(stats.get("mean", stats.get("value"))))
+    return out
+

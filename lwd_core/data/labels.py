@@ -1,0 +1,72 @@
+"""Reward labelling and return bookkeeping for buffered episodes.
+
+The sparse reward is re-derived from the simulator's success flag (ingest already rejects episodes
+whose reward column disagrees). Labels are written as one small Parquet table per labelling batch,
+``labels/<kind>/<time>.parquet``, one row per episode; snapshots name these tables.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import polars as pl
+
+from lwd_core.algo.nstep import NStepSchedule, returns_to_go
+from lwd_core.data.episode import Episode
+from lwd_core.data.layout import BufferKind, buffer_prefix
+from lwd_core.sim.tasks import get_task
+from lwd_core.store import ObjectStore
+
+LABELS_PREFIX = "labels"
+
+
+def label_episode(episode: Episode, gamma: float, schedule: NStepSchedule) -> dict:
+    rewards = np.where(episode.successes, 0.0, -1.0).astype(np.float32)
+    success_steps = np.flatnonzero(episode.successes)
+    horizon = get_task(episode.task_id).horizon
+    return {
+        "episode_id": episode.episode_id,
+        "task_id": episode.task_id,
+        "robot_id": episode.robot_id,
+        "policy_version": episode.policy_version,
+        "source": episode.source,
+        "outcome": episode.outcome,
+        "steps": episode.num_steps,
+        "first_success_step": int(success_steps[0]) if len(success_steps) else -1,
+        "intervention_steps": int(episode.interventions.sum()),
+        "return": float(rewards.sum()),
+        "discounted_return": float(returns_to_go(rewards, gamma)[0]),
+        "n_offline": schedule.n_for(horizon, "offline"),
+        "n_online": schedule.n_for(horizon, "online"),
+        "labelled_us": time.time_ns() // 1000,
+    }
+
+
+def labelled_ids(store: ObjectStore, kind: BufferKind) -> set[str]:
+    ids: set[str] = set()
+    for key in store.list(f"{LABELS_PREFIX}/{kind}", suffix=".parquet"):
+        ids.update(pl.read_parquet(io.BytesIO(store.get(key)), columns=["episode_id"])["episode_id"].to_list())
+    return ids
+
+
+def unlabelled_keys(store: ObjectStore, kind: BufferKind) -> list[str]:
+    done = labelled_ids(store, kind)
+    keys = store.list(buffer_prefix(kind), suffix=".parquet")
+    return [k for k in keys if k.rsplit("/", 1)[1].removesuffix(".parquet") not in done]
+
+
+def write_labels(store: ObjectStore, kind: BufferKind, rows: list[dict]) -> str | None:
+    if not rows:
+        return None
+    buffer = io.BytesIO()
+    pl.DataFrame(rows).write_parquet(buffer)
+    key = f"{LABELS_PREFIX}/{kind}/{time.time_ns() // 1000}.parquet"
+    store.put_atomic(key, buffer.getvalue())
+    return key
+
+
+def read_labels(store: ObjectStore, keys: list[str]) -> pl.DataFrame:
+    frames = [pl.read_parquet(io.BytesIO(store.get(k))) for k in keys]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()

@@ -1,0 +1,128 @@
+"""Policy evaluation on the sim suite: every (task, episode) runs at once in lockstep, with one batched
+policy call per step for all episodes that need a chunk. Fixed seeds per (task, episode index) make a
+candidate and the champion face the same initial states.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from lwd_core.sim.rollout import EpisodeRunner
+from lwd_core.sim.tasks import TaskSpec, make_env
+
+# (observations (B, obs_dim), task specs of the B rows) -> action chunks (B, chunk, action_dim)
+BatchPolicy = Callable[[np.ndarray, list[TaskSpec]], np.ndarray]
+
+
+def eval_seed(base: int, task_id: str, index: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"eval/{base}/{task_id}/{index}".encode()).digest()[:4], "little")
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval: sensible at 0 or n successes and for small n."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class TaskResult:
+    task_id: str
+    group: str
+    successes: int
+    episodes: int
+    mean_steps: float
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.episodes if self.episodes else 0.0
+
+    def as_dict(self) -> dict:
+        low, high = wilson_interval(self.successes, self.episodes)
+        return {"task_id": self.task_id, "group": self.group, "successes": self.successes, "episodes": self.episodes,
+                "success_rate": self.success_rate, "ci_low": low, "ci_high": high, "mean_steps": self.mean_steps}
+
+
+def summarize(results: Iterable[TaskResult]) -> dict:
+    """Per-task rows plus means over all tasks and over the short / long groups."""
+    results = list(results)
+    out = {"tasks": {r.task_id: r.as_dict() for r in results}}
+    for name, members in (("all", results), ("short", [r for r in results if r.group == "short"]),
+                          ("long", [r for r in results if r.group == "long"])):
+        if members:
+            successes, episodes = sum(r.successes for r in members), sum(r.episodes for r in members)
+            low, high = wilson_interval(successes, episodes)
+            out[name] = {"success_rate": float(np.mean([r.success_rate for r in members])),
+                         "successes": successes, "episodes": episodes, "ci_low": low, "ci_high": high}
+    return out
+
+
+def evaluate_policy(
+    policy: BatchPolicy,
+    tasks: Iterable[TaskSpec],
+    episodes_per_task: int,
+    *,
+    seed: int = 0,
+    max_steps: int | None = None,
+    policy_version: str = "eval",
+) -> list[TaskResult]:
+    tasks = list(tasks)
+    runners: list[tuple[TaskSpec, EpisodeRunner]] = []
+    envs = []
+    for task in tasks:
+        for index in range(episodes_per_task):
+            env = make_env(task)
+            envs.append(env)
+            runners.append((task, EpisodeRunner(env, task, robot_id="eval", policy_version=policy_version,
+                                                source="rollout", seed=eval_seed(seed, task.task_id, index),
+                                                max_steps=max_steps)))
+    try:
+        while any(not r.done for _, r in runners):
+            needing = [(t, r) for t, r in runners if r.needs_chunk]
+            if needing:
+                chunks = policy(np.stack([r.observation for _, r in needing]), [t for t, _ in needing])
+                for (_, runner), chunk in zip(needing, chunks, strict=True):
+                    runner.step(chunk)
+            for _, runner in runners:
+                if not runner.done and not runner.needs_chunk:
+                    runner.step()
+    finally:
+        for env in envs:
+            env.close()
+    results = []
+    for task in tasks:
+        episodes = [r.episode() for t, r in runners if t.task_id == task.task_id]
+        results.append(TaskResult(task.task_id, task.group, sum(e.outcome == "success" for e in episodes),
+                                  len(episodes), float(np.mean([e.num_steps for e in episodes]))))
+    return results
+
+
+def learner_policy(learner, params, seed: int = 0, batch_size: int | None = None) -> BatchPolicy:
+    """A BatchPolicy over a Learner's fine-tuned flow policy (padded to ``batch_size``: one compilation)."""
+    import jax
+
+    from lwd_core.algo.text import tokenize
+
+    key = jax.random.PRNGKey(seed)
+
+    def policy(obs: np.ndarray, tasks: list[TaskSpec]) -> np.ndarray:
+        nonlocal key
+        key, sub = jax.random.split(key)
+        rows = len(obs)
+        size = max(rows, batch_size or rows)
+        padded = np.zeros((size, obs.shape[1]), np.float32)
+        padded[:rows] = obs
+        tokens = np.zeros((size, learner.spec.max_tokens), np.int32)
+        tokens[:rows] = np.stack([tokenize(t.instruction) for t in tasks])
+        return learner.act(params, padded, tokens, sub)[:rows]
+
+    return policy

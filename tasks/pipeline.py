@@ -1,0 +1,158 @@
+"""Prefect tasks of the online flywheel, each a thin wrapper over lwd_core. Tasks pass keys and ids,
+never arrays, so retries and the UI stay cheap."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from lwd_core.algo.checkpoint import load_checkpoint, save_checkpoint
+from lwd_core.config import LWDConfig
+from lwd_core.data.ingest import ingest_batch, write_ingest_log
+from lwd_core.data.labels import label_episode, unlabelled_keys, write_labels
+from lwd_core.data.layout import get_episode
+from lwd_core.data.snapshot import build_snapshot, load_snapshot
+from lwd_core.data.validation import Expectations
+from lwd_core.fleet.actor import fleet_robot_ids
+from lwd_core.fleet.coordinator import Coordinator
+from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM, select_tasks
+from lwd_core.store import open_store
+from tasks import tracking
+
+LATEST_CHECKPOINT = "checkpoints/_latest.json"
+
+
+def expectations(config: LWDConfig) -> Expectations:
+    """The suite's parameters now: known tasks, robots, and every version the coordinator published."""
+    coordinator = Coordinator(open_store(config))
+    desired = coordinator.desired()
+    releases = [desired.get("stable")] + list(desired.get("history", []))
+    if desired.get("canary"):
+        releases.append(desired["canary"]["release"])
+    suite = select_tasks(config.fleet.tasks)
+    return Expectations(
+        obs_dim=OBS_DIM, action_dim=ACTION_DIM, tasks=frozenset(t.task_id for t in suite),
+        robots=frozenset(fleet_robot_ids(config.fleet.robots)),
+        policy_versions=frozenset(r["version"] for r in releases if r),
+        max_steps=max(t.horizon for t in suite),
+    )
+
+
+@task(retries=3, retry_delay_seconds=[1, 5, 20], task_run_name="ingest-batch-{index}")
+def ingest_micro_batch(config: LWDConfig, keys: list[str], index: int) -> dict:
+    store = open_store(config)
+    report = ingest_batch(store, keys, expectations(config))
+    log_key = write_ingest_log(store, report, f"batch{index}")
+    return {"summary": report.summary(), "log": log_key,
+            "quarantined": [{"raw_key": o.raw_key, "reasons": o.reasons} for o in report.outcomes
+                            if o.status == "quarantined"]}
+
+
+@task(retries=2, retry_delay_seconds=2, task_run_name="label-{kind}")
+def label_buffer(config: LWDConfig, kind: str) -> dict:
+    from lwd_core.algo.nstep import NStepSchedule
+
+    store = open_store(config)
+    schedule = NStepSchedule.from_config(config.algo)
+    rows = [label_episode(get_episode(store, key), config.algo.discount, schedule) for key in unlabelled_keys(store, kind)]
+    key = write_labels(store, kind, rows)
+    return {"kind": kind, "labelled": len(rows), "table": key,
+            "successes": sum(r["outcome"] == "success" for r in rows),
+            "intervention_steps": sum(r["intervention_steps"] for r in rows)}
+
+
+@task(retries=2, retry_delay_seconds=2)
+def take_snapshot(config: LWDConfig) -> dict:
+    manifest = build_snapshot(open_store(config))
+    return {k: manifest[k] for k in ("snapshot_id", "parent", "stats", "unlabelled")} | {
+        "episodes": len(manifest["episodes"])}
+
+
+def latest_checkpoint(config: LWDConfig) -> str | None:
+    store = open_store(config)
+    return store.get_json(LATEST_CHECKPOINT)["checkpoint"] if store.exists(LATEST_CHECKPOINT) else None
+
+
+@task(retries=1, retry_delay_seconds=5, timeout_seconds=6 * 3600)
+def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: str, resume: bool,
+                      register: bool = True) -> dict:
+    """Train on a snapshot from the last checkpoint; MLflow run, checkpoint, registered model version."""
+    from lwd_core.algo.training import build_replay, load_snapshot_episodes, new_learner, per_task_value, run_updates
+
+    logger = get_run_logger()
+    store = open_store(config)
+    manifest = load_snapshot(store, snapshot_id)
+    parent = latest_checkpoint(config) if resume else None
+    stage = "online" if parent else "offline"
+    steps = steps or (config.algo.online_steps_per_round if parent else config.algo.offline_steps)
+    episodes = load_snapshot_episodes(store, manifest)
+    replay = build_replay(episodes, config.algo, stage, seed=config.algo.seed)
+    if parent:
+        learner, state, _ = load_checkpoint(store, parent)
+    else:
+        learner = new_learner(config.algo, method)
+        state = learner.init(config.algo.seed)
+    mlflow = tracking.mlflow_setup(config)
+    with mlflow.start_run(run_name=f"train-{stage}-{manifest['snapshot_id']}") as run:
+        mlflow.set_tags({"stage": stage, "snapshot_id": manifest["snapshot_id"], "parent_checkpoint": parent or "",
+                         "method": learner.spec.method})
+        mlflow.log_params({"snapshot_id": manifest["snapshot_id"], "stage": stage, "steps": steps,
+                           "offline_transitions": replay.sizes["offline"], "online_transitions": replay.sizes["online"],
+                           **{f"algo.{k}": v for k, v in config.algo.model_dump().items()}})
+        start = time.monotonic()
+
+        def on_log(step: int, metrics: dict[str, float]) -> None:
+            mlflow.log_metrics(metrics, step=step)
+
+        result = run_updates(learner, state, replay, steps, config.algo.batch_size, on_log=on_log)
+        elapsed = time.monotonic() - start
+        per_task = per_task_value(learner, result.state, replay)
+        mlflow.log_metrics({f"value_mean/{t}": v for t, v in per_task.items()}, step=int(result.state.step))
+        mlflow.log_metric("updates_per_second", steps / max(elapsed, 1e-9))
+        checkpoint = f"checkpoints/ckpt-{time.time_ns() // 1000}-step{int(result.state.step)}"
+        manifest_doc = save_checkpoint(store, checkpoint, learner, result.state, extra={
+            "replay": result.replay.state_dict(), "snapshot_id": manifest["snapshot_id"], "parent": parent,
+            "stage": stage})
+        store.put_json(LATEST_CHECKPOINT, {"checkpoint": checkpoint})
+        mlflow.log_dict(manifest_doc, "checkpoint/_MANIFEST.json")
+        mlflow.set_tag("checkpoint", store.uri(checkpoint))
+        version = None
+        if register:
+            version = tracking.register_policy(config, store, checkpoint, {
+                "snapshot_id": manifest["snapshot_id"], "checkpoint": checkpoint,
+                "policy_sha256": manifest_doc["files"]["policy.msgpack"]["sha256"], "stage": stage,
+                "run_id": run.info.run_id})
+        logger.info("trained %d steps (%s) on %s in %.0fs -> %s (model version %s)", steps, stage,
+                    manifest["snapshot_id"], elapsed, checkpoint, version)
+        return {"checkpoint": checkpoint, "model_version": version, "run_id": run.info.run_id, "stage": stage,
+                "snapshot_id": manifest["snapshot_id"], "steps": steps, "seconds": elapsed,
+                "final_metrics": result.history[-1] if result.history else {}}
+
+
+@task(retries=1, timeout_seconds=3 * 3600, task_run_name="evaluate-{version}")
+def evaluate_version(config: LWDConfig, version: str, episodes_per_task: int, seed: int) -> dict:
+    """Sim-suite success of a registered version; cached per (version, episodes, seed, max steps)."""
+    from lwd_core.algo.checkpoint import load_policy
+    from lwd_core.sim.evaluate import evaluate_policy, learner_policy, summarize
+
+    store = open_store(config)
+    suite = select_tasks(config.fleet.tasks)
+    cache = f"evals/v{version}-e{episodes_per_task}-s{seed}-m{config.gate.max_steps}-{len(suite)}t.json"
+    if store.exists(cache):
+        return store.get_json(cache)
+    tags = tracking.version_tags(config, version)
+    learner, params = load_policy(store, tags["checkpoint"], tags["policy_sha256"])
+    results = evaluate_policy(learner_policy(learner, params, seed, batch_size=len(suite) * episodes_per_task),
+                              suite, episodes_per_task, seed=seed, max_steps=config.gate.max_steps or None,
+                              policy_version=tracking.release_name(version))
+    summary = summarize(results) | {"version": version, "episodes_per_task": episodes_per_task, "seed": seed}
+    store.put_json(cache, summary)
+    return summary
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)
+

@@ -1,0 +1,94 @@
+"""MLflow: runs, the policy model registry, and the approval aliases reviewers move.
+
+Registry conventions (MLflow 3: aliases and tags replace stages):
+- alias ``challenger``: a candidate that passed the evaluation gate, awaiting review;
+- alias ``champion``: the approved model the fleet runs (moved by a reviewer in the MLflow UI,
+  by ``lwd approve``, or by the flywheel only when auto-approve is explicitly on);
+- version tags: ``snapshot_id``, ``checkpoint`` (store prefix), ``policy_sha256``, ``gate``
+  (pending/pass/fail), ``approval`` (pending/approved/rejected/rolled-back), ``approved_by``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lwd_core.algo.checkpoint import POLICY_FILE, SPEC_FILE
+from lwd_core.config import LWDConfig
+from lwd_core.store import ObjectStore
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+MODEL_CODE = str(Path(__file__).with_name("mlflow_policy.py"))
+
+
+def mlflow_setup(config: LWDConfig):
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+    mlflow.set_tracking_uri(config.tracking.mlflow_uri)
+    mlflow.set_experiment(config.tracking.experiment)
+    return mlflow
+
+
+def client(config: LWDConfig):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=config.tracking.mlflow_uri)
+
+
+def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, tags: dict[str, str]) -> str:
+    """Log the checkpoint's policy as a pyfunc model in the active run and register a version."""
+    mlflow = mlflow_setup(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = {}
+        for name, file in (("policy", POLICY_FILE), ("spec", SPEC_FILE)):
+            path = Path(tmp) / file
+            path.write_bytes(store.get_committed(checkpoint, file))
+            artifacts[name] = str(path)
+        info = mlflow.pyfunc.log_model(name="policy", python_model=MODEL_CODE, artifacts=artifacts,
+                                       pip_requirements=["jax", "flax", "numpy", "pandas"],
+                                       registered_model_name=config.tracking.registered_model)
+    version = str(info.registered_model_version)
+    mlflow_client = client(config)
+    for key, value in {**tags, "gate": "pending", "approval": "pending"}.items():
+        mlflow_client.set_model_version_tag(config.tracking.registered_model, version, key, str(value))
+    return version
+
+
+def version_tags(config: LWDConfig, version: str) -> dict[str, str]:
+    return dict(client(config).get_model_version(config.tracking.registered_model, version).tags)
+
+
+def set_version_tags(config: LWDConfig, version: str, tags: dict[str, Any]) -> None:
+    mlflow_client = client(config)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(config.tracking.registered_model, version, key, str(value))
+
+
+def alias_version(config: LWDConfig, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client(config).get_model_version_by_alias(config.tracking.registered_model, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(config: LWDConfig, alias: str, version: str) -> None:
+    client(config).set_registered_model_alias(config.tracking.registered_model, alias, version)
+
+
+def delete_alias(config: LWDConfig, alias: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(config).delete_registered_model_alias(config.tracking.registered_model, alias)
+    except MlflowException:
+        pass
+
+
+def release_name(version: str) -> str:
+    """The name actors and episodes carry for a registry version."""
+    return f"policy-v{version}"
