@@ -81,15 +81,7 @@ def flywheel(rounds: int = 1, robots: int = 0) -> dict:
                     raise TimeoutError(f"the fleet uploaded fewer than {wanted} episodes in "
                                        f"{config.rollout.timeout_seconds:.0f}s; see the actor logs")
                 time.sleep(2.0)
-            ingested = ingest()
-            labels = label_rewards()["online"]
-            snapshot = snapshot_buffer()
-            trained = train(snapshot_id=snapshot["snapshot_id"])
-            gate = evaluate_gate(trained["model_version"])
-            fleet = {"fleet_episodes": ingested["accepted"], "quarantined": ingested["quarantined"],
-                     "fleet_success": round(labels["successes"] / labels["labelled"], 3) if labels["labelled"] else None,
-                     "intervention_steps": labels["intervention_steps"]}
-            table.append(_row(round_index, trained, gate, _deploy(trained["model_version"], gate, logger), fleet))
+            table.append(flywheel_round(round_index))
             print(f"round {round_index}: {table[-1]}")
     finally:
         stop_fleet.set()
@@ -103,6 +95,23 @@ def flywheel(rounds: int = 1, robots: int = 0) -> dict:
     for line in summary["where_to_look"]:
         print(line)
     return summary
+
+
+@flow(name="flywheel-round")
+def flywheel_round(round_index: int = 0) -> dict:
+    """One online round over whatever the deployed fleet uploaded: ingest -> label -> snapshot ->
+    train -> gate -> promote -> rollout. What the retrain trigger runs when the fleet is managed
+    elsewhere (``lwd fleet up``, robots)."""
+    logger = get_run_logger()
+    ingested = ingest()
+    labels = label_rewards()["online"]
+    snapshot = snapshot_buffer()
+    trained = train(snapshot_id=snapshot["snapshot_id"])
+    gate = evaluate_gate(trained["model_version"])
+    fleet = {"fleet_episodes": ingested["accepted"], "quarantined": ingested["quarantined"],
+             "fleet_success": round(labels["successes"] / labels["labelled"], 3) if labels["labelled"] else None,
+             "intervention_steps": labels["intervention_steps"]}
+    return _row(round_index, trained, gate, _deploy(trained["model_version"], gate, logger), fleet)
 
 
 def where_to_look(config) -> list[str]:

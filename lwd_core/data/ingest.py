@@ -17,6 +17,7 @@ from typing import Literal
 from lwd_core.data.episode import Episode, EpisodeFormatError, read_parquet_metadata
 from lwd_core.data.layout import buffer_key, quarantine_key, quarantine_reason_key
 from lwd_core.data.validation import Expectations, validate_episodes
+from lwd_core.faults import failpoint
 from lwd_core.store import ObjectStore, sha256_hex
 
 RAW_PREFIX = "raw"
@@ -150,6 +151,7 @@ def ingest_batch(
         else:
             outcome.destination = buffer_key("online", episode.task_id, episode.episode_id)
             store.put_atomic(outcome.destination, data)
+            failpoint("ingest.after_buffer_put")
             outcome.ingested_us = now_us()
             store.delete(raw)
         seen.add(episode.episode_id)

@@ -1,0 +1,75 @@
+"""Bad-input corpus: every way an uploaded episode can be wrong, with the reason ingestion must give."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from conftest import make_episode
+
+from lwd_core.data.episode import Episode
+from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM
+
+ROBOT, TASK, VERSION = "robot-00", "restock-horizontal", "policy-v1"
+
+
+def fleet_episode(seed: int = 0, steps: int = 20, **overrides) -> Episode:
+    fields = dict(steps=steps, obs_dim=OBS_DIM, action_dim=ACTION_DIM, robot_id=ROBOT, task_id=TASK, seed=seed,
+                  policy_version=VERSION)
+    fields.update(overrides)
+    return make_episode(**fields)
+
+
+@dataclass
+class BadCase:
+    name: str
+    data: bytes
+    reason: str  # substring the quarantine reason must contain
+
+
+def _frame_bytes(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    return buffer.getvalue()
+
+
+def bad_corpus(max_steps: int) -> list[BadCase]:
+    good = fleet_episode(seed=100)
+    cases = []
+    cases.append(BadCase("truncated", good.to_parquet_bytes()[: len(good.to_parquet_bytes()) // 2], "malformed"))
+    cases.append(BadCase("wrong-schema", _frame_bytes(good.to_frame().drop("intervention")), "missing columns"))
+    cases.append(BadCase("wrong-type", _frame_bytes(good.to_frame().with_columns(pl.col("reward").cast(pl.Float64))),
+                         "wrong column types"))
+    obs = good.observations.copy()
+    obs[3, 2] = np.nan
+    cases.append(BadCase("nan-observation", good.replace(observations=obs).to_parquet_bytes(), "NaN or inf"))
+    actions = good.actions.copy()
+    actions[5, 0] = np.inf
+    cases.append(BadCase("inf-action", good.replace(actions=actions).to_parquet_bytes(), "NaN or inf"))
+    cases.append(BadCase("action-dim", fleet_episode(seed=101, action_dim=ACTION_DIM - 1).to_parquet_bytes(),
+                         f"action dim is not {ACTION_DIM}"))
+    cases.append(BadCase("observation-dim", fleet_episode(seed=102, obs_dim=OBS_DIM + 3).to_parquet_bytes(),
+                         f"observation dim is not {OBS_DIM}"))
+    actions = good.actions.copy()
+    actions[2, 1] = 1.5
+    cases.append(BadCase("action-bounds", good.replace(actions=actions).to_parquet_bytes(), "action outside"))
+    stamps = good.timestamps_us.copy()
+    stamps[7] = stamps[6]
+    cases.append(BadCase("timestamps", good.replace(timestamps_us=stamps).to_parquet_bytes(),
+                         "timestamps not strictly increasing"))
+    cases.append(BadCase("unknown-task", fleet_episode(seed=103, task_id="juggle-knives").to_parquet_bytes(),
+                         "unknown task"))
+    cases.append(BadCase("unknown-robot", fleet_episode(seed=104, robot_id="robot-99").to_parquet_bytes(),
+                         "unknown robot"))
+    cases.append(BadCase("unknown-version", fleet_episode(seed=105, policy_version="policy-v999").to_parquet_bytes(),
+                         "unknown policy version"))
+    rewards = good.rewards.copy()
+    rewards[0] = 5.0
+    cases.append(BadCase("reward-mismatch", good.replace(rewards=rewards).to_parquet_bytes(), "reward disagrees"))
+    altered = good.to_frame().with_columns(pl.col("reward") * 0 - 1)  # content changed, id kept
+    cases.append(BadCase("id-mismatch", _frame_bytes(altered), "does not match its content"))
+    cases.append(BadCase("too-long", fleet_episode(seed=106, steps=max_steps + 1).to_parquet_bytes(),
+                         f"longer than {max_steps}"))
+    return cases

@@ -1,0 +1,98 @@
+"""Ingestion over a real store: validation (GX), quarantine with reasons, exactly-once buffering."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from corpus import ROBOT, TASK, VERSION, bad_corpus, fleet_episode
+
+from lwd_core.data.ingest import ingest_batch, pending_raw
+from lwd_core.data.layout import buffer_prefix, get_episode, quarantine_reason_key, raw_key
+from lwd_core.data.validation import Expectations
+from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM
+
+MAX_STEPS = 60
+EXPECT = Expectations(obs_dim=OBS_DIM, action_dim=ACTION_DIM, tasks=frozenset({TASK, "swap-pair"}),
+                      robots=frozenset({ROBOT, "robot-01"}), policy_versions=frozenset({VERSION}), max_steps=MAX_STEPS)
+
+
+def upload(store, name: str, data: bytes) -> str:
+    key = f"raw/2026-11-24/{ROBOT}/{name}.parquet"
+    store.put_atomic(key, data)
+    return key
+
+
+def buffer_ids(store) -> list[str]:
+    return [k.rsplit("/", 1)[1].removesuffix(".parquet") for k in store.list(buffer_prefix("online"), ".parquet")]
+
+
+def test_bad_corpus_is_quarantined_with_reasons_and_good_episodes_go_through(any_store):
+    good = [fleet_episode(seed=i) for i in range(3)]
+    for episode in good:
+        any_store.put_atomic(raw_key(ROBOT, episode.episode_id), episode.to_parquet_bytes())
+    cases = bad_corpus(MAX_STEPS)
+    keys = {upload(any_store, case.name, case.data): case for case in cases}
+    report = ingest_batch(any_store, pending_raw(any_store), EXPECT)
+    by_key = {o.raw_key: o for o in report.outcomes}
+    for key, case in keys.items():
+        outcome = by_key[key]
+        assert outcome.status == "quarantined", case.name
+        assert any(case.reason in reason for reason in outcome.reasons), (case.name, outcome.reasons)
+        name = outcome.destination.rsplit("/", 1)[1].removesuffix(".parquet")
+        stored = any_store.get_json(quarantine_reason_key(name))
+        assert stored["raw_key"] == key and stored["reasons"] == outcome.reasons
+    assert sorted(buffer_ids(any_store)) == sorted(e.episode_id for e in good)
+    assert report.count("accepted") == 3 and report.count("quarantined") == len(cases)
+    assert pending_raw(any_store) == [], "every raw object was consumed"
+
+
+def test_oversized_objects_are_quarantined_unread(local_store):
+    episode = fleet_episode(seed=1)
+    upload(local_store, "big", episode.to_parquet_bytes())
+    report = ingest_batch(local_store, pending_raw(local_store), EXPECT, max_bytes=1000)
+    assert report.outcomes[0].status == "quarantined" and "oversized" in report.outcomes[0].reasons[0]
+
+
+def test_duplicates_and_replays_are_buffered_once(local_store):
+    episode = fleet_episode(seed=2)
+    data = episode.to_parquet_bytes()
+    upload(local_store, "first", data)
+    upload(local_store, "same-batch-copy", data)
+    first = ingest_batch(local_store, pending_raw(local_store), EXPECT)
+    assert sorted(o.status for o in first.outcomes) == ["accepted", "duplicate"]
+    upload(local_store, "replayed-later", data)
+    later = ingest_batch(local_store, pending_raw(local_store), EXPECT)
+    assert [o.status for o in later.outcomes] == ["duplicate"]
+    assert buffer_ids(local_store) == [episode.episode_id]
+    assert get_episode(local_store, f"buffer/online/task={TASK}/{episode.episode_id}.parquet").num_steps == 20
+
+
+_INGEST = """
+import json, os, sys
+sys.path.insert(0, "tests")
+from test_ingest import EXPECT
+from lwd_core.data.ingest import ingest_batch, pending_raw
+from lwd_core.store import ObjectStore
+store = ObjectStore(os.environ["STORE_URL"], json.loads(os.environ["STORE_OPTIONS"]))
+ingest_batch(store, pending_raw(store), EXPECT)
+"""
+
+
+@pytest.mark.parametrize("nth", [1, 3])
+def test_ingest_killed_after_buffering_is_exactly_once_on_rerun(s3_store, nth):
+    episodes = [fleet_episode(seed=10 + i) for i in range(4)]
+    for episode in episodes:
+        s3_store.put_atomic(raw_key(ROBOT, episode.episode_id), episode.to_parquet_bytes())
+    env = {**os.environ, "STORE_URL": s3_store.url, "STORE_OPTIONS": json.dumps(s3_store.storage_options),
+           "LWD_FAILPOINTS": f"ingest.after_buffer_put={nth}"}
+    killed = subprocess.run([sys.executable, "-c", _INGEST], env=env, timeout=300)
+    assert killed.returncode == 137
+    assert len(buffer_ids(s3_store)) == nth and len(pending_raw(s3_store)) == 4 - nth + 1
+    report = ingest_batch(s3_store, pending_raw(s3_store), EXPECT)
+    assert report.count("duplicate") == 1 and report.count("accepted") == 4 - nth
+    assert sorted(buffer_ids(s3_store)) == sorted(e.episode_id for e in episodes)
+    assert pending_raw(s3_store) == []
