@@ -14,8 +14,11 @@ setup:
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.13,<0.14"
 	@$(UV) sync --frozen --quiet
 
+# The whole flywheel on embedded defaults with a small fleet; --auto-approve lets a passing gate stand
+# in for the reviewer so it runs unattended (drop it to approve in the MLflow UI or with `lwd approve`).
+FLYWHEEL_ARGS ?= --config configs/small.yaml --rounds 2 --auto-approve
 flywheel: setup
-	$(UV) run --frozen lwd flywheel $(ARGS)
+	$(UV) run --frozen lwd flywheel $(FLYWHEEL_ARGS) $(ARGS)
 
 test: setup
 	$(UV) run --frozen pytest $(ARGS)

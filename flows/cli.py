@@ -41,11 +41,15 @@ class StageUnavailable(RuntimeError):
 
 
 def _config(config_file: Path | None) -> LWDConfig:
-    if config_file is not None:
-        import os
+    import os
 
-        os.environ[CONFIG_FILE_ENV] = str(config_file)
-    return load_config()
+    if config_file is not None:
+        os.environ[CONFIG_FILE_ENV] = str(config_file.resolve())
+    config = load_config()
+    if config.orchestration.prefect_api_url:
+        # Before any Prefect import reads its settings; an explicit PREFECT_API_URL still wins.
+        os.environ.setdefault("PREFECT_API_URL", config.orchestration.prefect_api_url)
+    return config
 
 
 def _stage(module: str, attribute: str) -> Callable[..., Any]:

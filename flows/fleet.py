@@ -108,6 +108,7 @@ def actor_main(argv: list[str] | None = None) -> int:
     """Process entry: run the named robots until done or SIGTERM, then drain uploads."""
     from lwd_core.fleet.actor import Actor, assign_tasks
     from lwd_core.fleet.edge import EdgeClient
+    from lwd_core.security import episode_signer, release_key
     from tasks.events import emit_episode_uploaded, flush_events
 
     parser = argparse.ArgumentParser(prog="python -m flows.fleet actor")
@@ -125,12 +126,13 @@ def actor_main(argv: list[str] | None = None) -> int:
     fleet = fleet_robot_ids(max(args.fleet_size, 1)) if args.fleet_size else mine
     tasks = {robot: spec for robot, spec in assign_tasks(fleet, suite).items() if robot in mine}
 
-    edge = EdgeClient(args.spool, store, notify=emit_episode_uploaded)
+    edge = EdgeClient(args.spool, store, notify=emit_episode_uploaded, sign=episode_signer(config.fleet))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     actor = Actor(store, edge, tasks, intervene=config.fleet.intervention, seed=config.algo.seed,
-                  max_steps=config.fleet.max_episode_steps or None, poll_s=config.fleet.poll_seconds)
+                  max_steps=config.fleet.max_episode_steps or None, poll_s=config.fleet.poll_seconds,
+                  release_key=release_key(config.fleet))
     edge.flush()  # whatever a previous incarnation left behind goes first
     edge.start()
     try:

@@ -16,7 +16,8 @@ import numpy as np
 from prefect import flow, get_run_logger
 
 from lwd_core.config import load_config
-from lwd_core.fleet.coordinator import Coordinator, Release, choose_canary, now_us
+from lwd_core.fleet.coordinator import Coordinator, Release, choose_canary, now_us, signed_release
+from lwd_core.security import release_key
 from lwd_core.store import open_store
 from tasks import tracking
 
@@ -36,9 +37,10 @@ def wait_until(predicate, timeout_s: float, poll_s: float = 1.0) -> bool:
 
 
 def release_of(config, version: str) -> Release:
+    """The signed release for a registry version (actors verify the signature, then the sha256)."""
     tags = tracking.version_tags(config, version)
-    return Release(version=tracking.release_name(version), checkpoint=tags["checkpoint"],
-                   policy_sha256=tags["policy_sha256"], approved_us=int(tags.get("approved_us") or now_us()))
+    return signed_release(tracking.release_name(version), tags["checkpoint"], tags["policy_sha256"],
+                          release_key(config.fleet), approved_us=int(tags.get("approved_us") or now_us()))
 
 
 @flow(name="rollout")

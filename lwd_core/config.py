@@ -54,6 +54,9 @@ class TrackingConfig(_Section):
     mlflow_uri: str = ""
     experiment: str = "lwd-flywheel"
     registered_model: str = "lwd-policy"
+    # Where a new experiment keeps run and model artifacts; empty: the server's default, or
+    # <data_dir>/mlartifacts with the embedded sqlite store (not ./mlruns of whatever the cwd is).
+    artifact_location: str = ""
 
 
 class OrchestrationConfig(_Section):
@@ -70,6 +73,10 @@ class FleetConfig(_Section):
     episodes_per_round: int = Field(default=16, ge=1)
     # Per-robot HMAC keys are derived from this secret unless given per robot.
     signing_secret: str = "lwd-dev-secret-change-me"
+    # Explicit per-robot keys (robot id -> key); robots not listed use keys derived from signing_secret.
+    robot_keys: dict[str, str] = Field(default_factory=dict)
+    # Ingestion quarantines episodes without their robot's valid signature.
+    require_signatures: bool = True
     # The scripted human takes over stalled or drifting rollouts (steps flagged as interventions).
     intervention: bool = True
     # Robots sharing one actor process (one batched policy call); 0: spread over the CPU cores.
@@ -198,6 +205,8 @@ class LWDConfig(BaseSettings):
             self.storage.url = (data_dir / "store").as_uri()
         if not self.tracking.mlflow_uri:
             self.tracking.mlflow_uri = f"sqlite:///{data_dir / 'mlflow.db'}"
+        if not self.tracking.artifact_location and self.tracking.mlflow_uri.startswith("sqlite:"):
+            self.tracking.artifact_location = (data_dir / "mlartifacts").as_uri()
         return self
 
     @classmethod
@@ -221,6 +230,7 @@ class LWDConfig(BaseSettings):
         for section, key in (("storage", "secret"), ("storage", "key"), ("fleet", "signing_secret")):
             if data[section].get(key):
                 data[section][key] = "***"
+        data["fleet"]["robot_keys"] = {robot: "***" for robot in data["fleet"]["robot_keys"]}
         return data
 
 

@@ -18,6 +18,7 @@ from lwd_core.data.snapshot import build_snapshot, load_snapshot
 from lwd_core.data.validation import Expectations
 from lwd_core.fleet.actor import fleet_robot_ids
 from lwd_core.fleet.coordinator import Coordinator
+from lwd_core.security import episode_signature_check
 from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM, select_tasks
 from lwd_core.store import open_store
 from tasks import tracking
@@ -44,7 +45,8 @@ def expectations(config: LWDConfig) -> Expectations:
 @task(retries=3, retry_delay_seconds=[1, 5, 20], task_run_name="ingest-batch-{index}")
 def ingest_micro_batch(config: LWDConfig, keys: list[str], index: int) -> dict:
     store = open_store(config)
-    report = ingest_batch(store, keys, expectations(config))
+    check = episode_signature_check(config.fleet) if config.fleet.require_signatures else None
+    report = ingest_batch(store, keys, expectations(config), check_signature=check)
     log_key = write_ingest_log(store, report, f"batch{index}")
     return {"summary": report.summary(), "log": log_key,
             "quarantined": [{"raw_key": o.raw_key, "reasons": o.reasons} for o in report.outcomes
@@ -79,35 +81,45 @@ def latest_checkpoint(config: LWDConfig) -> str | None:
 @task(retries=1, retry_delay_seconds=5, timeout_seconds=6 * 3600)
 def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: str, resume: bool,
                       register: bool = True) -> dict:
-    """Train on a snapshot from the last checkpoint; MLflow run, checkpoint, registered model version."""
+    """Train on a snapshot from the last checkpoint; MLflow run, checkpoint, registered model version.
+
+    Multi-host: every learner process runs this; all train, process 0 alone logs and checkpoints.
+    """
+    import jax
+
+    from lwd_core.algo import distributed
     from lwd_core.algo.training import build_replay, load_snapshot_episodes, new_learner, per_task_value, run_updates
 
     logger = get_run_logger()
+    distributed.initialize_from_env()  # no-op unless LWD_JAX_COORDINATOR is set
+    mesh = distributed.data_mesh() if jax.device_count() > 1 else None
     store = open_store(config)
     manifest = load_snapshot(store, snapshot_id)
     parent = latest_checkpoint(config) if resume else None
     stage = "online" if parent else "offline"
     steps = steps or (config.algo.online_steps_per_round if parent else config.algo.offline_steps)
-    episodes = load_snapshot_episodes(store, manifest)
-    replay = build_replay(episodes, config.algo, stage, seed=config.algo.seed)
     if parent:
         learner, state, _ = load_checkpoint(store, parent)
     else:
         learner = new_learner(config.algo, method)
         state = learner.init(config.algo.seed)
+    # Fresh batches each round (the step moves on) and distinct ones on each host.
+    seed = config.algo.seed + int(state.step) + 1_000_003 * jax.process_index()
+    replay = build_replay(load_snapshot_episodes(store, manifest), config.algo, stage, seed=seed)
+    if jax.process_index() != 0:
+        run_updates(learner, state, replay, steps, config.algo.batch_size, mesh=mesh)
+        return {"stage": stage, "snapshot_id": manifest["snapshot_id"], "process": jax.process_index()}
+
     mlflow = tracking.mlflow_setup(config)
     with mlflow.start_run(run_name=f"train-{stage}-{manifest['snapshot_id']}") as run:
         mlflow.set_tags({"stage": stage, "snapshot_id": manifest["snapshot_id"], "parent_checkpoint": parent or "",
-                         "method": learner.spec.method})
+                         "method": learner.spec.method, "devices": jax.device_count()})
         mlflow.log_params({"snapshot_id": manifest["snapshot_id"], "stage": stage, "steps": steps,
                            "offline_transitions": replay.sizes["offline"], "online_transitions": replay.sizes["online"],
                            **{f"algo.{k}": v for k, v in config.algo.model_dump().items()}})
         start = time.monotonic()
-
-        def on_log(step: int, metrics: dict[str, float]) -> None:
-            mlflow.log_metrics(metrics, step=step)
-
-        result = run_updates(learner, state, replay, steps, config.algo.batch_size, on_log=on_log)
+        result = run_updates(learner, state, replay, steps, config.algo.batch_size, mesh=mesh,
+                             on_log=lambda step, metrics: mlflow.log_metrics(metrics, step=step))
         elapsed = time.monotonic() - start
         per_task = per_task_value(learner, result.state, replay)
         mlflow.log_metrics({f"value_mean/{t}": v for t, v in per_task.items()}, step=int(result.state.step))

@@ -28,6 +28,14 @@ def mlflow_setup(config: LWDConfig):
 
     os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
     mlflow.set_tracking_uri(config.tracking.mlflow_uri)
+    if mlflow.get_experiment_by_name(config.tracking.experiment) is None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mlflow.create_experiment(config.tracking.experiment,
+                                     artifact_location=config.tracking.artifact_location or None)
+        except MlflowException:
+            pass  # created concurrently by another run
     mlflow.set_experiment(config.tracking.experiment)
     return mlflow
 

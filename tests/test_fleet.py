@@ -28,6 +28,8 @@ from lwd_core.sim.dataset import (
     plan_allocations,
     write_dataset_report,
 )
+from lwd_core.config import LWDConfig
+from lwd_core.security import release_key
 from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM, get_task
 
 SHORT, LONG = get_task("restock-horizontal"), get_task("swap-pair")
@@ -38,7 +40,9 @@ def tiny_policy_checkpoint(store, prefix: str, seed: int) -> Release:
                        flow_steps=2, value_size=11)
     learner = Learner(spec)
     save_checkpoint(store, prefix, learner, learner.init(seed))
-    return release_for_checkpoint(store, prefix, version=prefix.rsplit("/", 1)[-1])
+    # Signed with the default fleet secret, as the rollout flow would (actor processes verify it).
+    return release_for_checkpoint(store, prefix, version=prefix.rsplit("/", 1)[-1],
+                                  signing_key=release_key(LWDConfig().fleet))
 
 
 # -- offline dataset --------------------------------------------------------------------------------
@@ -253,7 +257,6 @@ def test_fleet_up_runs_robots_as_processes_and_status_shows_versions(tmp_path):
     env = {**os.environ, "LWD_DATA_DIR": str(tmp_path / "data"), "LWD_FLEET__MAX_EPISODE_STEPS": "15",
            "LWD_FLEET__ROBOTS_PER_PROCESS": "2", "LWD_FLEET__POLL_SECONDS": "0.2"}
     env.pop("LWD_CONFIG", None)
-    from lwd_core.config import LWDConfig
     from lwd_core.store import open_store
 
     store = open_store(LWDConfig(data_dir=str(tmp_path / "data")))

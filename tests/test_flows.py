@@ -20,6 +20,7 @@ from lwd_core.data.layout import buffer_prefix, get_episode
 from lwd_core.fleet.actor import Actor, assign_tasks
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.fleet.edge import EdgeClient
+from lwd_core.security import episode_signer, release_key
 from lwd_core.sim.tasks import select_tasks
 from lwd_core.store import open_store
 
@@ -158,8 +159,8 @@ def test_rollout_rolls_back_when_the_canary_regresses(stack):
 
     stop = threading.Event()
     robots = assign_tasks(["robot-00"], select_tasks(config.fleet.tasks))
-    actor = Actor(store, EdgeClient(Path(config.data_dir) / "spool" / "canary-test", store), robots,
-                  max_steps=30, poll_s=0.2)
+    edge = EdgeClient(Path(config.data_dir) / "spool" / "canary-test", store, sign=episode_signer(config.fleet))
+    actor = Actor(store, edge, robots, max_steps=30, poll_s=0.2, release_key=release_key(config.fleet))
     thread = threading.Thread(target=actor.run, kwargs={"stop": stop}, daemon=True)
     thread.start()
     try:

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from lwd_core.algo.learner import Learner, LearnerSpec, TrainState
+from lwd_core.algo import distributed
+from lwd_core.algo.learner import BATCH_KEYS, Learner, LearnerSpec, TrainState
 from lwd_core.algo.nstep import NStepSchedule, Stage, build_transitions
 from lwd_core.algo.replay import MixedReplay
 from lwd_core.algo.text import tokenize
@@ -65,12 +66,23 @@ def run_updates(
     batch_size: int,
     log_every: int = 50,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
+    mesh: Any = None,
 ) -> TrainResult:
-    """``steps`` updates; every ``log_every`` the window-mean metrics go to ``on_log(step, metrics)``."""
+    """``steps`` updates; every ``log_every`` the window-mean metrics go to ``on_log(step, metrics)``.
+
+    With a ``mesh`` (see :mod:`lwd_core.algo.distributed`) the batch is split over its devices and
+    this process samples only its share of the global ``batch_size``.
+    """
     history: list[dict[str, float]] = []
     window: list[dict[str, Any]] = []
+    if mesh is not None:
+        state = distributed.replicate(state, mesh)
+        batch_size = distributed.local_batch_size(batch_size, mesh)
     for _ in range(steps):
-        state, metrics = learner.update(state, replay.sample(batch_size))
+        batch = replay.sample(batch_size)
+        if mesh is not None:
+            batch = distributed.shard_batch({key: batch[key] for key in BATCH_KEYS}, mesh)
+        state, metrics = learner.update(state, batch)
         window.append(metrics)
         if len(window) == log_every:
             means = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}

@@ -27,6 +27,7 @@ import numpy as np
 from lwd_core.algo.text import tokenize
 from lwd_core.fleet.coordinator import Coordinator, Release, now_us
 from lwd_core.fleet.edge import EdgeClient
+from lwd_core.security import verify_release
 from lwd_core.sim.rollout import EpisodeRunner
 from lwd_core.sim.tasks import TaskSpec, make_env
 from lwd_core.sim.teleop import InterventionMonitor, Teleoperator
@@ -34,6 +35,7 @@ from lwd_core.store import ObjectStore
 
 log = logging.getLogger(__name__)
 _SWAPS_KEPT = 20
+_IDLE_WAIT_S = 0.05
 
 
 class PolicyCache:
@@ -63,7 +65,7 @@ class Robot:
     env: Any = None
     runner: EpisodeRunner | None = None
     release: Release | None = None
-    rejected_sha: str | None = None
+    rejected: Release | None = None
     episodes_started: int = 0
     per_version: dict[str, dict[str, int]] = field(default_factory=dict)
     swaps: list[dict[str, Any]] = field(default_factory=list)
@@ -95,7 +97,10 @@ class Actor:
         seed: int = 0,
         poll_s: float = 1.0,
         clock: Callable[[], int] | None = None,
+        release_key: bytes | None = None,
     ):
+        """``release_key``: verify each release's signature before trusting its sha256 (production
+        actors always pass it; None skips only that check, never the sha256 one)."""
         import jax
 
         self.store = store
@@ -108,6 +113,7 @@ class Actor:
         self.poll_s = poll_s
         self.clock = clock
         self.policies = PolicyCache(store)
+        self.release_key = release_key
         self._rng = jax.random.PRNGKey(seed)
         self._desired: dict[str, Any] | None = None
         self._desired_at = 0.0
@@ -141,17 +147,20 @@ class Actor:
         if desired is None or (robot.release and desired.version == robot.release.version
                                and desired.policy_sha256 == robot.release.policy_sha256):
             return
-        if desired.policy_sha256 == robot.rejected_sha:
-            return  # already refused these bytes; wait for a different release
+        if desired == robot.rejected:
+            return  # already refused this exact release; wait for a different one
         try:
+            if self.release_key is not None and not verify_release(
+                    self.release_key, desired.version, desired.checkpoint, desired.policy_sha256, desired.signature):
+                raise PermissionError("release signature does not verify")
             self.policies.get(desired)
-        except Exception as exc:  # integrity or missing checkpoint: keep running what we have
-            robot.rejected_sha = desired.policy_sha256
+        except Exception as exc:  # bad signature, integrity, missing checkpoint: keep what we have
+            robot.rejected = desired
             robot.last_error = f"refused {desired.version}: {type(exc).__name__}: {exc}"
             log.error("%s %s", robot.robot_id, robot.last_error)
             self.report(robot, "rejected-release")
             return
-        robot.release, robot.rejected_sha, robot.last_error = desired, None, None
+        robot.release, robot.rejected, robot.last_error = desired, None, None
         robot.swaps = ([{"version": desired.version, "approved_us": desired.approved_us,
                          "published_us": desired.published_us, "swapped_us": now_us()}] + robot.swaps)[:_SWAPS_KEPT]
         self.report(robot, "running")
@@ -225,7 +234,7 @@ class Actor:
                 if max_episodes is not None and started >= max_episodes:
                     break
                 self._heartbeat("waiting")
-                stop.wait(self.poll_s)
+                stop.wait(max(self.poll_s, _IDLE_WAIT_S))  # no release yet (or refused): poll, do not spin
                 continue
             needing = [r for r in active if r.runner.needs_chunk]
             if needing:

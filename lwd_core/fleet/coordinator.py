@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from lwd_core.data.layout import safe_name
+from lwd_core.security import sign_release
 from lwd_core.store import COMMIT_MANIFEST, ObjectStore
 
 DESIRED_KEY = "fleet/desired.json"
@@ -39,18 +40,27 @@ class Release:
     published_us: int = 0
     # When the model became eligible (registered/approved): the start of distribution latency.
     approved_us: int = 0
+    # HMAC over version|checkpoint|sha256 by the rollout flow (lwd_core.security); actors verify it.
+    signature: str = ""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Release | None:
         return cls(**data) if data else None
 
 
-def release_for_checkpoint(store: ObjectStore, checkpoint: str, version: str, approved_us: int | None = None) -> Release:
+def signed_release(version: str, checkpoint: str, policy_sha256: str, signing_key: bytes | None,
+                   approved_us: int | None = None) -> Release:
+    checkpoint = checkpoint.strip("/")
+    signature = sign_release(signing_key, version, checkpoint, policy_sha256) if signing_key else ""
+    return Release(version=safe_name(version, "model version"), checkpoint=checkpoint, policy_sha256=policy_sha256,
+                   approved_us=approved_us or now_us(), signature=signature)
+
+
+def release_for_checkpoint(store: ObjectStore, checkpoint: str, version: str, signing_key: bytes | None = None,
+                           approved_us: int | None = None) -> Release:
     """A release pinned to the policy hash recorded in the checkpoint's commit manifest."""
     manifest = store.get_json(f"{checkpoint.strip('/')}/{COMMIT_MANIFEST}")
-    sha = manifest["files"][POLICY_FILE]["sha256"]
-    return Release(version=safe_name(version, "model version"), checkpoint=checkpoint.strip("/"), policy_sha256=sha,
-                   approved_us=approved_us or now_us())
+    return signed_release(version, checkpoint, manifest["files"][POLICY_FILE]["sha256"], signing_key, approved_us)
 
 
 def choose_canary(robot_ids: list[str], fraction: float) -> list[str]:
