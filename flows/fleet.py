@@ -132,7 +132,7 @@ def actor_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     actor = Actor(store, edge, tasks, intervene=config.fleet.intervention, seed=config.algo.seed,
                   max_steps=config.fleet.max_episode_steps or None, poll_s=config.fleet.poll_seconds,
-                  release_key=release_key(config.fleet))
+                  release_key=release_key(config.fleet), realtime_factor=config.fleet.realtime_factor)
     edge.flush()  # whatever a previous incarnation left behind goes first
     edge.start()
     try:

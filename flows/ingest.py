@@ -8,16 +8,14 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from lwd_core.config import load_config
-from lwd_core.data.ingest import pending_raw
-from lwd_core.store import open_store
-from tasks.pipeline import ingest_micro_batch
+from tasks.pipeline import ingest_micro_batch, list_uploaded
 
 
 @flow(name="ingest")
 def ingest(limit: int = 0, batch_size: int = 64) -> dict:
     config = load_config()
     logger = get_run_logger()
-    keys = pending_raw(open_store(config), limit)
+    keys = list_uploaded(config, limit)
     batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
     results = [ingest_micro_batch(config, batch, index) for index, batch in enumerate(batches)]
     totals = {"seen": 0, "accepted": 0, "quarantined": 0, "duplicates": 0, "transitions_accepted": 0}

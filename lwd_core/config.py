@@ -83,6 +83,8 @@ class FleetConfig(_Section):
     robots_per_process: int = Field(default=0, ge=0)
     # Cap on steps per fleet episode; 0 means each task's own time limit.
     max_episode_steps: int = Field(default=0, ge=0)
+    # Pace robots at this multiple of real time (20 Hz control; 1.0 = real robots); 0 = simulator speed.
+    realtime_factor: float = Field(default=0.0, ge=0.0)
     # How often actors re-read the coordinator and heartbeat.
     poll_seconds: float = Field(default=1.0, gt=0.0)
 
@@ -138,6 +140,8 @@ class AlgoConfig(_Section):
     online_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
     offline_steps: int = Field(default=2000, ge=0)
     online_steps_per_round: int = Field(default=500, ge=0)
+    # Committed checkpoints during a training run: a crashed or retried run resumes from the last one.
+    checkpoint_every: int = Field(default=500, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")

@@ -9,9 +9,9 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from lwd_core.algo.checkpoint import load_checkpoint, save_checkpoint
+from lwd_core.algo.checkpoint import load_checkpoint
 from lwd_core.config import LWDConfig
-from lwd_core.data.ingest import ingest_batch, write_ingest_log
+from lwd_core.data.ingest import ingest_batch, pending_raw, write_ingest_log
 from lwd_core.data.labels import label_episode, unlabelled_keys, write_labels
 from lwd_core.data.layout import get_episode
 from lwd_core.data.snapshot import build_snapshot, load_snapshot
@@ -20,7 +20,7 @@ from lwd_core.fleet.actor import fleet_robot_ids
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.security import episode_signature_check
 from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM, select_tasks
-from lwd_core.store import open_store
+from lwd_core.store import COMMIT_MANIFEST, open_store
 from tasks import tracking
 
 LATEST_CHECKPOINT = "checkpoints/_latest.json"
@@ -40,6 +40,12 @@ def expectations(config: LWDConfig) -> Expectations:
         policy_versions=frozenset(r["version"] for r in releases if r),
         max_steps=max(t.horizon for t in suite),
     )
+
+
+@task(retries=3, retry_delay_seconds=[1, 5, 20])
+def list_uploaded(config: LWDConfig, limit: int = 0) -> list[str]:
+    """Keys waiting in raw/ (retried: the object store may be briefly unreachable)."""
+    return pending_raw(open_store(config), limit)
 
 
 @task(retries=3, retry_delay_seconds=[1, 5, 20], task_run_name="ingest-batch-{index}")
@@ -88,7 +94,14 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
     import jax
 
     from lwd_core.algo import distributed
-    from lwd_core.algo.training import build_replay, load_snapshot_episodes, new_learner, per_task_value, run_updates
+    from lwd_core.algo.training import (
+        build_replay,
+        load_snapshot_episodes,
+        new_learner,
+        per_task_value,
+        run_updates,
+        train_resumable,
+    )
 
     logger = get_run_logger()
     distributed.initialize_from_env()  # no-op unless LWD_JAX_COORDINATOR is set
@@ -103,31 +116,36 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
     else:
         learner = new_learner(config.algo, method)
         state = learner.init(config.algo.seed)
+    start_step = int(state.step)
     # Fresh batches each round (the step moves on) and distinct ones on each host.
-    seed = config.algo.seed + int(state.step) + 1_000_003 * jax.process_index()
+    seed = config.algo.seed + start_step + 1_000_003 * jax.process_index()
     replay = build_replay(load_snapshot_episodes(store, manifest), config.algo, stage, seed=seed)
     if jax.process_index() != 0:
         run_updates(learner, state, replay, steps, config.algo.batch_size, mesh=mesh)
         return {"stage": stage, "snapshot_id": manifest["snapshot_id"], "process": jax.process_index()}
+    # Same snapshot, parent and method -> same run directory, so a retry resumes instead of restarting.
+    run_root = f"checkpoints/run-{manifest['snapshot_id']}-{method}-from{start_step}"
 
     mlflow = tracking.mlflow_setup(config)
     with mlflow.start_run(run_name=f"train-{stage}-{manifest['snapshot_id']}") as run:
         mlflow.set_tags({"stage": stage, "snapshot_id": manifest["snapshot_id"], "parent_checkpoint": parent or "",
-                         "method": learner.spec.method, "devices": jax.device_count()})
+                         "method": learner.spec.method, "devices": jax.device_count(), "run_root": run_root})
         mlflow.log_params({"snapshot_id": manifest["snapshot_id"], "stage": stage, "steps": steps,
                            "offline_transitions": replay.sizes["offline"], "online_transitions": replay.sizes["online"],
                            **{f"algo.{k}": v for k, v in config.algo.model_dump().items()}})
         start = time.monotonic()
-        result = run_updates(learner, state, replay, steps, config.algo.batch_size, mesh=mesh,
-                             on_log=lambda step, metrics: mlflow.log_metrics(metrics, step=step))
+        result = train_resumable(store, run_root, lambda: (learner, state), replay, start_step + steps,
+                                 config.algo.batch_size, config.algo.checkpoint_every, mesh=mesh,
+                                 on_log=lambda step, metrics: mlflow.log_metrics(metrics, step=step),
+                                 extra={"snapshot_id": manifest["snapshot_id"], "parent": parent, "stage": stage})
         elapsed = time.monotonic() - start
-        per_task = per_task_value(learner, result.state, replay)
+        per_task = per_task_value(result.learner, result.state, replay)
         mlflow.log_metrics({f"value_mean/{t}": v for t, v in per_task.items()}, step=int(result.state.step))
         mlflow.log_metric("updates_per_second", steps / max(elapsed, 1e-9))
-        checkpoint = f"checkpoints/ckpt-{time.time_ns() // 1000}-step{int(result.state.step)}"
-        manifest_doc = save_checkpoint(store, checkpoint, learner, result.state, extra={
-            "replay": result.replay.state_dict(), "snapshot_id": manifest["snapshot_id"], "parent": parent,
-            "stage": stage})
+        if result.resumed_from:
+            mlflow.set_tag("resumed_from", result.resumed_from)
+        checkpoint = result.checkpoint
+        manifest_doc = store.get_json(f"{checkpoint}/{COMMIT_MANIFEST}")
         store.put_json(LATEST_CHECKPOINT, {"checkpoint": checkpoint})
         mlflow.log_dict(manifest_doc, "checkpoint/_MANIFEST.json")
         mlflow.set_tag("checkpoint", store.uri(checkpoint))

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from lwd_core.algo import distributed
+from lwd_core.algo.checkpoint import load_checkpoint, save_checkpoint
 from lwd_core.algo.learner import BATCH_KEYS, Learner, LearnerSpec, TrainState
 from lwd_core.algo.nstep import NStepSchedule, Stage, build_transitions
 from lwd_core.algo.replay import MixedReplay
@@ -20,7 +21,7 @@ from lwd_core.algo.text import tokenize
 from lwd_core.data.episode import Episode
 from lwd_core.data.layout import get_episode
 from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM, TASK_INDEX, TASK_SUITE
-from lwd_core.store import ObjectStore
+from lwd_core.store import COMMIT_MANIFEST, ObjectStore
 
 
 def load_snapshot_episodes(store: ObjectStore, manifest: dict) -> dict[str, list[Episode]]:
@@ -113,3 +114,55 @@ def per_task_value(learner: Learner, state: TrainState, replay: MixedReplay, row
             out[task.task_id] = float(np.mean(stats.get("mean", stats.get("value"))))
     return out
 
+
+
+def latest_committed_checkpoint(store: ObjectStore, run_root: str) -> str | None:
+    """The committed checkpoint with the highest step under ``run_root`` (partial ones are ignored)."""
+    best, best_step = None, -1
+    for key in store.list(run_root, suffix=COMMIT_MANIFEST):
+        prefix = key.rsplit("/", 1)[0]
+        step = int(store.get_json(key).get("step", -1))
+        if step > best_step:
+            best, best_step = prefix, step
+    return best
+
+
+@dataclass
+class ResumableRun:
+    learner: Learner
+    state: TrainState
+    checkpoint: str
+    history: list[dict[str, float]]
+    resumed_from: str | None
+
+
+def train_resumable(
+    store: ObjectStore,
+    run_root: str,
+    start: Callable[[], tuple[Learner, TrainState]],
+    replay: MixedReplay,
+    total_steps: int,
+    batch_size: int,
+    checkpoint_every: int,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    mesh: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> ResumableRun:
+    """Train until the learner's step reaches ``total_steps``, committing a checkpoint every
+    ``checkpoint_every`` updates under ``run_root``. A rerun after a crash (same ``run_root``) resumes
+    from the last committed checkpoint, replay sampler included, instead of starting over."""
+    latest = latest_committed_checkpoint(store, run_root)
+    if latest:
+        learner, state, manifest = load_checkpoint(store, latest)
+        replay.load_state_dict(manifest["replay"])
+    else:
+        learner, state = start()
+    resumed_from, checkpoint, history = latest, latest, []
+    while checkpoint is None or int(state.step) < total_steps:
+        count = max(0, min(checkpoint_every, total_steps - int(state.step)))
+        result = run_updates(learner, state, replay, count, batch_size, on_log=on_log, mesh=mesh)
+        state, history = result.state, history + result.history
+        checkpoint = f"{run_root}/step-{int(state.step):09d}"
+        save_checkpoint(store, checkpoint, learner, state,
+                        extra={"replay": replay.state_dict(), "resumed_from": resumed_from, **(extra or {})})
+    return ResumableRun(learner, state, checkpoint, history, resumed_from)

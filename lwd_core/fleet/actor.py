@@ -29,7 +29,7 @@ from lwd_core.fleet.coordinator import Coordinator, Release, now_us
 from lwd_core.fleet.edge import EdgeClient
 from lwd_core.security import verify_release
 from lwd_core.sim.rollout import EpisodeRunner
-from lwd_core.sim.tasks import TaskSpec, make_env
+from lwd_core.sim.tasks import CONTROL_PERIOD_S, TaskSpec, make_env
 from lwd_core.sim.teleop import InterventionMonitor, Teleoperator
 from lwd_core.store import ObjectStore
 
@@ -98,15 +98,23 @@ class Actor:
         poll_s: float = 1.0,
         clock: Callable[[], int] | None = None,
         release_key: bytes | None = None,
+        realtime_factor: float = 0.0,
     ):
         """``release_key``: verify each release's signature before trusting its sha256 (production
-        actors always pass it; None skips only that check, never the sha256 one)."""
+        actors always pass it; None skips only that check, never the sha256 one). ``realtime_factor``:
+        pace control steps at that multiple of the robots' 20 Hz (1.0: real time); 0: as fast as the
+        simulator goes."""
         import jax
 
         self.store = store
         self.coordinator = Coordinator(store)
         self.edge = edge
         self.robots = [Robot(robot_id, task) for robot_id, task in sorted(robots.items())]
+        for robot in self.robots:
+            # A restarted actor keeps its robot's history: outcomes per version feed canary decisions.
+            previous = self.coordinator.actor(robot.robot_id) or {}
+            robot.per_version = previous.get("per_version", {})
+            robot.swaps = previous.get("swaps", [])
         self.intervene = intervene
         self.max_steps = max_steps
         self.seed = seed
@@ -114,6 +122,8 @@ class Actor:
         self.clock = clock
         self.policies = PolicyCache(store)
         self.release_key = release_key
+        self.step_period_s = CONTROL_PERIOD_S / realtime_factor if realtime_factor > 0 else 0.0
+        self._next_step = 0.0
         self._rng = jax.random.PRNGKey(seed)
         self._desired: dict[str, Any] | None = None
         self._desired_at = 0.0
@@ -236,6 +246,11 @@ class Actor:
                 self._heartbeat("waiting")
                 stop.wait(max(self.poll_s, _IDLE_WAIT_S))  # no release yet (or refused): poll, do not spin
                 continue
+            if self.step_period_s:
+                if (delay := self._next_step - time.monotonic()) > 0:
+                    stop.wait(delay)
+                # Falling behind does not cause a burst: the schedule restarts from now.
+                self._next_step = max(self._next_step, time.monotonic() - self.step_period_s) + self.step_period_s
             needing = [r for r in active if r.runner.needs_chunk]
             if needing:
                 self._act(needing)

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 Notifier = Callable[[dict[str, Any]], None]
 JOURNAL = "uploaded.jsonl"
+# Every episode ever spooled here (append-only): what reconciliation and soak tests count as finished.
+LEDGER = "finished.jsonl"
 OUTBOX = "outbox"
 REJECTED = "rejected"
 TEMP_SUFFIX = ".partial"
@@ -61,6 +63,18 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(directory)  # make the rename itself durable
     finally:
         os.close(directory)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line from a crash mid-append
+    return records
 
 
 @dataclass
@@ -111,8 +125,14 @@ class EdgeClient:
             metadata.update(self.sign(episode))
         path = self.outbox / f"{robot}__{episode.episode_id}.parquet"
         _fsync_write(path, episode.to_parquet_bytes(metadata))
+        self._append(LEDGER, {"episode_id": episode.episode_id, "robot_id": robot,
+                              "finished_us": int(episode.timestamps_us[-1])})
         self._wake.set()
         return path
+
+    def finished(self) -> list[dict[str, Any]]:
+        """The ledger of spooled episodes (a torn last line from a crash is skipped)."""
+        return _read_jsonl(self.root / LEDGER)
 
     def pending(self) -> list[Path]:
         return sorted(p for p in self.outbox.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
@@ -124,20 +144,16 @@ class EdgeClient:
 
     # -- upload (background or explicit) -----------------------------------------------------------
     def _journal(self) -> set[str]:
-        path = self.root / JOURNAL
-        if not path.exists():
-            return set()
-        done = set()
-        for line in path.read_text().splitlines():
-            try:
-                done.add(json.loads(line)["file"])
-            except (ValueError, KeyError):
-                continue  # a torn last line from a crash mid-append
-        return done
+        return {record["file"] for record in _read_jsonl(self.root / JOURNAL) if "file" in record}
 
-    def _append_journal(self, record: dict[str, Any]) -> None:
-        with open(self.root / JOURNAL, "a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+    def _append(self, name: str, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        with open(self.root / name, "ab+") as handle:
+            if handle.tell() > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    line = b"\n" + line  # a crash tore the last line: keep this record on its own line
+            handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -177,7 +193,7 @@ class EdgeClient:
         self._put_with_retries(key, data)
         failpoint("edge.after_put")
         uploaded = now_us()
-        self._append_journal({"file": path.name, "episode_id": episode_id, "key": key, "uploaded_us": uploaded})
+        self._append(JOURNAL, {"file": path.name, "episode_id": episode_id, "key": key, "uploaded_us": uploaded})
         failpoint("edge.after_journal")
         event = {"episode_id": episode_id, "robot_id": robot, "key": key, "uri": self.store.uri(key),
                  "bytes": len(data), "finished_us": int(meta["lwd.finished_us"]), "uploaded_us": uploaded}

@@ -1,0 +1,127 @@
+"""Soak the fleet: N robots for T seconds with ingestion running alongside; prints one JSON object.
+
+    uv run python bench/soak.py --robots 8 --seconds 300 [--kill-every 20]
+
+Uses the configured stack (object store, signing secret; `LWD_*` / lwd.yaml) under a fresh data dir
+unless --data-dir is given. A tiny signed policy is published so actors run at simulator speed.
+With --kill-every S, a random actor process is killed (SIGKILL) every S seconds.
+
+Reports: finished (episodes in the actors' spool ledgers), buffered, lost (finished but not buffered
+after the drain), duplicated (ids in the buffer more than once), quarantined, backlog at the end of
+the run (spooled + uploaded but not yet ingested), ingest passes, env steps/s, episode-to-buffer
+latency p50/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--robots", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--max-episode-steps", type=int, default=100)
+    parser.add_argument("--kill-every", type=float, default=0.0)
+    parser.add_argument("--data-dir", default="")
+    args = parser.parse_args()
+
+    os.environ["LWD_DATA_DIR"] = args.data_dir or tempfile.mkdtemp(prefix="lwd-soak-")
+    os.environ["LWD_FLEET__MAX_EPISODE_STEPS"] = str(args.max_episode_steps)
+    os.environ["LWD_FLEET__ROBOTS"] = str(args.robots)
+
+    from flows.fleet import fleet_supervisor
+    from lwd_core.algo.checkpoint import save_checkpoint
+    from lwd_core.algo.learner import Learner, LearnerSpec
+    from lwd_core.config import load_config
+    from lwd_core.data.ingest import ingest_batch, pending_raw
+    from lwd_core.data.layout import buffer_prefix
+    from lwd_core.fleet.coordinator import Coordinator, release_for_checkpoint
+    from lwd_core.fleet.edge import EdgeClient
+    from lwd_core.security import episode_signature_check, release_key
+    from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM
+    from lwd_core.store import open_store
+    from tasks.pipeline import expectations
+
+    config = load_config()
+    store = open_store(config)
+    if store.protocol == "s3":
+        store.ensure_bucket()
+    learner = Learner(LearnerSpec(obs_dim=OBS_DIM, action_dim=ACTION_DIM, chunk=5, hidden_dims=(64, 64),
+                                  critic_heads=2, flow_steps=2, value_size=11))
+    save_checkpoint(store, "checkpoints/soak", learner, learner.init(0))
+    Coordinator(store).publish_all(release_for_checkpoint(store, "checkpoints/soak", "soak",
+                                                          signing_key=release_key(config.fleet)))
+    robots, supervisor = fleet_supervisor(config)
+    supervisor.backoff_s, supervisor.max_restarts = 0.5, 10_000
+    check = episode_signature_check(config.fleet)
+    counts: Counter = Counter()
+    latencies: list[float] = []
+    rng = random.Random(0)
+    stop = supervisor.run_in_background()
+    started = time.monotonic()
+    next_kill = started + args.kill_every if args.kill_every else float("inf")
+
+    def ingest_pass() -> None:
+        keys = pending_raw(store, 256)
+        if keys:
+            report = ingest_batch(store, keys, expectations(config), check_signature=check)
+            summary = report.summary()
+            for name in ("accepted", "quarantined", "duplicates"):
+                counts[name] += summary[name]
+            latencies.extend(summary["latency_s"])
+            counts["ingest_passes"] += 1
+
+    try:
+        while time.monotonic() - started < args.seconds:
+            ingest_pass()
+            if time.monotonic() >= next_kill:
+                live = [c for c in supervisor.children if c.process is not None and c.process.poll() is None]
+                if live:
+                    os.kill(rng.choice(live).process.pid, signal.SIGKILL)
+                    counts["kills"] += 1
+                next_kill += args.kill_every
+            time.sleep(1.0)
+    finally:
+        elapsed = time.monotonic() - started
+        spools = list((Path(config.data_dir) / "spool").iterdir())
+        backlog = len(pending_raw(store)) + sum(len(EdgeClient(s, store).pending()) for s in spools)
+        stop.set()
+        supervisor.stop()
+    for spool in spools:
+        EdgeClient(spool, store).flush()
+    while pending_raw(store):
+        ingest_pass()
+    finished = {r["episode_id"] for s in spools for r in EdgeClient(s, store).finished()}
+    ids = [k.rsplit("/", 1)[1] for k in store.list(buffer_prefix("online"), ".parquet")]
+    duplicated = sum(n - 1 for n in Counter(ids).values() if n > 1)
+    states = Coordinator(store).actors().values()
+    steps = sum(v.get("steps", 0) for s in states for v in s.get("per_version", {}).values())
+    print(json.dumps({
+        "robots": len(robots), "seconds": round(elapsed, 1), "finished": len(finished), "buffered": len(ids),
+        "lost": len(finished - {i.removesuffix(".parquet") for i in ids}), "duplicated": duplicated,
+        "duplicate_uploads_dropped": counts["duplicates"], "quarantined": counts["quarantined"],
+        "backlog_at_end": backlog, "ingest_passes": counts["ingest_passes"], "actor_kills": counts["kills"],
+        "actor_restarts": sum(c.restarts for c in supervisor.children),
+        "env_steps_per_s": round(steps / elapsed, 1),
+        "latency_p50_s": float(np.percentile(latencies, 50)) if latencies else None,
+        "latency_p99_s": float(np.percentile(latencies, 99)) if latencies else None,
+        "data_dir": config.data_dir,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Fault injection on loopback: kill -9 actors (and their uploaders), ingestion and the learner at
+random points, 20+ times, over a real S3 server; then reconcile.
+
+- every episode an actor finished (its spool ledger) is in the buffer exactly once;
+- training resumes from the last committed checkpoint and reaches its target step;
+- the fleet ends on one approved (signed) release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_fleet import tiny_policy_checkpoint
+
+from lwd_core.algo.training import latest_committed_checkpoint
+from lwd_core.config import LWDConfig
+from lwd_core.data.ingest import ingest_batch, pending_raw
+from lwd_core.data.layout import buffer_prefix
+from lwd_core.data.snapshot import build_snapshot
+from lwd_core.fleet.coordinator import Coordinator
+from lwd_core.fleet.edge import EdgeClient
+from lwd_core.security import episode_signature_check
+
+ROOT = Path(__file__).resolve().parent.parent
+FAULTS = 21
+LEARNER_STEPS, LEARNER_EVERY = 600, 20
+RUN_ROOT = "checkpoints/run-faults"
+
+INGEST = """
+import sys, time
+from lwd_core.config import load_config
+from lwd_core.data.ingest import ingest_batch, pending_raw
+from lwd_core.security import episode_signature_check
+from lwd_core.store import open_store
+from tasks.pipeline import expectations
+config = load_config(); store = open_store(config); check = episode_signature_check(config.fleet)
+while True:
+    keys = pending_raw(store, 256)
+    if keys:
+        ingest_batch(store, keys, expectations(config), check_signature=check)
+    elif sys.argv[1:] == ["--once"]:
+        break
+    else:
+        time.sleep(0.1)
+"""
+
+LEARNER = f"""
+from lwd_core.algo.training import build_replay, load_snapshot_episodes, new_learner, train_resumable
+from lwd_core.config import load_config
+from lwd_core.data.snapshot import load_snapshot
+from lwd_core.store import open_store
+config = load_config(); store = open_store(config)
+replay = build_replay(load_snapshot_episodes(store, load_snapshot(store)), config.algo, "online", seed=0)
+def start():
+    learner = new_learner(config.algo)
+    return learner, learner.init(0)
+train_resumable(store, "{RUN_ROOT}", start, replay, {LEARNER_STEPS}, config.algo.batch_size, {LEARNER_EVERY})
+"""
+
+
+@pytest.fixture
+def fleet_env(s3_store, tmp_path, monkeypatch):
+    options = s3_store.storage_options
+    env = {
+        "LWD_DATA_DIR": str(tmp_path / "data"), "LWD_STORAGE__URL": s3_store.url,
+        "LWD_STORAGE__ENDPOINT_URL": options["client_kwargs"]["endpoint_url"], "LWD_STORAGE__KEY": options["key"],
+        "LWD_STORAGE__SECRET": options["secret"], "LWD_FLEET__ROBOTS": "2", "LWD_FLEET__MAX_EPISODE_STEPS": "40",
+        "LWD_FLEET__REALTIME_FACTOR": "4",
+        "LWD_FLEET__POLL_SECONDS": "0.2", "LWD_FLEET__ROBOTS_PER_PROCESS": "1",
+        "LWD_FLEET__TASKS": '["restock-horizontal", "swap-pair"]', "LWD_ALGO__HIDDEN_DIMS": "[32, 32]",
+        "LWD_ALGO__CRITIC_HEADS": "2", "LWD_ALGO__BATCH_SIZE": "32", "LWD_ALGO__FLOW_STEPS": "2",
+        "LWD_ALGO__VALUE_SIZE": "11",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("LWD_CONFIG", raising=False)
+    return LWDConfig()
+
+
+def _script(code: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _buffer_ids(store) -> list[str]:
+    return [k.rsplit("/", 1)[1].removesuffix(".parquet") for k in store.list(buffer_prefix("online"), ".parquet")]
+
+
+def test_random_kills_lose_nothing_duplicate_nothing_and_end_on_one_approved_release(s3_store, fleet_env):
+    from flows.fleet import fleet_supervisor
+    from tasks.pipeline import expectations
+
+    config, store, rng = fleet_env, s3_store, random.Random(20261124)
+    coordinator = Coordinator(store)
+    coordinator.publish_all(tiny_policy_checkpoint(store, "checkpoints/v1", 0))
+    robots, supervisor = fleet_supervisor(config)
+    supervisor.backoff_s, supervisor.max_restarts = 0.2, 100
+    stop_fleet = supervisor.run_in_background()
+    faults: dict[str, int] = {"actor": 0, "ingest": 0, "learner": 0}
+    try:
+        # Some data first, so the learner has a snapshot to train on.
+        _wait(lambda: len(pending_raw(store)) >= 4, 120, "first uploads")
+        ingest_batch(store, pending_raw(store), expectations(config), check_signature=episode_signature_check(config.fleet))
+        build_snapshot(store)
+
+        ingester = learner = None
+        kinds = ["actor", "ingest", "learner"] * 7
+        rng.shuffle(kinds)
+        for kind in kinds:
+            if kind == "actor":
+                live = [c for c in supervisor.children if c.process is not None and c.process.poll() is None]
+                _wait(lambda: any(c.process is not None and c.process.poll() is None for c in supervisor.children),
+                      60, "a live actor")
+                live = live or [c for c in supervisor.children if c.process is not None]
+                time.sleep(rng.uniform(0.2, 2.0))
+                victim = rng.choice(live)
+                if victim.process is not None and victim.process.poll() is None:
+                    os.kill(victim.process.pid, signal.SIGKILL)
+            elif kind == "ingest":
+                ingester = _script(INGEST)
+                time.sleep(rng.uniform(2.0, 5.0))  # imports, then batches: killed mid-way
+                _kill(ingester)
+            else:
+                before = latest_committed_checkpoint(store, RUN_ROOT)
+                learner = _script(LEARNER)
+                # Kill after it committed something new (or gave up waiting), at a random point after.
+                deadline = time.monotonic() + 60
+                while latest_committed_checkpoint(store, RUN_ROOT) == before and time.monotonic() < deadline \
+                        and learner.poll() is None:
+                    time.sleep(0.2)
+                time.sleep(rng.uniform(0.0, 1.0))
+                _kill(learner)
+            faults[kind] += 1
+        assert sum(faults.values()) >= 20
+
+        # The fleet ends on one approved release.
+        v2 = tiny_policy_checkpoint(store, "checkpoints/v2", 1)
+        coordinator.publish_all(v2)
+        _wait(lambda: coordinator.running("v2", robots), 180, "every robot on v2")
+    finally:
+        stop_fleet.set()
+        supervisor.stop()
+
+    # Reconcile: drain every spool, ingest everything, compare with what actors finished.
+    finished: set[str] = set()
+    for spool in (Path(config.data_dir) / "spool").iterdir():
+        edge = EdgeClient(spool, store)
+        assert not edge.flush().failed
+        finished |= {record["episode_id"] for record in edge.finished()}
+    final = _script(INGEST, "--once")
+    assert final.wait(timeout=300) == 0
+    ids = _buffer_ids(store)
+    assert len(ids) == len(set(ids)), "an episode is in the buffer twice"
+    assert finished and finished <= set(ids), f"lost {len(finished - set(ids))} finished episodes"
+    assert pending_raw(store) == [] and store.list("quarantine") == []
+    states = Coordinator(store).actors()
+    assert {s["running_version"] for s in states.values()} == {"v2"}
+    assert sum(c.restarts for c in supervisor.children) >= faults["actor"] - 1
+
+    # Training resumes from its last checkpoint and reaches the target step.
+    resumed_from = latest_committed_checkpoint(store, RUN_ROOT)
+    assert resumed_from is not None, "no learner kill landed after a checkpoint"
+    finisher = _script(LEARNER)
+    assert finisher.wait(timeout=600) == 0
+    last = latest_committed_checkpoint(store, RUN_ROOT)
+    manifest = store.get_json(f"{last}/_MANIFEST.json")
+    assert manifest["step"] == LEARNER_STEPS and manifest["resumed_from"] is not None
+    print(json.dumps({"faults": faults, "finished": len(finished), "buffered": len(ids)}))
