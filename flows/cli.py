@@ -166,10 +166,18 @@ def flywheel(
 
 
 @app.command()
-def experiment(config: ConfigOption = None, reduced: bool = True) -> None:
-    """Paper table: BC, HG-DAgger, RECAP, IQL, LWD offline and online on the sim suite."""
+def experiment(
+    config: ConfigOption = None,
+    rounds: Annotated[int, typer.Option(help="LWD online flywheel rounds after the offline arms.")] = 2,
+    episodes_per_task: Annotated[int, typer.Option(help="Evaluation episodes per task (default: gate's).")] = 0,
+) -> None:
+    """Paper table: BC, HG-DAgger, RECAP, IQL, LWD offline and online on the sim suite (fresh data dir).
+
+    Reduced (<20 min on 2 cores): --config configs/experiment-reduced.yaml; full: configs/experiment-full.yaml.
+    """
     _config(config)
-    _run("flows.experiment", "experiment", reduced=reduced)
+    reduced = config is not None and "reduced" in config.name
+    _run("flows.experiment", "experiment", reduced=reduced, rounds=rounds, episodes_per_task=episodes_per_task)
 
 
 @fleet_app.command("up")

@@ -108,7 +108,8 @@ def flywheel_round(round_index: int = 0) -> dict:
     snapshot = snapshot_buffer()
     trained = train(snapshot_id=snapshot["snapshot_id"])
     gate = evaluate_gate(trained["model_version"])
-    fleet = {"fleet_episodes": ingested["accepted"], "quarantined": ingested["quarantined"],
+    fleet = {"fleet_episodes": ingested["accepted"], "fleet_steps": ingested["transitions_accepted"],
+             "quarantined": ingested["quarantined"],
              "fleet_success": round(labels["successes"] / labels["labelled"], 3) if labels["labelled"] else None,
              "intervention_steps": labels["intervention_steps"]}
     return _row(round_index, trained, gate, _deploy(trained["model_version"], gate, logger), fleet)

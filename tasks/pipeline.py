@@ -20,7 +20,7 @@ from lwd_core.fleet.actor import fleet_robot_ids
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.security import episode_signature_check
 from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM, select_tasks
-from lwd_core.store import COMMIT_MANIFEST, open_store
+from lwd_core.store import COMMIT_MANIFEST, open_store, sha256_hex
 from tasks import tracking
 
 LATEST_CHECKPOINT = "checkpoints/_latest.json"
@@ -86,7 +86,7 @@ def latest_checkpoint(config: LWDConfig) -> str | None:
 
 @task(retries=1, retry_delay_seconds=5, timeout_seconds=6 * 3600)
 def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: str, resume: bool,
-                      register: bool = True) -> dict:
+                      register: bool = True, registered_model: str = "", label: str = "") -> dict:
     """Train on a snapshot from the last checkpoint; MLflow run, checkpoint, registered model version.
 
     Multi-host: every learner process runs this; all train, process 0 alone logs and checkpoints.
@@ -97,6 +97,7 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
     from lwd_core.algo.training import (
         build_replay,
         load_snapshot_episodes,
+        refresh_recap_conditions,
         new_learner,
         per_task_value,
         run_updates,
@@ -119,15 +120,19 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
     start_step = int(state.step)
     # Fresh batches each round (the step moves on) and distinct ones on each host.
     seed = config.algo.seed + start_step + 1_000_003 * jax.process_index()
-    replay = build_replay(load_snapshot_episodes(store, manifest), config.algo, stage, seed=seed)
+    replay = build_replay(load_snapshot_episodes(store, manifest), config.algo, stage, seed=seed, method=method)
+    before_chunk = None
+    if method == "recap":
+        def before_chunk(learner, state):
+            refresh_recap_conditions(learner, state, replay, config.algo.recap_positive_fraction)
     if jax.process_index() != 0:
         run_updates(learner, state, replay, steps, config.algo.batch_size, mesh=mesh)
         return {"stage": stage, "snapshot_id": manifest["snapshot_id"], "process": jax.process_index()}
     # Same snapshot, parent and method -> same run directory, so a retry resumes instead of restarting.
-    run_root = f"checkpoints/run-{manifest['snapshot_id']}-{method}-from{start_step}"
+    run_root = f"checkpoints/run-{manifest['snapshot_id']}-{label or method}-from{start_step}"
 
     mlflow = tracking.mlflow_setup(config)
-    with mlflow.start_run(run_name=f"train-{stage}-{manifest['snapshot_id']}") as run:
+    with mlflow.start_run(run_name=f"train-{label or stage}-{manifest['snapshot_id']}") as run:
         mlflow.set_tags({"stage": stage, "snapshot_id": manifest["snapshot_id"], "parent_checkpoint": parent or "",
                          "method": learner.spec.method, "devices": jax.device_count(), "run_root": run_root})
         mlflow.log_params({"snapshot_id": manifest["snapshot_id"], "stage": stage, "steps": steps,
@@ -137,7 +142,8 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
         result = train_resumable(store, run_root, lambda: (learner, state), replay, start_step + steps,
                                  config.algo.batch_size, config.algo.checkpoint_every, mesh=mesh,
                                  on_log=lambda step, metrics: mlflow.log_metrics(metrics, step=step),
-                                 extra={"snapshot_id": manifest["snapshot_id"], "parent": parent, "stage": stage})
+                                 extra={"snapshot_id": manifest["snapshot_id"], "parent": parent, "stage": stage},
+                                 before_chunk=before_chunk)
         elapsed = time.monotonic() - start
         per_task = per_task_value(result.learner, result.state, replay)
         mlflow.log_metrics({f"value_mean/{t}": v for t, v in per_task.items()}, step=int(result.state.step))
@@ -146,12 +152,13 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
             mlflow.set_tag("resumed_from", result.resumed_from)
         checkpoint = result.checkpoint
         manifest_doc = store.get_json(f"{checkpoint}/{COMMIT_MANIFEST}")
-        store.put_json(LATEST_CHECKPOINT, {"checkpoint": checkpoint})
+        if not label:  # experiment arms do not move the flywheel's "last checkpoint"
+            store.put_json(LATEST_CHECKPOINT, {"checkpoint": checkpoint})
         mlflow.log_dict(manifest_doc, "checkpoint/_MANIFEST.json")
         mlflow.set_tag("checkpoint", store.uri(checkpoint))
         version = None
         if register:
-            version = tracking.register_policy(config, store, checkpoint, {
+            version = tracking.register_policy(config, store, checkpoint, registered_model=registered_model, tags={
                 "snapshot_id": manifest["snapshot_id"], "checkpoint": checkpoint,
                 "policy_sha256": manifest_doc["files"]["policy.msgpack"]["sha256"], "stage": stage,
                 "run_id": run.info.run_id})
@@ -162,27 +169,31 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
                 "final_metrics": result.history[-1] if result.history else {}}
 
 
-@task(retries=1, timeout_seconds=3 * 3600, task_run_name="evaluate-{version}")
-def evaluate_version(config: LWDConfig, version: str, episodes_per_task: int, seed: int) -> dict:
-    """Sim-suite success of a registered version; cached per (version, episodes, seed, max steps)."""
+def evaluate_checkpoint(config: LWDConfig, checkpoint: str, policy_sha256: str | None, episodes_per_task: int,
+                        seed: int, name: str) -> dict:
+    """Sim-suite success of a checkpoint's policy; cached per (checkpoint, episodes, seed, limits, tasks)."""
     from lwd_core.algo.checkpoint import load_policy
     from lwd_core.sim.evaluate import evaluate_policy, learner_policy, summarize
 
     store = open_store(config)
     suite = select_tasks(config.fleet.tasks)
-    cache = f"evals/v{version}-e{episodes_per_task}-s{seed}-m{config.gate.max_steps}-{len(suite)}t.json"
+    digest = sha256_hex(json.dumps([checkpoint, episodes_per_task, seed, config.gate.max_steps,
+                                    [t.task_id for t in suite]]).encode())[:16]
+    cache = f"evals/{digest}.json"
     if store.exists(cache):
         return store.get_json(cache)
-    tags = tracking.version_tags(config, version)
-    learner, params = load_policy(store, tags["checkpoint"], tags["policy_sha256"])
+    learner, params = load_policy(store, checkpoint, policy_sha256)
     results = evaluate_policy(learner_policy(learner, params, seed, batch_size=len(suite) * episodes_per_task),
                               suite, episodes_per_task, seed=seed, max_steps=config.gate.max_steps or None,
-                              policy_version=tracking.release_name(version))
-    summary = summarize(results) | {"version": version, "episodes_per_task": episodes_per_task, "seed": seed}
+                              policy_version=name)
+    summary = summarize(results) | {"checkpoint": checkpoint, "episodes_per_task": episodes_per_task, "seed": seed}
     store.put_json(cache, summary)
     return summary
 
 
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=str)
-
+@task(retries=1, timeout_seconds=3 * 3600, task_run_name="evaluate-{version}")
+def evaluate_version(config: LWDConfig, version: str, episodes_per_task: int, seed: int) -> dict:
+    """Sim-suite success of a registered version (same seeds for every version)."""
+    tags = tracking.version_tags(config, version)
+    return evaluate_checkpoint(config, tags["checkpoint"], tags["policy_sha256"], episodes_per_task, seed,
+                               tracking.release_name(version)) | {"version": version}

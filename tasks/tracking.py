@@ -46,22 +46,25 @@ def client(config: LWDConfig):
     return MlflowClient(tracking_uri=config.tracking.mlflow_uri)
 
 
-def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, tags: dict[str, str]) -> str:
-    """Log the checkpoint's policy as a pyfunc model in the active run and register a version."""
+def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, tags: dict[str, str],
+                    registered_model: str = "") -> str:
+    """Log the checkpoint's policy as a pyfunc model in the active run and register a version
+    (in ``registered_model``, default: the flywheel's)."""
+    name = registered_model or config.tracking.registered_model
     mlflow = mlflow_setup(config)
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = {}
-        for name, file in (("policy", POLICY_FILE), ("spec", SPEC_FILE)):
+        for artifact, file in (("policy", POLICY_FILE), ("spec", SPEC_FILE)):
             path = Path(tmp) / file
             path.write_bytes(store.get_committed(checkpoint, file))
-            artifacts[name] = str(path)
+            artifacts[artifact] = str(path)
         info = mlflow.pyfunc.log_model(name="policy", python_model=MODEL_CODE, artifacts=artifacts,
                                        pip_requirements=["jax", "flax", "numpy", "pandas"],
-                                       registered_model_name=config.tracking.registered_model)
+                                       registered_model_name=name)
     version = str(info.registered_model_version)
     mlflow_client = client(config)
     for key, value in {**tags, "gate": "pending", "approval": "pending"}.items():
-        mlflow_client.set_model_version_tag(config.tracking.registered_model, version, key, str(value))
+        mlflow_client.set_model_version_tag(name, version, key, str(value))
     return version
 
 

@@ -4,6 +4,7 @@ Uploads stay spooled and retry; the ingest flow's task retries carry it through;
 from __future__ import annotations
 
 import threading
+import uuid
 import time
 
 import pytest
@@ -33,7 +34,8 @@ def flaky_s3():
         state["server"] = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
         state["server"].start()
 
-    config = StorageConfig(url="s3://lwd-outage/root", endpoint_url=f"http://127.0.0.1:{port}", key="testing",
+    # moto keeps buckets in-process across servers: one bucket per test keeps tests apart.
+    config = StorageConfig(url=f"s3://lwd-outage-{uuid.uuid4().hex[:8]}/root", endpoint_url=f"http://127.0.0.1:{port}", key="testing",
                            secret="testing", region="us-east-1")
     store = ObjectStore.from_config(config)
     store.ensure_bucket()

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from lwd_core.algo import distributed
+from lwd_core.algo.baselines import hgdagger_subset, recap_conditions
 from lwd_core.algo.checkpoint import load_checkpoint, save_checkpoint
 from lwd_core.algo.learner import BATCH_KEYS, Learner, LearnerSpec, TrainState
 from lwd_core.algo.nstep import NStepSchedule, Stage, build_transitions
@@ -42,9 +43,12 @@ def transitions_for(episodes: list[Episode], algo: Any, stage: Stage) -> dict[st
     )
 
 
-def build_replay(episodes: dict[str, list[Episode]], algo: Any, stage: Stage, seed: int) -> MixedReplay:
+def build_replay(episodes: dict[str, list[Episode]], algo: Any, stage: Stage, seed: int,
+                 method: str = "lwd") -> MixedReplay:
     offline = transitions_for(episodes["offline"], algo, stage)
     online = transitions_for(episodes["online"], algo, stage)
+    if method == "hgdagger":  # BC on demonstrations and human takeovers only
+        offline, online = (hgdagger_subset(t) if t is not None else None for t in (offline, online))
     if offline is None:  # no offline data: the online buffer plays that role
         offline, online = online, None
     if offline is None:
@@ -116,6 +120,23 @@ def per_task_value(learner: Learner, state: TrainState, replay: MixedReplay, row
 
 
 
+def refresh_recap_conditions(learner: Learner, state: TrainState, replay: MixedReplay, positive_fraction: float,
+                             rows_per_call: int = 4096) -> None:
+    """RECAP-style: advantage tokens from the current value model, recomputed between training chunks."""
+    def value_mean(obs: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        parts = []
+        for start in range(0, len(obs), rows_per_call):
+            stats = learner.value_statistics(state, obs[start : start + rows_per_call],
+                                             tokens[start : start + rows_per_call])
+            parts.append(stats.get("mean", stats.get("value")))
+        return np.concatenate(parts)
+
+    for buffer in (replay.offline, replay.online):
+        if buffer is not None:
+            buffer["condition"] = recap_conditions(buffer, value_mean(buffer["obs"], buffer["tokens"]),
+                                                   value_mean(buffer["next_obs"], buffer["tokens"]), positive_fraction)
+
+
 def latest_committed_checkpoint(store: ObjectStore, run_root: str) -> str | None:
     """The committed checkpoint with the highest step under ``run_root`` (partial ones are ignored)."""
     best, best_step = None, -1
@@ -147,6 +168,7 @@ def train_resumable(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     mesh: Any = None,
     extra: dict[str, Any] | None = None,
+    before_chunk: Callable[[Learner, TrainState], None] | None = None,
 ) -> ResumableRun:
     """Train until the learner's step reaches ``total_steps``, committing a checkpoint every
     ``checkpoint_every`` updates under ``run_root``. A rerun after a crash (same ``run_root``) resumes
@@ -160,6 +182,8 @@ def train_resumable(
     resumed_from, checkpoint, history = latest, latest, []
     while checkpoint is None or int(state.step) < total_steps:
         count = max(0, min(checkpoint_every, total_steps - int(state.step)))
+        if before_chunk is not None:
+            before_chunk(learner, state)
         result = run_updates(learner, state, replay, count, batch_size, on_log=on_log, mesh=mesh)
         state, history = result.state, history + result.history
         checkpoint = f"{run_root}/step-{int(state.step):09d}"
