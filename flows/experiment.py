@@ -77,9 +77,9 @@ def plot(rows: list[dict], online: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = [r["fleet_hours"] for r in online]
     ax.plot(xs, [r["all"] for r in online], "o-", color="black", label="LWD (online rounds)")
-    for row in rows:
-        if row["method"] != "LWD offline" and not row["method"].startswith("LWD online"):
-            ax.axhline(row["all"], linestyle="--", linewidth=1, label=f"{row['method']} (offline)")
+    baselines = [r for r in rows if not r["method"].startswith("LWD")]
+    for index, row in enumerate(baselines):
+        ax.axhline(row["all"], linestyle="--", linewidth=1, color=f"C{index}", label=f"{row['method']} (offline)")
     ax.set_xlabel("fleet experience (robot hours, online)")
     ax.set_ylabel("mean success over the suite")
     ax.set_ylim(-0.02, 1.02)
