@@ -9,6 +9,7 @@ have been uploaded: ingest -> label -> snapshot -> train (online, from the last 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def _row(round_index: int, trained: dict, gate: dict, deployed: dict, fleet: dic
 
 @flow(name="flywheel", log_prints=True)
 def flywheel(rounds: int = 1, robots: int = 0) -> dict:
+    if robots:
+        # Every stage reads the fleet size (ingestion's known robots, canary subsets): set it for all.
+        os.environ["LWD_FLEET__ROBOTS"] = str(robots)
     config = load_config()
     logger = get_run_logger()
     store = open_store(config)
@@ -70,7 +74,7 @@ def flywheel(rounds: int = 1, robots: int = 0) -> dict:
     if tracking.alias_version(config, tracking.CHAMPION) is None:
         raise RuntimeError("no approved champion: approve one (MLflow UI or `lwd approve`) and run again")
 
-    ids, supervisor = fleet_supervisor(config, robots)
+    ids, supervisor = fleet_supervisor(config)
     stop_fleet = supervisor.run_in_background()
     print(f"fleet: {len(ids)} robots running the champion (logs in {Path(config.data_dir) / 'logs'})")
     try:

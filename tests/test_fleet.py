@@ -16,11 +16,12 @@ from conftest import make_episode
 
 from lwd_core.algo.checkpoint import save_checkpoint
 from lwd_core.algo.learner import Learner, LearnerSpec
-from lwd_core.data.episode import Episode
+from lwd_core.config import LWDConfig
 from lwd_core.data.layout import buffer_prefix, get_episode
 from lwd_core.fleet.actor import Actor, assign_tasks
 from lwd_core.fleet.coordinator import Coordinator, Release, choose_canary, release_for_checkpoint
 from lwd_core.fleet.edge import JOURNAL, EdgeClient
+from lwd_core.security import release_key
 from lwd_core.sim.dataset import (
     DatasetReport,
     OfflineMix,
@@ -28,8 +29,6 @@ from lwd_core.sim.dataset import (
     plan_allocations,
     write_dataset_report,
 )
-from lwd_core.config import LWDConfig
-from lwd_core.security import release_key
 from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM, get_task
 
 SHORT, LONG = get_task("restock-horizontal"), get_task("swap-pair")

@@ -104,7 +104,11 @@ def test_flywheel_runs_every_stage_and_reports_where_to_look(stack, prefect_serv
 
     async def flow_run_states():
         async with get_client() as client:
-            runs = await client.read_flow_runs(limit=200)
+            from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+
+            # Runs of deployments (other tests' schedules and triggers) are not this job's.
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(is_null_=True)), limit=200)
             flows = {f.id: f.name for f in await client.read_flows(limit=200)}
             return [(flows[r.flow_id], r.state_type.value) for r in runs]
 
@@ -149,9 +153,10 @@ def test_rollout_rolls_back_when_the_canary_regresses(stack):
     store = open_store(config)
     coordinator = Coordinator(store)
     stable = coordinator.desired()["stable"]["version"]
-    # The fleet's record for the stable release: it succeeded every time (the bar a canary must meet).
+    # The fleet's record for the stable release: it succeeded every time, over far more episodes than
+    # the flywheel's fleet ran (the bar a canary must meet).
     coordinator.report("robot-01", {"task_id": "swap-pair", "state": "running", "running_version": stable,
-                                    "per_version": {stable: {"episodes": 20, "successes": 20}}})
+                                    "per_version": {stable: {"episodes": 10**6, "successes": 10**6}}})
     candidate = last_json(lwd(env, "train").stdout)["model_version"]
     assert last_json(lwd(env, "evaluate", "--model-version", candidate).stdout)["passed"]
     assert lwd(env, "approve", candidate, "--reviewer", "bob").returncode == 0
@@ -160,7 +165,8 @@ def test_rollout_rolls_back_when_the_canary_regresses(stack):
     stop = threading.Event()
     robots = assign_tasks(["robot-00"], select_tasks(config.fleet.tasks))
     edge = EdgeClient(Path(config.data_dir) / "spool" / "canary-test", store, sign=episode_signer(config.fleet))
-    actor = Actor(store, edge, robots, max_steps=30, poll_s=0.2, release_key=release_key(config.fleet))
+    # No teleoperator: the canary's own (untrained) policy decides, so it regresses.
+    actor = Actor(store, edge, robots, intervene=False, max_steps=30, poll_s=0.2, release_key=release_key(config.fleet))
     thread = threading.Thread(target=actor.run, kwargs={"stop": stop}, daemon=True)
     thread.start()
     try:
