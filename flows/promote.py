@@ -12,6 +12,7 @@ import time
 from prefect import flow, get_run_logger
 
 from lwd_core.config import load_config
+from lwd_core.store import now_us
 from tasks import tracking
 
 
@@ -26,7 +27,7 @@ def approve(model_version: str, reviewer: str = "cli") -> dict:
         previous = tags.get("previous_champion") or None
     tracking.set_alias(config, tracking.CHAMPION, model_version)
     tracking.set_version_tags(config, model_version, {"approval": "approved", "approved_by": reviewer,
-                                                      "approved_us": time.time_ns() // 1000,
+                                                      "approved_us": now_us(),
                                                       "previous_champion": previous or ""})
     if tracking.alias_version(config, tracking.CHALLENGER) == model_version:
         tracking.delete_alias(config, tracking.CHALLENGER)

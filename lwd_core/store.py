@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import posixpath
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,11 @@ class StoreError(RuntimeError):
 
 class IntegrityError(StoreError):
     """Stored bytes do not match the sha256 their manifest names."""
+
+
+def now_us() -> int:
+    """UTC wall-clock microseconds: the unit of every timestamp the system stores."""
+    return time.time_ns() // 1000
 
 
 def sha256_hex(data: bytes) -> str:

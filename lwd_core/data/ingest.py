@@ -9,7 +9,6 @@ signature check (when configured) and the GX suite.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -18,17 +17,13 @@ from lwd_core.data.episode import Episode, EpisodeFormatError, read_parquet_meta
 from lwd_core.data.layout import buffer_key, quarantine_key, quarantine_reason_key
 from lwd_core.data.validation import Expectations, validate_episodes
 from lwd_core.faults import failpoint
-from lwd_core.store import ObjectStore, sha256_hex
+from lwd_core.store import ObjectStore, now_us, sha256_hex
 
 RAW_PREFIX = "raw"
 INGEST_LOG_PREFIX = "ingest/batches"
 Status = Literal["accepted", "quarantined", "duplicate"]
 # (episode, parquet key-value metadata) -> None if trusted, else the reason it is not.
 SignatureCheck = Callable[[Episode, dict[str, str]], str | None]
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass

@@ -8,7 +8,6 @@ whose reward column disagrees). Labels are written as one small Parquet table pe
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import polars as pl
@@ -17,7 +16,7 @@ from lwd_core.algo.nstep import NStepSchedule, returns_to_go
 from lwd_core.data.episode import Episode
 from lwd_core.data.layout import BufferKind, buffer_prefix
 from lwd_core.sim.tasks import get_task
-from lwd_core.store import ObjectStore
+from lwd_core.store import ObjectStore, now_us
 
 LABELS_PREFIX = "labels"
 
@@ -40,7 +39,7 @@ def label_episode(episode: Episode, gamma: float, schedule: NStepSchedule) -> di
         "discounted_return": float(returns_to_go(rewards, gamma)[0]),
         "n_offline": schedule.n_for(horizon, "offline"),
         "n_online": schedule.n_for(horizon, "online"),
-        "labelled_us": time.time_ns() // 1000,
+        "labelled_us": now_us(),
     }
 
 
@@ -62,7 +61,7 @@ def write_labels(store: ObjectStore, kind: BufferKind, rows: list[dict]) -> str 
         return None
     buffer = io.BytesIO()
     pl.DataFrame(rows).write_parquet(buffer)
-    key = f"{LABELS_PREFIX}/{kind}/{time.time_ns() // 1000}.parquet"
+    key = f"{LABELS_PREFIX}/{kind}/{now_us()}.parquet"
     store.put_atomic(key, buffer.getvalue())
     return key
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 
 from lwd_core.data.labels import LABELS_PREFIX, read_labels
 from lwd_core.data.layout import buffer_prefix, snapshot_key
-from lwd_core.store import ObjectStore
+from lwd_core.store import ObjectStore, now_us
 
 LATEST_KEY = "snapshots/_latest.json"
 
@@ -47,7 +46,7 @@ def build_snapshot(store: ObjectStore) -> dict:
             row["episodes"] += 1
             row["steps"] += entry["steps"]
         previous = store.get_json(LATEST_KEY)["snapshot_id"] if store.exists(LATEST_KEY) else None
-        manifest = {"snapshot_id": snapshot_id, "parent": previous, "created_us": time.time_ns() // 1000,
+        manifest = {"snapshot_id": snapshot_id, "parent": previous, "created_us": now_us(),
                     "episodes": episodes, "labels": label_keys, "stats": stats,
                     "unlabelled": sum(1 for e in episodes if e["episode_id"] not in steps)}
         store.put_json(key, manifest)

@@ -14,22 +14,17 @@ do not hash to it. Timestamps are UTC microseconds so latency percentiles can be
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from lwd_core.data.layout import safe_name
 from lwd_core.security import sign_release
-from lwd_core.store import COMMIT_MANIFEST, ObjectStore
+from lwd_core.store import COMMIT_MANIFEST, ObjectStore, now_us
 
 DESIRED_KEY = "fleet/desired.json"
 ACTORS_PREFIX = "fleet/actors"
 POLICY_FILE = "policy.msgpack"
 _HISTORY = 20
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True)

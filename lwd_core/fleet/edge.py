@@ -34,7 +34,7 @@ from typing import Any
 from lwd_core.data.episode import Episode, EpisodeFormatError, read_parquet_metadata
 from lwd_core.data.layout import raw_key, safe_name
 from lwd_core.faults import failpoint
-from lwd_core.store import ObjectStore
+from lwd_core.store import ObjectStore, now_us
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ LEDGER = "finished.jsonl"
 OUTBOX = "outbox"
 REJECTED = "rejected"
 TEMP_SUFFIX = ".partial"
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
