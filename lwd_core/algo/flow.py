@@ -5,9 +5,17 @@ Path: x_t = t * x1 + (1 - t) * x0, x0 ~ N(0, I), x1 = data; target velocity x1 -
 Memoryless SDE of a flow on this path (Adjoint Matching, Domingo-Enrich et al. 2024, arXiv 2409.08861):
     dX = b(X, t) dt + sigma(t) dB,   b(x, t) = 2 v(x, t) - x / t,   sigma(t) = sqrt(2 (1 - t) / t),
 which has the flow's marginals and makes X_1 independent of X_0 (what the KL-regularised fine-tuning
-objective needs). Discretisation (ours, following the QAM reference's choices): K Euler-Maruyama steps on
-t_k = k / K; the singular 1/t terms are evaluated at the shifted time s_k = t_k + 1/K so the first step is
-finite; the last step (s = 1, sigma = 0) is a plain deterministic Euler step of the velocity.
+objective needs).
+
+Discretisation implemented (the QAM reference's, ColinQiyangLi/qam agents/qam.py), K steps, h = 1/K:
+    network time   t_k = k h                                  k = 0 .. K-1
+    shifted time   s_k = t_k + h          (the singular 1/t terms use s_k, so step 0 is finite)
+    noise scale    sigma_k = sqrt(2 (1 - t_k + h) / (t_k + h))  (nonzero on every step, ~0.63 on the
+                                                                   last one at K = 10)
+    steps 0..K-2:  x_{k+1} = x_k + h (2 v(x_k, t_k) - x_k / s_k) + sqrt(h) sigma_k eps_k
+    step K-1:      x_K = x_k + h v_final(x_k, t_k)   (deterministic Euler; QAM passes the base flow)
+Acting uses the plain ODE (:func:`euler_sample`) with the fine-tuned velocity on all K steps, so QAM
+regresses the fine-tuned velocity on all K steps too, the last one with sigma_{K-1} above.
 """
 
 from __future__ import annotations
@@ -47,12 +55,12 @@ def euler_sample(velocity: Velocity, noise: jax.Array, steps: int) -> jax.Array:
 
 
 def memoryless_schedule(steps: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(t_k, s_k, sigma_k) for k = 0..K-1: network time, shifted time, noise scale (0 on the last step)."""
-    k = jnp.arange(steps, dtype=jnp.float32)
-    t = k / steps
-    s = (k + 1.0) / steps
-    sigma = jnp.sqrt(2.0 * (1.0 - s) / s)
-    return t, s, sigma.at[-1].set(0.0)
+    """(t_k, s_k, sigma_k) for k = 0..K-1: network time, shifted time, noise scale (see module doc)."""
+    h = 1.0 / steps
+    t = jnp.arange(steps, dtype=jnp.float32) * h
+    s = t + h
+    sigma = jnp.sqrt(2.0 * (1.0 - t + h) / s)
+    return t, s, sigma
 
 
 def memoryless_drift(v: jax.Array, x: jax.Array, s: jax.Array, last: jax.Array) -> jax.Array:
@@ -60,18 +68,23 @@ def memoryless_drift(v: jax.Array, x: jax.Array, s: jax.Array, last: jax.Array) 
     return jnp.where(last, v, 2.0 * v - x / s)
 
 
-def memoryless_sample(velocity: Velocity, noise: jax.Array, rng: jax.Array, steps: int) -> tuple[jax.Array, jax.Array]:
-    """Euler-Maruyama trajectory of the memoryless SDE. Returns (states x_0..x_K, final action)."""
+def memoryless_sample(
+    velocity: Velocity, noise: jax.Array, rng: jax.Array, steps: int, final_velocity: Velocity | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Euler-Maruyama trajectory of the memoryless SDE driven by ``velocity``; the last step is a
+    deterministic Euler step of ``final_velocity`` (default ``velocity``). Returns (x_0..x_K, x_K)."""
+    final_velocity = final_velocity or velocity
     t_grid, s_grid, sigma_grid = memoryless_schedule(steps)
-    eps = jax.random.normal(rng, (steps, *noise.shape))
+    eps = jax.random.normal(rng, (steps - 1, *noise.shape))
     h = 1.0 / steps
 
     def step(x, inputs):
-        t, s, sigma, e, k = inputs
+        t, s, sigma, e = inputs
         v = velocity(x, jnp.full(x.shape[:-1], t))
-        x_next = x + h * memoryless_drift(v, x, s, k == steps - 1) + jnp.sqrt(h) * sigma * e
+        x_next = x + h * (2.0 * v - x / s) + jnp.sqrt(h) * sigma * e
         return x_next, x
 
-    final, visited = jax.lax.scan(step, noise, (t_grid, s_grid, sigma_grid, eps, jnp.arange(steps)))
-    states = jnp.concatenate([visited, final[None]], axis=0)
+    last_input, visited = jax.lax.scan(step, noise, (t_grid[:-1], s_grid[:-1], sigma_grid[:-1], eps))
+    final = last_input + h * final_velocity(last_input, jnp.full(noise.shape[:-1], t_grid[-1]))
+    states = jnp.concatenate([visited, last_input[None], final[None]], axis=0)
     return states, final

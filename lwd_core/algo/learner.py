@@ -265,14 +265,9 @@ class Learner:
 
         apply_grads("base", base_loss)
 
-        # Policy: QAM against the target critic, adjoint along the EMA base flow.
-        def action_gradient(a):
-            def q_of(a_):
-                return pessimistic(
-                    self.critic.apply(params["target_critic"], obs, tokens, a_), spec.critic_std_weight
-                ).sum()
-
-            return jax.grad(q_of)(a)
+        # Policy: QAM against the target critic (mean over heads, as the reference), adjoint along the EMA base.
+        def q_value(a):
+            return self.critic.apply(params["target_critic"], obs, tokens, a).mean(0)
 
         noise = jax.random.normal(k_noise, actions.shape)
 
@@ -280,7 +275,7 @@ class Learner:
             loss, aux = qam_loss(
                 self._velocity(p, obs, tokens),
                 self._velocity(params["base_ema"], obs, tokens),
-                action_gradient,
+                q_value,
                 noise,
                 k_qam,
                 spec.flow_steps,
