@@ -1,6 +1,7 @@
-"""Policy evaluation on the sim suite: every (task, episode) runs at once in lockstep, with one batched
-policy call per step for all episodes that need a chunk. Fixed seeds per (task, episode index) make a
-candidate and the champion face the same initial states.
+"""Policy evaluation on the sim suite: every (task, episode) runs at once through a
+:class:`~lwd_core.sim.pool.SimPool`, with one batched policy call per round for all episodes that need a
+chunk. Fixed seeds per (task, episode index) make a candidate and the champion face the same initial
+states. Pass one pool to several evaluations to reuse its simulators (building one costs about a second).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lwd_core.sim.rollout import EpisodeRunner
-from lwd_core.sim.tasks import TaskSpec, make_env
+from lwd_core.sim.pool import EpisodeRequest, SimPool
+from lwd_core.sim.tasks import TaskSpec
 
 # (observations (B, obs_dim), task specs of the B rows) -> action chunks (B, chunk, action_dim)
 BatchPolicy = Callable[[np.ndarray, list[TaskSpec]], np.ndarray]
@@ -74,35 +75,23 @@ def evaluate_policy(
     seed: int = 0,
     max_steps: int | None = None,
     policy_version: str = "eval",
+    pool: SimPool | None = None,
 ) -> list[TaskResult]:
+    """``pool``: where the episodes run (None: a temporary inline pool, closed on return)."""
     tasks = list(tasks)
-    runners: list[tuple[TaskSpec, EpisodeRunner]] = []
-    envs = []
-    for task in tasks:
-        for index in range(episodes_per_task):
-            env = make_env(task)
-            envs.append(env)
-            runners.append((task, EpisodeRunner(env, task, robot_id="eval", policy_version=policy_version,
-                                                source="rollout", seed=eval_seed(seed, task.task_id, index),
-                                                max_steps=max_steps)))
-    try:
-        while any(not r.done for _, r in runners):
-            needing = [(t, r) for t, r in runners if r.needs_chunk]
-            if needing:
-                chunks = policy(np.stack([r.observation for _, r in needing]), [t for t, _ in needing])
-                for (_, runner), chunk in zip(needing, chunks, strict=True):
-                    runner.step(chunk)
-            for _, runner in runners:
-                if not runner.done and not runner.needs_chunk:
-                    runner.step()
-    finally:
-        for env in envs:
-            env.close()
+    requests = [EpisodeRequest(task.task_id, eval_seed(seed, task.task_id, index), robot_id="eval",
+                               policy_version=policy_version, max_steps=max_steps)
+                for task in tasks for index in range(episodes_per_task)]
+    if pool is None:
+        with SimPool(1) as temporary:
+            episodes = temporary.run(requests, policy)
+    else:
+        episodes = pool.run(requests, policy)
     results = []
     for task in tasks:
-        episodes = [r.episode() for t, r in runners if t.task_id == task.task_id]
-        results.append(TaskResult(task.task_id, task.group, sum(e.outcome == "success" for e in episodes),
-                                  len(episodes), float(np.mean([e.num_steps for e in episodes]))))
+        task_episodes = [e for e in episodes if e.task_id == task.task_id]
+        results.append(TaskResult(task.task_id, task.group, sum(e.outcome == "success" for e in task_episodes),
+                                  len(task_episodes), float(np.mean([e.num_steps for e in task_episodes]))))
     return results
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,17 @@ from lwd_core.sim.teleop import InterventionMonitor, Teleoperator, cube_subgoal
 
 # (padded observation, task) -> action chunk (chunk, action_dim) in [-1, 1]
 ChunkPolicy = Callable[[np.ndarray, TaskSpec], np.ndarray]
+
+
+def forget_solver_warmstart(env: Any) -> None:
+    """Call right after ``env.reset``: make the episode depend on its seed alone.
+
+    OGBench's cube reset settles the scene with two steps of *unseeded* random actions (its
+    ``action_space`` is a new Box on every access). The state is then overwritten, so the first observation
+    matches the seed, but MuJoCo's constraint-solver warm start is left random, and trajectories of
+    fresh and reused simulators drift apart at ~1e-14. Zeroing it makes every rollout exactly repeatable.
+    """
+    env.unwrapped._data.qacc_warmstart[:] = 0.0
 
 
 class MonotonicClock:
@@ -64,6 +76,7 @@ class EpisodeRunner:
         self.clock = clock or MonotonicClock()
         self.limit = min(max_steps or task.horizon, task.horizon)
         self._ob, self._info = env.reset(seed=seed)
+        forget_solver_warmstart(env)
         if teleop is not None:
             teleop.reset(self._ob, self._info)
         if monitor is not None:
