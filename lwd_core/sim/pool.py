@@ -193,11 +193,12 @@ class SimPool:
     """Simulators kept per task and reused across episodes and calls; see the module docstring.
 
     ``workers`` <= 1: everything runs inline in this process. ``max_concurrent``: episodes a worker runs
-    at once (each holds a simulator of ~170 MB). ``reply_timeout_s``: the longest a worker
+    at once; a worker keeps at most twice that many simulators (~170 MB each), idle ones for other tasks
+    included, so switching tasks rarely rebuilds one. ``reply_timeout_s``: the longest a worker
     may take over one round (starting its episodes included) before the pool gives up on it.
     """
 
-    def __init__(self, workers: int = 1, *, max_concurrent: int = 24, reply_timeout_s: float = 900.0):
+    def __init__(self, workers: int = 1, *, max_concurrent: int = 16, reply_timeout_s: float = 900.0):
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
         self.workers = max(1, workers)
@@ -207,14 +208,14 @@ class SimPool:
         self._workers: list[_Worker] = []
         self._closed = False
         if self.workers == 1:
-            self._local = _Shard(max_concurrent)
+            self._local = _Shard(2 * max_concurrent)
             return
         context = multiprocessing.get_context("spawn")  # never fork a process that may hold JAX
         try:
             for index in range(self.workers):
                 parent_conn, child_conn = context.Pipe()
-                process = context.Process(target=_worker_main, args=(child_conn, max_concurrent), name=f"simpool-{index}",
-                                          daemon=True)
+                process = context.Process(target=_worker_main, args=(child_conn, 2 * max_concurrent),
+                                          name=f"simpool-{index}", daemon=True)
                 process.start()
                 child_conn.close()  # so a dead worker reads as EOF here
                 self._workers.append(_Worker(process, parent_conn))
@@ -227,6 +228,11 @@ class SimPool:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @property
+    def max_batch(self) -> int:
+        """The most observations one policy call can get: pad to this for a single compilation."""
+        return self.workers * self.max_concurrent
 
     @property
     def worker_pids(self) -> list[int]:
@@ -251,8 +257,15 @@ class SimPool:
             return []
         shards = min(self.workers, len(requests))
         # Each shard runs at most ``max_concurrent`` episodes at once (a simulator holds ~170 MB); the rest
-        # wait in its queue and start as running ones finish.
-        queues = {shard: deque(range(shard, len(requests), shards)) for shard in range(shards)}
+        # wait in its queue and start as running ones finish. Tasks are interleaved so every shard keeps a
+        # steady mix of tasks and reuses its simulators instead of rebuilding them at each task switch.
+        rank: dict[str, int] = {}
+        occurrence = []
+        for request in requests:
+            occurrence.append(rank.get(request.task_id, 0))
+            rank[request.task_id] = occurrence[-1] + 1
+        order = sorted(range(len(requests)), key=lambda index: (occurrence[index], index))
+        queues = {shard: deque(order[shard::shards]) for shard in range(shards)}
 
         def admit(shard: int, free: int) -> list[tuple[int, EpisodeRequest]]:
             queue = queues[shard]
