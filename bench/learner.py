@@ -30,6 +30,8 @@ def synthetic_batch(rng: np.random.Generator, spec: LearnerSpec, batch: int) -> 
         "next_obs": rng.normal(size=(batch, spec.obs_dim)).astype(np.float32),
         "mc_return": -rng.uniform(0, 100, size=batch).astype(np.float32),
         "condition": rng.integers(0, 3, size=batch).astype(np.int32),
+        "demo": rng.uniform(size=batch) < 0.5,
+        "intervention": rng.uniform(size=batch) < 0.1,
     }
 
 

@@ -115,7 +115,18 @@ class AlgoConfig(_Section):
     flow_steps: int = Field(default=10, ge=1)
     # QAM inverse temperature: target policy ~ pi_beta * exp(beta * Q).
     qam_beta: float = Field(default=1.0, gt=0.0)
-    bc_weight: float = Field(default=0.0, ge=0.0)
+    # QAM's BC anchor: flow matching of the fine-tuned policy on demonstration and intervention rows only.
+    bc_weight: float = Field(default=1.0, ge=0.0)
+    # What the base flow (QAM's reference policy) is fitted to: "human" rows (demonstrations and
+    # interventions) or "all" data (the QAM reference: the behaviour policy of the whole buffer).
+    base_data: Literal["human", "all"] = "human"
+    # Acting: sample this many chunks from the fine-tuned flow and run the one the critic rates highest
+    # (the QAM reference's best_of_n; 1 = plain sampling). The release then carries the critic too.
+    best_of_n: int = Field(default=1, ge=1)
+    # Staging (the paper's): the pretrained policy is BC flow matching on demonstrations for
+    # ``pretrain_steps``; then ``warmup_steps`` of critic + value with the policy frozen; then extraction.
+    pretrain_steps: int = Field(default=3000, ge=0)
+    warmup_steps: int = Field(default=1000, ge=0)
     # DIVL distributional value: categorical atoms (or quantiles) over [value_min, value_max].
     # The range fits the sparse reward (-1 per step, 0 at success): returns lie in [-1/(1-gamma), 0].
     value_representation: Literal["categorical", "quantile"] = "categorical"
@@ -139,7 +150,10 @@ class AlgoConfig(_Section):
     long_horizon_threshold: int = Field(default=400, ge=1)
     online_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
     offline_steps: int = Field(default=2000, ge=0)
+    # Online update budget per round: at least ``online_steps_per_round`` updates, and enough that every
+    # new fleet transition is sampled ``samples_per_insert`` times in expectation (update-to-data ratio).
     online_steps_per_round: int = Field(default=500, ge=0)
+    samples_per_insert: float = Field(default=1.0, ge=0.0)
     # Committed checkpoints during a training run: a crashed or retried run resumes from the last one.
     checkpoint_every: int = Field(default=500, ge=1)
     seed: int = 0
@@ -151,6 +165,31 @@ class AlgoConfig(_Section):
         if self.tau_min > self.tau_max:
             raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau_max ({self.tau_max})")
         return self
+
+
+class ExperimentConfig(_Section):
+    """`lwd experiment`: every arm from the same pretrained start, the same fleet budget for every arm
+    that learns from the fleet, evaluated on fixed seeds disjoint from the training seeds."""
+
+    # Empty: the four short tasks.
+    tasks: list[str] = Field(default_factory=list)
+    arms: list[str] = Field(default_factory=lambda: ["bc", "hgdagger", "recap", "iql", "lwd-offline", "lwd-online"])
+    rounds: int = Field(default=3, ge=0)
+    # Fleet episodes per round for each arm that learns online, spread evenly over the tasks.
+    episodes_per_round: int = Field(default=40, ge=1)
+    # Final evaluation episodes per task (paired across arms: same seeds), and per round for the curves.
+    eval_episodes_per_task: int = Field(default=50, ge=1)
+    curve_episodes_per_task: int = Field(default=20, ge=1)
+    # Evaluation seeds hash from this base under an "eval/" namespace; training seeds under "train/".
+    eval_seed: int = 1_000_003
+    train_seed: int = 0
+    # Offline data for the experiment: clean demonstrations per task, failed rollouts of the pretrained
+    # policy per task, and play episodes per task.
+    demos_per_task: int = Field(default=25, ge=1)
+    failed_rollouts_per_task: int = Field(default=20, ge=0)
+    play_per_task: int = Field(default=10, ge=0)
+    # Simulator worker processes (0: one per CPU core).
+    workers: int = Field(default=0, ge=0)
 
 
 class GateConfig(_Section):
@@ -200,6 +239,7 @@ class LWDConfig(BaseSettings):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> LWDConfig:

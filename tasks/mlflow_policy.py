@@ -20,7 +20,7 @@ class FlowPolicyModel(mlflow.pyfunc.PythonModel):
         with open(context.artifacts["spec"]) as handle:
             self.learner = Learner(LearnerSpec.from_json(handle.read()))
         with open(context.artifacts["policy"], "rb") as handle:
-            self.params = serialization.from_bytes(self.learner.init(0).params["policy"], handle.read())
+            self.params = serialization.from_bytes(self.learner.acting_params(self.learner.init(0)), handle.read())
 
     def predict(self, context, model_input, params=None):
         import jax

@@ -7,6 +7,7 @@ from conftest import make_episode
 
 from lwd_core.algo.baselines import hgdagger_subset, recap_conditions
 from lwd_core.algo.checkpoint import load_checkpoint, load_policy, save_checkpoint
+from lwd_core.algo.flow import euler_sample
 from lwd_core.algo.learner import CONDITION_NEGATIVE, CONDITION_POSITIVE, Learner, LearnerSpec
 from lwd_core.algo.nstep import build_transitions
 from lwd_core.algo.replay import MixedReplay
@@ -72,7 +73,7 @@ def test_baseline_methods_train(transitions, method):
     learner = Learner(tiny_spec(method=method))
     state, history = train(learner, learner.init(0), MixedReplay(data, seed=0), 200)
     assert window_mean(history, "bc_loss", slice(-20, None)) < 0.7 * window_mean(history, "bc_loss", slice(0, 20))
-    actions = learner.act(state.params["policy"], data["obs"][:5], data["tokens"][:5], jax.random.PRNGKey(0))
+    actions = learner.act(learner.acting_params(state), data["obs"][:5], data["tokens"][:5], jax.random.PRNGKey(0))
     assert actions.shape == (5, 2, ACT) and np.all(np.abs(actions) <= 1.0)
 
 
@@ -99,7 +100,8 @@ def test_checkpoint_integrity_and_policy_pinning(transitions, local_store):
     manifest = save_checkpoint(local_store, "checkpoints/v7", learner, state)
     policy_sha = manifest["files"]["policy.msgpack"]["sha256"]
     _, params = load_policy(local_store, "checkpoints/v7", expected_sha256=policy_sha)
-    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(state.params["policy"]), strict=True):
+    for a, b in zip(jax.tree_util.tree_leaves(params["policy"]), jax.tree_util.tree_leaves(state.params["policy"]),
+                    strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(IntegrityError, match="expected sha256"):
         load_policy(local_store, "checkpoints/v7", expected_sha256="0" * 64)
@@ -131,3 +133,60 @@ def test_recap_labels_top_fraction_per_task_and_forces_interventions():
         assert 0.28 <= share <= 0.34, (task, share)  # per-task percentile, not one global threshold
     assert conditions[99] == CONDITION_POSITIVE
     assert conditions[98] == CONDITION_NEGATIVE
+
+
+def changed(before, after) -> set[str]:
+    """Parameter groups that moved."""
+    return {name for name in before if any(
+        not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before[name]),
+                                                 jax.tree_util.tree_leaves(after[name]), strict=True))}
+
+
+@pytest.mark.parametrize("method", ["lwd", "recap", "bc"])
+def test_phases_train_only_their_networks(transitions, method):
+    learner = Learner(tiny_spec(method=method))
+    replay = MixedReplay(transitions, seed=0)
+    state = learner.init(0)
+    pretrained, _ = learner.update(state, replay.sample(64), "pretrain")
+    assert changed(state.params, pretrained.params) == {"base"}
+    started = learner.start_from_pretrained(pretrained, pretrained.params["base"])
+    for name in ("base", "base_ema", "policy"):
+        assert not changed({"x": started.params[name]}, {"x": pretrained.params["base"]})
+    warmed, _ = learner.update(started, replay.sample(64), "warmup")
+    # The policy (and the base it is regularised toward) stay frozen while critic and value warm up.
+    expected = {"lwd": {"critic", "target_critic", "value"}, "recap": {"value"}, "bc": set()}[method]
+    assert changed(started.params, warmed.params) == expected
+    trained, _ = learner.update(warmed, replay.sample(64), "train")
+    assert "policy" in changed(warmed.params, trained.params)
+    with pytest.raises(ValueError, match="unknown phase"):
+        learner.update(state, replay.sample(8), "finetune")
+
+
+def test_bc_anchor_uses_human_rows_only(transitions):
+    """With no demonstration or intervention rows in the batch the BC anchor contributes nothing."""
+    learner = Learner(tiny_spec(bc_weight=1.0))
+    batch = MixedReplay(transitions, seed=0).sample(64)
+    _, metrics = learner.update(learner.init(0), {**batch, "demo": np.zeros(64, bool),
+                                                  "intervention": np.zeros(64, bool)})
+    assert float(metrics["policy_bc_loss"]) == 0.0
+    _, metrics = learner.update(learner.init(0), {**batch, "demo": np.ones(64, bool)})
+    assert float(metrics["policy_bc_loss"]) > 0.0
+
+
+def test_best_of_n_acts_with_the_chunk_the_critic_rates_highest(transitions):
+    learner = Learner(tiny_spec(best_of_n=8))
+    state = learner.init(0)
+    params = learner.acting_params(state)
+    assert set(params) == {"policy", "critic"}  # the release carries the critic it picks with
+    obs, tokens = transitions["obs"][:3], transitions["tokens"][:3]
+    key = jax.random.PRNGKey(4)
+    chosen = learner.act(params, obs, tokens, key).reshape(3, -1)
+    # The same 8 candidates per row, scored by the critic: the chosen one has the highest Q.
+    candidates = np.clip(np.asarray(euler_sample(
+        learner._velocity(params["policy"], np.repeat(obs, 8, 0), np.repeat(tokens, 8, 0)),
+        jax.random.normal(key, (24, learner.flat_action_dim)), learner.spec.flow_steps)), -1, 1)
+    q = np.asarray(learner.critic.apply(params["critic"], np.repeat(obs, 8, 0), np.repeat(tokens, 8, 0),
+                                        candidates).mean(0)).reshape(3, 8)
+    np.testing.assert_allclose(chosen, candidates.reshape(3, 8, -1)[np.arange(3), q.argmax(1)], atol=1e-6)
+    plain = Learner(tiny_spec())
+    assert set(plain.acting_params(plain.init(0))) == {"policy"}

@@ -25,7 +25,7 @@ def save_checkpoint(
 ) -> dict[str, Any]:
     objects = {
         STATE_FILE: learner.to_bytes(state),
-        POLICY_FILE: serialization.to_bytes(state.params["policy"]),
+        POLICY_FILE: serialization.to_bytes(learner.acting_params(state)),
         SPEC_FILE: learner.spec.to_json().encode(),
     }
     return store.put_committed(prefix, objects, extra={"step": int(state.step), **(extra or {})})
@@ -40,12 +40,12 @@ def load_checkpoint(store: ObjectStore, prefix: str) -> tuple[Learner, TrainStat
 
 
 def load_policy(store: ObjectStore, prefix: str, expected_sha256: str | None = None) -> tuple[Learner, Any]:
-    """Policy parameters for acting; ``expected_sha256`` pins the file to a coordinator's manifest."""
+    """Acting parameters (:meth:`Learner.acting_params`); ``expected_sha256`` pins the file to a
+    coordinator's manifest."""
     spec = LearnerSpec.from_json(store.get_committed(prefix, SPEC_FILE).decode())
     learner = Learner(spec)
     data = store.get_committed(prefix, POLICY_FILE)
     if expected_sha256 is not None and sha256_hex(data) != expected_sha256:
         raise IntegrityError(f"{prefix}/{POLICY_FILE} does not match the expected sha256 {expected_sha256}")
-    template = learner.init(0).params["policy"]
-    return learner, serialization.from_bytes(template, data)
+    return learner, serialization.from_bytes(learner.acting_params(learner.init(0)), data)
 

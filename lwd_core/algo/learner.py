@@ -7,6 +7,14 @@ Methods on the same networks and update:
 - ``bc``: flow matching on all data. ``hgdagger``: the same update; the caller feeds intervention data only.
 - ``recap``: distributional value over Monte-Carlo returns plus a policy conditioned on an
   advantage token (dropped at random so the unconditioned policy is learned too); acts with "positive".
+
+Phases (the paper's staging; ``update(state, batch, phase)``):
+- ``pretrain``: flow matching of the base flow on demonstrations, the stand-in for the pretrained VLA;
+  :meth:`Learner.start_from_pretrained` then makes it every method's starting policy.
+- ``warmup``: critic and value (RECAP: value) only, the policy frozen, so QAM starts from a critic that
+  has seen the data instead of a random one.
+- ``train``: the method's full update (LWD: critic, value, base, and QAM extraction with a BC term on
+  demonstrations and intervention segments).
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from lwd_core.algo.text import MAX_TOKENS, VOCAB_SIZE
 
 Method = Literal["lwd", "bc", "hgdagger", "recap"]
 METHODS: tuple[str, ...] = ("lwd", "bc", "hgdagger", "recap")
+Phase = Literal["pretrain", "warmup", "train"]
+PHASES: tuple[str, ...] = ("pretrain", "warmup", "train")
 CONDITION_POSITIVE = 2
 CONDITION_NEGATIVE = 1
 
@@ -63,6 +73,8 @@ class LearnerSpec:
     target_tau: float = 0.005
     qam_beta: float = 1.0
     bc_weight: float = 0.0
+    base_data: Literal["human", "all"] = "human"
+    best_of_n: int = 1
     recap_condition_dropout: float = 0.3
     vocab_size: int = VOCAB_SIZE
     max_tokens: int = MAX_TOKENS
@@ -119,7 +131,7 @@ class Learner:
         self.atoms = divl.support(spec.value_min, spec.value_max, spec.value_size)
         self.tx = optax.chain(optax.clip_by_global_norm(spec.grad_clip), optax.adam(spec.learning_rate))
         self.flat_action_dim = spec.chunk * spec.action_dim
-        self._update = jax.jit(self._update_impl)
+        self._update = jax.jit(self._update_impl, static_argnames="phase")
         self._act = jax.jit(self._act_impl)
         self._value_stats = jax.jit(self._value_stats_impl)
 
@@ -152,14 +164,38 @@ class Learner:
         return serialization.from_bytes(self.init(0), data)
 
     # -- public API --------------------------------------------------------------------------------
-    def update(self, state: TrainState, batch: dict[str, np.ndarray]) -> tuple[TrainState, dict[str, float]]:
+    def update(
+        self, state: TrainState, batch: dict[str, np.ndarray], phase: Phase = "train"
+    ) -> tuple[TrainState, dict[str, float]]:
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}; expected one of {PHASES}")
         device_batch = {key: jnp.asarray(batch[key]) for key in BATCH_KEYS}
-        state, metrics = self._update(state, device_batch)
+        state, metrics = self._update(state, device_batch, phase=phase)
         return state, metrics
 
-    def act(self, policy_params: Any, obs: np.ndarray, tokens: np.ndarray, rng: jax.Array) -> np.ndarray:
-        """Sample action chunks (B, chunk, action_dim) in [-1, 1] from the fine-tuned policy."""
-        return np.asarray(self._act(policy_params, jnp.asarray(obs), jnp.asarray(tokens), rng))
+    def start_from_pretrained(self, state: TrainState, pretrained_flow: Any) -> TrainState:
+        """Base, its EMA copy and the policy all become the pretrained flow (fresh optimiser states for
+        them): every method fine-tunes from the same pretrained policy."""
+        params = {**state.params, "base": pretrained_flow, "base_ema": pretrained_flow, "policy": pretrained_flow}
+        opt_state = {**state.opt_state, "base": self.tx.init(pretrained_flow), "policy": self.tx.init(pretrained_flow)}
+        return state.replace(params=params, opt_state=opt_state)
+
+    def acting_params(self, state: TrainState) -> dict[str, Any]:
+        """What a robot needs to act (the released ``policy.msgpack``): the fine-tuned flow, plus the
+        target critic when actions are picked best-of-N by Q (LWD with ``best_of_n`` > 1)."""
+        params = {"policy": state.params["policy"]}
+        if self.picks_by_critic:
+            params["critic"] = state.params["target_critic"]
+        return params
+
+    @property
+    def picks_by_critic(self) -> bool:
+        return self.spec.method == "lwd" and self.spec.best_of_n > 1
+
+    def act(self, acting_params: dict[str, Any], obs: np.ndarray, tokens: np.ndarray, rng: jax.Array) -> np.ndarray:
+        """Sample action chunks (B, chunk, action_dim) in [-1, 1] from the fine-tuned policy (best of N
+        samples by the critic's mean Q where configured, as the QAM reference's ``best_of_n``)."""
+        return np.asarray(self._act(acting_params, jnp.asarray(obs), jnp.asarray(tokens), rng))
 
     def value_statistics(self, state: TrainState, obs: np.ndarray, tokens: np.ndarray) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self._value_stats(state.params["value"], jnp.asarray(obs), jnp.asarray(tokens)).items()}
@@ -168,13 +204,22 @@ class Learner:
     def _velocity(self, params, obs, tokens, condition=None):
         return lambda x, t: self.flow.apply(params, obs, tokens, x, t, condition)
 
-    def _act_impl(self, policy_params, obs, tokens, rng):
+    def _act_impl(self, acting_params, obs, tokens, rng):
         condition = None
         if self.spec.method == "recap":
             condition = jnp.full(obs.shape[:1], CONDITION_POSITIVE, jnp.int32)
-        noise = jax.random.normal(rng, (obs.shape[0], self.flat_action_dim))
-        actions = euler_sample(self._velocity(policy_params, obs, tokens, condition), noise, self.spec.flow_steps)
-        return jnp.clip(actions, -1.0, 1.0).reshape(obs.shape[0], self.spec.chunk, self.spec.action_dim)
+        samples = self.spec.best_of_n if self.picks_by_critic else 1
+        rows = obs.shape[0]
+        obs_n, tokens_n = jnp.repeat(obs, samples, axis=0), jnp.repeat(tokens, samples, axis=0)
+        if condition is not None:
+            condition = jnp.repeat(condition, samples, axis=0)
+        noise = jax.random.normal(rng, (rows * samples, self.flat_action_dim))
+        velocity = self._velocity(acting_params["policy"], obs_n, tokens_n, condition)
+        actions = jnp.clip(euler_sample(velocity, noise, self.spec.flow_steps), -1.0, 1.0)
+        if samples > 1:
+            q = self.critic.apply(acting_params["critic"], obs_n, tokens_n, actions).mean(0).reshape(rows, samples)
+            actions = actions.reshape(rows, samples, -1)[jnp.arange(rows), jnp.argmax(q, axis=1)]
+        return actions.reshape(rows, self.spec.chunk, self.spec.action_dim)
 
     def _value_stats_impl(self, value_params, obs, tokens):
         out = self.value.apply(value_params, obs, tokens)
@@ -190,7 +235,7 @@ class Learner:
         updates, new_opt = self.tx.update(grads, opt_state[name], params[name])
         return optax.apply_updates(params[name], updates), new_opt
 
-    def _update_impl(self, state: TrainState, batch: dict[str, jax.Array]):
+    def _update_impl(self, state: TrainState, batch: dict[str, jax.Array], phase: Phase = "train"):
         spec = self.spec
         rng, k_base, k_policy, k_qam, k_noise, k_drop = jax.random.split(state.rng, 6)
         params = dict(state.params)
@@ -204,8 +249,19 @@ class Learner:
             metrics.update(aux)
             return loss
 
-        if spec.method == "lwd":
-            self._lwd_losses(params, batch, apply_grads, metrics, k_base, k_policy, k_qam, k_noise)
+        if phase == "pretrain":
+
+            def pretrain_loss(p):
+                loss = flow_matching_loss(self._velocity(p, obs, tokens), actions, k_base)
+                return loss, {"pretrain_flow_loss": loss}
+
+            apply_grads("base", pretrain_loss)
+        elif spec.method == "lwd":
+            self._lwd_losses(params, batch, apply_grads, metrics, k_base, k_policy, k_qam, k_noise,
+                             extract=phase == "train")
+        elif phase == "warmup":
+            if spec.method == "recap":
+                self._recap_value(params, batch, apply_grads)
         elif spec.method in ("bc", "hgdagger"):
 
             def bc_loss(p):
@@ -219,7 +275,7 @@ class Learner:
         new_state = TrainState(step=state.step + 1, rng=rng, params=params, opt_state=opt_state)
         return new_state, metrics
 
-    def _lwd_losses(self, params, batch, apply_grads, metrics, k_base, k_policy, k_qam, k_noise):
+    def _lwd_losses(self, params, batch, apply_grads, metrics, k_base, k_policy, k_qam, k_noise, extract=True):
         spec = self.spec
         obs, tokens, actions = batch["obs"], batch["tokens"], batch["actions"]
         scalar = self.value.size == 1
@@ -257,10 +313,17 @@ class Learner:
             return loss, {"value_loss": loss}
 
         apply_grads("value", value_loss)
+        params["target_critic"] = optax.incremental_update(params["critic"], params["target_critic"], spec.target_tau)
+        if not extract:
+            return
 
-        # Base (behaviour) flow: flow matching on data.
+        # Base flow, the reference QAM regularises toward: flow matching on human rows (demonstrations and
+        # interventions) by default, so failed rollouts and play shape the critic but not the reference.
+        human = (batch["demo"] | batch["intervention"]).astype(jnp.float32)
+
         def base_loss(p):
-            loss = flow_matching_loss(self._velocity(p, obs, tokens), actions, k_base)
+            weights = human if spec.base_data == "human" else None
+            loss = flow_matching_loss(self._velocity(p, obs, tokens), actions, k_base, weights=weights)
             return loss, {"base_flow_loss": loss}
 
         apply_grads("base", base_loss)
@@ -282,25 +345,27 @@ class Learner:
                 spec.qam_beta,
             )
             if spec.bc_weight > 0:
-                bc = flow_matching_loss(self._velocity(p, obs, tokens), actions, k_policy)
+                # Anchor to what people did: demonstrations and intervention segments only.
+                bc = flow_matching_loss(self._velocity(p, obs, tokens), actions, k_policy, weights=human)
                 loss = loss + spec.bc_weight * bc
                 aux = {**aux, "policy_bc_loss": bc}
             return loss, aux
 
         apply_grads("policy", policy_loss)
-        params["target_critic"] = optax.incremental_update(params["critic"], params["target_critic"], spec.target_tau)
         params["base_ema"] = optax.incremental_update(params["base"], params["base_ema"], spec.target_tau)
+
+    def _recap_value(self, params, batch, apply_grads):
+        def value_loss(p):
+            out = self.value.apply(p, batch["obs"], batch["tokens"])
+            loss = divl.value_loss(out, batch["mc_return"], self.value_rep, self.atoms, self.spec.value_huber_kappa)
+            return loss, {"value_loss": loss}
+
+        apply_grads("value", value_loss)
 
     def _recap_losses(self, params, batch, apply_grads, k_policy, k_drop):
         spec = self.spec
         obs, tokens, actions = batch["obs"], batch["tokens"], batch["actions"]
-
-        def value_loss(p):
-            out = self.value.apply(p, obs, tokens)
-            loss = divl.value_loss(out, batch["mc_return"], self.value_rep, self.atoms, spec.value_huber_kappa)
-            return loss, {"value_loss": loss}
-
-        apply_grads("value", value_loss)
+        self._recap_value(params, batch, apply_grads)
         keep = jax.random.uniform(k_drop, batch["condition"].shape) >= spec.recap_condition_dropout
         condition = jnp.where(keep, batch["condition"], 0)
 
@@ -311,4 +376,5 @@ class Learner:
         apply_grads("policy", policy_loss)
 
 
-BATCH_KEYS = ("obs", "tokens", "actions", "reward", "discount", "next_obs", "mc_return", "condition")
+BATCH_KEYS = ("obs", "tokens", "actions", "reward", "discount", "next_obs", "mc_return", "condition", "demo",
+              "intervention")

@@ -6,6 +6,7 @@ checkpoint while the fleet is deployed) uses the online n and mixes online data 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,7 @@ def run_updates(
     log_every: int = 50,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     mesh: Any = None,
+    phase: str = "train",
 ) -> TrainResult:
     """``steps`` updates; every ``log_every`` the window-mean metrics go to ``on_log(step, metrics)``.
 
@@ -87,7 +89,7 @@ def run_updates(
         batch = replay.sample(batch_size)
         if mesh is not None:
             batch = distributed.shard_batch({key: batch[key] for key in BATCH_KEYS}, mesh)
-        state, metrics = learner.update(state, batch)
+        state, metrics = learner.update(state, batch, phase)
         window.append(metrics)
         if len(window) == log_every:
             means = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
@@ -105,6 +107,36 @@ def run_updates(
 
 def new_learner(algo: Any, method: str = "lwd") -> Learner:
     return Learner(LearnerSpec.from_config(algo, OBS_DIM, ACTION_DIM, method))
+
+
+def online_update_budget(algo: Any, new_transitions: int) -> int:
+    """Updates for one online round: at least ``online_steps_per_round``, and enough that each new
+    transition is sampled ``samples_per_insert`` times in expectation (the online share of each batch)."""
+    online_rows = max(1, round(algo.batch_size * algo.online_ratio))
+    return max(algo.online_steps_per_round, math.ceil(algo.samples_per_insert * new_transitions / online_rows))
+
+
+def staging_steps(algo: Any, method: str) -> int:
+    """Updates :func:`pretrain_and_warm_up` makes (only methods with a critic or value warm up)."""
+    return algo.pretrain_steps + (algo.warmup_steps if method in ("lwd", "recap") else 0)
+
+
+def pretrain_and_warm_up(learner: Learner, episodes: dict[str, list[Episode]], algo: Any, seed: int,
+                         method: str = "lwd") -> TrainState:
+    """The paper's first two stages from scratch: the pretrained policy (BC flow matching on the
+    demonstrations) becomes base and policy; then critic and value warm up with the policy frozen."""
+    state = learner.init(algo.seed)
+    if algo.pretrain_steps:
+        demos = [e for e in episodes["offline"] + episodes["online"] if e.source == "demo"]
+        if not demos:
+            raise ValueError("pretraining needs demonstrations and the snapshot holds none (or set pretrain_steps: 0)")
+        demo_replay = MixedReplay(transitions_for(demos, algo, "offline"), seed=seed)
+        state = run_updates(learner, state, demo_replay, algo.pretrain_steps, algo.batch_size, phase="pretrain").state
+        state = learner.start_from_pretrained(state, state.params["base"])
+    if staging_steps(algo, method) > algo.pretrain_steps:
+        replay = build_replay(episodes, algo, "offline", seed=seed + 1, method=method)
+        state = run_updates(learner, state, replay, algo.warmup_steps, algo.batch_size, phase="warmup").state
+    return state
 
 
 def per_task_value(learner: Learner, state: TrainState, replay: MixedReplay, rows: int = 256) -> dict[str, float]:
