@@ -166,18 +166,14 @@ def flywheel(
 
 
 @app.command()
-def experiment(
-    config: ConfigOption = None,
-    rounds: Annotated[int, typer.Option(help="LWD online flywheel rounds after the offline arms.")] = 2,
-    episodes_per_task: Annotated[int, typer.Option(help="Evaluation episodes per task (default: gate's).")] = 0,
-) -> None:
-    """Paper table: BC, HG-DAgger, RECAP, IQL, LWD offline and online on the sim suite (fresh data dir).
+def experiment(config: ConfigOption = None) -> None:
+    """Paper table: BC, HG-DAgger, RECAP, IQL, LWD offline and online from one pretrained policy, equal
+    budgets, paired evaluation seeds and significance tests (the config's `experiment` section).
 
-    Reduced (<20 min on 2 cores): --config configs/experiment-reduced.yaml; full: configs/experiment-full.yaml.
+    2 CPU cores (<30 min): --config configs/experiment-reduced.yaml; GPU machine: configs/experiment-full.yaml.
     """
     _config(config)
-    reduced = config is not None and "reduced" in config.name
-    _run("flows.experiment", "experiment", reduced=reduced, rounds=rounds, episodes_per_task=episodes_per_task)
+    _run("flows.experiment", "experiment")
 
 
 @fleet_app.command("up")

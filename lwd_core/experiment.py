@@ -1,0 +1,380 @@
+"""The paper's comparison on our sim suite, as one measured experiment (pure library: the Prefect flow
+``flows/experiment.py`` wraps it and logs to MLflow).
+
+1. Offline data: clean demonstrations, play, and failed rollouts *of the pretrained policy* per task.
+2. Pretrained policy: BC flow matching on the demonstrations (the stand-in for the pretrained VLA).
+   Every arm starts from this one checkpoint.
+3. Offline stage, the same update budget for every arm: BC continues on demonstrations; LWD and IQL warm
+   up critic and value with the policy frozen, then extract (QAM + BC anchor); RECAP warms up its value,
+   then trains its advantage-conditioned policy; HG-DAgger has no offline stage beyond BC.
+4. Online rounds for the arms that learn from the fleet (HG-DAgger, RECAP, IQL, LWD online): each round
+   the arm's current policy runs the same number of fleet episodes from the same initial states (training
+   seeds), with the scripted human taking over stalled or drifting rollouts; then the same number of
+   updates on mixed offline/online replay.
+5. Evaluation: fixed evaluation seeds (disjoint from every training seed, checked), the same episodes for
+   every arm, Wilson intervals per arm, and an exact McNemar test on the paired episodes for
+   "LWD online vs each arm".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lwd_core.algo.baselines import hgdagger_subset
+from lwd_core.algo.learner import Learner, TrainState
+from lwd_core.algo.replay import MixedReplay
+from lwd_core.algo.training import (
+    new_learner,
+    online_update_budget,
+    refresh_recap_conditions,
+    run_updates,
+    transitions_for,
+)
+from lwd_core.data.episode import Episode
+from lwd_core.sim.dataset import record_episode
+from lwd_core.sim.evaluate import eval_seed, learner_policy, wilson_interval
+from lwd_core.sim.pool import EpisodeRequest, SimPool
+from lwd_core.sim.tasks import CONTROL_PERIOD_S, TASK_SUITE, TaskSpec, make_env, select_tasks
+
+Log = Callable[[str], None]
+# Advantage tokens are recomputed from RECAP's current value this often (updates).
+RECAP_REFRESH_EVERY = 250
+
+
+@dataclass(frozen=True)
+class Arm:
+    key: str
+    label: str
+    method: str
+    value_model: str = "divl"
+    online: bool = False
+    # Continue another arm's offline result instead of training one (LWD online continues LWD offline).
+    continues: str = ""
+
+
+ARMS: dict[str, Arm] = {arm.key: arm for arm in (
+    Arm("bc", "BC", "bc"),
+    Arm("hgdagger", "HG-DAgger", "hgdagger", online=True),
+    Arm("recap", "RECAP", "recap", online=True),
+    Arm("iql", "IQL (expectile)", "lwd", value_model="expectile", online=True),
+    Arm("lwd-offline", "LWD offline", "lwd"),
+    Arm("lwd-online", "LWD online", "lwd", online=True, continues="lwd-offline"),
+)}
+REFERENCE_ARM = "lwd-online"
+
+
+def train_seed(base: int, kind: str, task_id: str, index: int) -> int:
+    """Training-side seeds (data, fleet rounds): a namespace disjoint from :func:`eval_seed`'s."""
+    return int.from_bytes(hashlib.sha256(f"train/{base}/{kind}/{task_id}/{index}".encode()).digest()[:4], "little")
+
+
+def experiment_tasks(task_ids: list[str]) -> tuple[TaskSpec, ...]:
+    return select_tasks(task_ids) if task_ids else tuple(t for t in TASK_SUITE if t.group == "short")
+
+
+def mcnemar_p(reference: np.ndarray, other: np.ndarray) -> float:
+    """Exact two-sided McNemar test on paired successes (same evaluation episodes)."""
+    from scipy.stats import binomtest
+
+    wins = int(np.sum(reference & ~other))
+    losses = int(np.sum(~reference & other))
+    return 1.0 if wins + losses == 0 else float(binomtest(wins, wins + losses, 0.5).pvalue)
+
+
+def success_summary(outcomes: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per-task success and the suite mean with a 95% Wilson interval over all episodes."""
+    flat = np.concatenate(list(outcomes.values()))
+    low, high = wilson_interval(int(flat.sum()), len(flat))
+    return {"success": float(flat.mean()), "ci": [low, high], "episodes": len(flat),
+            "per_task": {task: float(o.mean()) for task, o in outcomes.items()}}
+
+
+class Experiment:
+    """Runs the arms; every stage reports through ``log``. ``settings`` is the config's ``experiment``
+    section and ``algo`` its ``algo`` section (both pydantic models; read only)."""
+
+    def __init__(self, settings: Any, algo: Any, pool: SimPool, log: Log = print):
+        self.settings, self.algo, self.pool, self.log = settings, algo, pool, log
+        self.tasks = experiment_tasks(settings.tasks)
+        unknown = [a for a in settings.arms if a not in ARMS]
+        if unknown:
+            raise ValueError(f"unknown arms {unknown}; expected some of {sorted(ARMS)}")
+        self.offline: list[Episode] = []
+        self.data_report: dict[str, Any] = {}
+
+    # -- seeds ---------------------------------------------------------------------------------------
+    def eval_requests(self, per_task: int) -> list[EpisodeRequest]:
+        return [EpisodeRequest(task.task_id, eval_seed(self.settings.eval_seed, task.task_id, i),
+                               policy_version="eval") for task in self.tasks for i in range(per_task)]
+
+    def fleet_requests(self, round_index: int) -> list[EpisodeRequest]:
+        count = self.settings.episodes_per_round
+        return [EpisodeRequest(task.task_id, train_seed(self.settings.train_seed, f"fleet-round{round_index}",
+                                                        task.task_id, i // len(self.tasks)),
+                               robot_id=f"fleet-{i % 16:02d}", policy_version=f"round{round_index}", intervention=True)
+                for i, task in ((i, self.tasks[i % len(self.tasks)]) for i in range(count))]
+
+    def check_seeds_disjoint(self) -> None:
+        evaluation = {r.seed for r in self.eval_requests(self.settings.eval_episodes_per_task)}
+        training = {r.seed for k in range(1, self.settings.rounds + 1) for r in self.fleet_requests(k)}
+        training |= {train_seed(self.settings.train_seed, kind, t.task_id, i) for t in self.tasks
+                     for kind, n in self._offline_counts().items() for i in range(2 * n)}
+        overlap = evaluation & training
+        if overlap:
+            raise ValueError(f"evaluation and training seeds overlap: {sorted(overlap)[:5]}")
+
+    def _offline_counts(self) -> dict[str, int]:
+        s = self.settings
+        return {"demo": s.demos_per_task, "play": s.play_per_task, "failed_rollout": s.failed_rollouts_per_task}
+
+    # -- policies ------------------------------------------------------------------------------------
+    def policy(self, learner: Learner, state: TrainState, seed: int, requests: int):
+        return learner_policy(learner, learner.acting_params(state), seed,
+                              batch_size=min(requests, self.pool.max_batch))
+
+    def evaluate(self, learner: Learner, state: TrainState, per_task: int) -> dict[str, np.ndarray]:
+        requests = self.eval_requests(per_task)
+        episodes = self.pool.run(requests, self.policy(learner, state, self.settings.eval_seed, len(requests)))
+        outcomes: dict[str, list[bool]] = {t.task_id: [] for t in self.tasks}
+        for episode in episodes:
+            outcomes[episode.task_id].append(episode.outcome == "success")
+        return {task: np.asarray(o, bool) for task, o in outcomes.items()}
+
+    # -- data ----------------------------------------------------------------------------------------
+    def make_offline_data(self) -> list[Episode]:
+        """Demonstrations and play now; failed rollouts once the pretrained policy exists."""
+        episodes = []
+        for task in self.tasks:
+            env = make_env(task)
+            for kind in ("demo", "play"):
+                for i in range(self._offline_counts()[kind]):
+                    episodes.append(record_episode(env, task, kind, train_seed(self.settings.train_seed, kind,
+                                                                                task.task_id, i)))
+            env.close()
+        return episodes
+
+    def failed_rollouts(self, learner: Learner, state: TrainState) -> list[Episode]:
+        """Rollouts of the pretrained policy on training seeds, failures kept (two tries per wanted failure)."""
+        wanted = self.settings.failed_rollouts_per_task
+        if wanted == 0:
+            return []
+        requests = [EpisodeRequest(t.task_id, train_seed(self.settings.train_seed, "failed_rollout", t.task_id, i),
+                                   robot_id="pretrain-fleet", policy_version="pretrained")
+                    for t in self.tasks for i in range(2 * wanted)]
+        episodes = self.pool.run(requests, self.policy(learner, state, self.settings.train_seed, len(requests)))
+        kept, tried = [], {t.task_id: 0 for t in self.tasks}
+        for task in self.tasks:
+            mine = [e for e in episodes if e.task_id == task.task_id]
+            tried[task.task_id] = len(mine)
+            kept += [e for e in mine if e.outcome == "failure"][:wanted]
+        self.data_report["pretrained_rollout_success"] = {
+            t.task_id: float(np.mean([e.outcome == "success" for e in episodes if e.task_id == t.task_id]))
+            for t in self.tasks}
+        return kept
+
+    def replay(self, method: str, offline: list[Episode], online: list[Episode], stage: str, seed: int) -> MixedReplay:
+        off = transitions_for(offline, self.algo, stage)
+        on = transitions_for(online, self.algo, stage) if online else None
+        if method == "hgdagger":
+            off = hgdagger_subset(off)
+            on = hgdagger_subset(on) if on is not None and (on["intervention"].any()) else None
+        return MixedReplay(off, on, online_ratio=self.algo.online_ratio, seed=seed)
+
+    # -- training ------------------------------------------------------------------------------------
+    def learner_for(self, arm: Arm) -> Learner:
+        algo = self.algo.model_copy(update={"value_model": arm.value_model})
+        return new_learner(algo, arm.method)
+
+    def train(self, learner: Learner, state: TrainState, replay: MixedReplay, steps: int, phase: str) -> TrainState:
+        if steps <= 0:
+            return state
+        if learner.spec.method != "recap" or phase != "train":
+            return run_updates(learner, state, replay, steps, self.algo.batch_size, phase=phase).state
+        done = 0
+        while done < steps:
+            refresh_recap_conditions(learner, state, replay, self.algo.recap_positive_fraction)
+            count = min(RECAP_REFRESH_EVERY, steps - done)
+            state = run_updates(learner, state, replay, count, self.algo.batch_size, phase=phase).state
+            done += count
+        return state
+
+    def online_updates(self) -> int:
+        """Updates per round, the same for every arm: sized for the most transitions a round can bring
+        (episodes x time limit), so every arm meets the update-to-data ratio."""
+        most_new = self.settings.episodes_per_round * max(t.horizon for t in self.tasks)
+        return online_update_budget(self.algo, most_new)
+
+    # -- the experiment ------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        s, algo = self.settings, self.algo
+        started = time.monotonic()
+        self.check_seeds_disjoint()
+        arms = [ARMS[key] for key in s.arms]
+        demos_and_play = self.make_offline_data()
+        demos = [e for e in demos_and_play if e.source == "demo"]
+        self.log(f"offline data: {len(demos)} demonstrations, {len(demos_and_play) - len(demos)} play episodes")
+
+        # Stage 1: the pretrained policy.
+        base_learner = new_learner(algo, "bc")
+        pretrained = base_learner.init(algo.seed)
+        pretrained = self.train(base_learner, pretrained, self.replay("bc", demos, [], "offline", algo.seed),
+                                algo.pretrain_steps, "pretrain")
+        pretrained_flow = pretrained.params["base"]
+        pretrained = base_learner.start_from_pretrained(pretrained, pretrained_flow)
+        self.offline = demos_and_play + self.failed_rollouts(base_learner, pretrained)
+        self.data_report.update(self._data_summary())
+        self.log(f"pretrained; offline data {self.data_report}")
+
+        results: dict[str, dict[str, Any]] = {}
+        final_outcomes: dict[str, dict[str, np.ndarray]] = {}
+        pretrained_eval = self.evaluate(base_learner, pretrained, s.eval_episodes_per_task)
+        results["pretrained"] = {"label": "Pretrained (BC on demos)", "final": success_summary(pretrained_eval),
+                                 "curve": [], "online": False}
+        final_outcomes["pretrained"] = pretrained_eval
+        self.log(f"pretrained: {results['pretrained']['final']['success']:.1%}")
+
+        offline_states: dict[str, tuple[Learner, TrainState]] = {}
+        updates_per_round = self.online_updates()
+        for arm in arms:
+            arm_started = time.monotonic()
+            if arm.continues and arm.continues in offline_states:
+                learner, state = offline_states[arm.continues]
+            else:
+                learner, state = self.offline_stage(arm, pretrained_flow)
+            offline_states[arm.key] = (learner, state)
+            curve, online = [], []
+            if arm.online:
+                curve.append(self._curve_point(0, 0, 0, 0, learner, state))
+                for round_index in range(1, s.rounds + 1):
+                    requests = self.fleet_requests(round_index)
+                    fleet = self.pool.run(requests, self.policy(learner, state, algo.seed + round_index,
+                                                                len(requests)))
+                    online += fleet
+                    replay = self.replay(arm.method, self.offline, online, "online",
+                                         seed=algo.seed + 7919 * round_index)
+                    state = self.train(learner, state, replay, updates_per_round, "train")
+                    curve.append(self._curve_point(round_index, len(online), sum(e.num_steps for e in online),
+                                                   sum(int(e.interventions.sum()) for e in online), learner, state,
+                                                   fleet))
+                    self.log(f"{arm.label} round {round_index}: {curve[-1]}")
+            outcomes = self.evaluate(learner, state, s.eval_episodes_per_task)
+            final_outcomes[arm.key] = outcomes
+            results[arm.key] = {"label": arm.label, "online": arm.online, "final": success_summary(outcomes),
+                                "curve": curve, "seconds": round(time.monotonic() - arm_started, 1)}
+            self.log(f"{arm.label}: {results[arm.key]['final']['success']:.1%} "
+                     f"({results[arm.key]['seconds']:.0f}s)")
+
+        comparisons = {}
+        if REFERENCE_ARM in final_outcomes:
+            reference = np.concatenate(list(final_outcomes[REFERENCE_ARM].values()))
+            for key, outcomes in final_outcomes.items():
+                if key != REFERENCE_ARM:
+                    other = np.concatenate(list(outcomes.values()))
+                    comparisons[key] = {"difference": float(reference.mean() - other.mean()),
+                                        "wins": int(np.sum(reference & ~other)),
+                                        "losses": int(np.sum(~reference & other)),
+                                        "p_value": mcnemar_p(reference, other)}
+        return {"tasks": [t.task_id for t in self.tasks], "arms": results, "comparisons": comparisons,
+                "reference_arm": REFERENCE_ARM, "updates_per_round": updates_per_round,
+                "eval_seed": s.eval_seed, "train_seed": s.train_seed, "data": self.data_report,
+                "minutes": round((time.monotonic() - started) / 60, 2)}
+
+    def offline_stage(self, arm: Arm, pretrained_flow: Any) -> tuple[Learner, TrainState]:
+        algo = self.algo
+        learner = self.learner_for(arm)
+        state = learner.start_from_pretrained(learner.init(algo.seed), pretrained_flow)
+        if arm.method in ("bc", "hgdagger"):
+            demos = [e for e in self.offline if e.source == "demo"]
+            if arm.method == "bc":
+                state = self.train(learner, state, self.replay("bc", demos, [], "offline", algo.seed),
+                                   algo.warmup_steps + algo.offline_steps, "train")
+            return learner, state
+        replay = self.replay(arm.method, self.offline, [], "offline", algo.seed)
+        state = self.train(learner, state, replay, algo.warmup_steps, "warmup")
+        state = self.train(learner, state, replay, algo.offline_steps, "train")
+        return learner, state
+
+    def _curve_point(self, round_index: int, episodes: int, steps: int, interventions: int, learner: Learner,
+                     state: TrainState, fleet: list[Episode] | None = None) -> dict[str, Any]:
+        summary = success_summary(self.evaluate(learner, state, self.settings.curve_episodes_per_task))
+        point = {"round": round_index, "fleet_episodes": episodes, "fleet_steps": steps,
+                 "fleet_hours": steps * CONTROL_PERIOD_S / 3600, "intervention_steps": interventions,
+                 "success": summary["success"], "ci": summary["ci"]}
+        if fleet:
+            point["fleet_success_autonomous"] = float(np.mean(
+                [e.outcome == "success" and not e.interventions.any() for e in fleet]))
+        return point
+
+    def _data_summary(self) -> dict[str, Any]:
+        by_kind: dict[str, int] = {}
+        for e in self.offline:
+            kind = "failed_rollout" if e.source == "rollout" else e.source
+            by_kind[kind] = by_kind.get(kind, 0) + e.num_steps
+        total = sum(by_kind.values())
+        return {"episodes": len(self.offline), "steps": total,
+                "share_by_kind": {k: round(v / total, 3) for k, v in by_kind.items()}}
+
+
+PLOT_FILE = "success_vs_experience.png"
+
+
+def write_report(results: dict[str, Any], out_dir: Path) -> str:
+    """results.json, results.md (returned) and the success-vs-experience plot under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(results)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "results.md").write_text(table + "\n")
+    plot(results, out_dir / PLOT_FILE)
+    return table
+
+
+def markdown_table(results: dict) -> str:
+    tasks = results["tasks"]
+    comparisons = results["comparisons"]
+    header = ["method", "fleet hours", "mean success (95% CI)", *tasks, f"vs {results['reference_arm']}: p"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, arm in results["arms"].items():
+        final = arm["final"]
+        hours = arm["curve"][-1]["fleet_hours"] if arm["curve"] else 0.0
+        test = comparisons.get(key)
+        p = f"{test['p_value']:.3g} ({test['difference']:+.0%})" if test else "-"
+        cells = [arm["label"], f"{hours:.2f}", f"{final['success']:.1%} [{final['ci'][0]:.0%}, {final['ci'][1]:.0%}]",
+                 *[f"{final['per_task'][t]:.0%}" for t in tasks], p]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for index, (key, arm) in enumerate(results["arms"].items()):
+        colour = f"C{index}"
+        if arm["curve"]:
+            xs = [p["fleet_hours"] for p in arm["curve"]]
+            ys = [p["success"] for p in arm["curve"]]
+            low = [p["ci"][0] for p in arm["curve"]]
+            high = [p["ci"][1] for p in arm["curve"]]
+            ax.plot(xs, ys, "o-", color=colour, label=arm["label"])
+            ax.fill_between(xs, low, high, color=colour, alpha=0.12)
+        else:
+            ax.axhline(arm["final"]["success"], linestyle="--", linewidth=1, color=colour, label=f"{arm['label']} (offline)")
+    ax.set_xlabel("fleet experience (robot hours)")
+    ax.set_ylabel("mean success, short tasks")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,66 @@
+"""The experiment protocol at a tiny size: equal budgets, paired disjoint seeds, a significance test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lwd_core.config import AlgoConfig, ExperimentConfig
+from lwd_core.experiment import ARMS, Experiment, mcnemar_p
+from lwd_core.sim.pool import SimPool
+
+
+def test_mcnemar_counts_only_discordant_pairs():
+    same = np.array([True, False, True, False])
+    assert mcnemar_p(same, same) == 1.0
+    reference = np.array([True] * 10 + [False] * 10)
+    other = np.array([False] * 10 + [False] * 10)
+    # 10 wins, 0 losses: two-sided exact binomial p = 2 * 0.5**10.
+    assert mcnemar_p(reference, other) == pytest.approx(2 * 0.5**10)
+    assert mcnemar_p(other, reference) == pytest.approx(2 * 0.5**10)
+
+
+@pytest.fixture(scope="module")
+def tiny_results():
+    algo = AlgoConfig(hidden_dims=[32, 32], critic_heads=2, batch_size=32, flow_steps=3, value_size=21,
+                      pretrain_steps=20, warmup_steps=5, offline_steps=5, online_steps_per_round=5,
+                      samples_per_insert=0.0)
+    settings = ExperimentConfig(tasks=["restock-horizontal"], rounds=2, episodes_per_round=2,
+                                eval_episodes_per_task=3, curve_episodes_per_task=2, demos_per_task=2,
+                                failed_rollouts_per_task=1, play_per_task=1)
+    with SimPool(1, max_concurrent=4) as pool:
+        experiment = Experiment(settings, algo, pool, log=lambda _: None)
+        return experiment, experiment.run()
+
+
+def test_every_arm_is_measured_with_equal_fleet_budgets(tiny_results):
+    experiment, results = tiny_results
+    assert set(results["arms"]) == {"pretrained", *ARMS}
+    online = [arm for key, arm in results["arms"].items() if key in ARMS and ARMS[key].online]
+    assert len(online) == 4
+    for arm in online:
+        assert [p["round"] for p in arm["curve"]] == [0, 1, 2]
+        assert [p["fleet_episodes"] for p in arm["curve"]] == [0, 2, 4]  # the same budget for every arm
+    for arm in results["arms"].values():
+        assert arm["final"]["episodes"] == 3
+    # LWD online against every other arm on the same evaluation episodes.
+    assert set(results["comparisons"]) == set(results["arms"]) - {"lwd-online"}
+    assert all(0.0 <= c["p_value"] <= 1.0 for c in results["comparisons"].values())
+
+
+def test_evaluation_seeds_are_fixed_and_disjoint_from_training_seeds(tiny_results):
+    experiment, _ = tiny_results
+    evaluation = [r.seed for r in experiment.eval_requests(3)]
+    assert evaluation == [r.seed for r in experiment.eval_requests(3)]
+    training = {r.seed for k in (1, 2) for r in experiment.fleet_requests(k)}
+    assert not set(evaluation) & training
+    # The same fleet round starts from the same states for every arm, and rounds differ.
+    assert experiment.fleet_requests(1) == experiment.fleet_requests(1)
+    assert experiment.fleet_requests(1) != experiment.fleet_requests(2)
+    assert all(r.intervention for r in experiment.fleet_requests(1))
+    assert not any(r.intervention for r in experiment.eval_requests(3))
+
+
+def test_unknown_arm_is_a_clear_error():
+    with SimPool(1) as pool, pytest.raises(ValueError, match="unknown arms"):
+        Experiment(ExperimentConfig(arms=["bc", "dagger"]), AlgoConfig(), pool)
