@@ -98,8 +98,11 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
         load_snapshot_episodes,
         refresh_recap_conditions,
         new_learner,
+        online_update_budget,
         per_task_value,
+        pretrain_and_warm_up,
         run_updates,
+        staging_steps,
         train_resumable,
     )
 
@@ -110,22 +113,34 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
     manifest = load_snapshot(store, snapshot_id)
     parent = latest_checkpoint(config) if resume else None
     stage = "online" if parent else "offline"
-    steps = steps or (config.algo.online_steps_per_round if parent else config.algo.offline_steps)
+    episodes = load_snapshot_episodes(store, manifest)
+    seed = config.algo.seed + 1_000_003 * jax.process_index()
     if parent:
-        learner, state, _ = load_checkpoint(store, parent)
+        learner, state, parent_manifest = load_checkpoint(store, parent)
+        start_step = int(state.step)
+        seed += start_step  # fresh batches each round (the step moves on), distinct ones on each host
+        replay = build_replay(episodes, config.algo, stage, seed=seed, method=method)
+        new_online = replay.sizes["online"] - int(parent_manifest.get("online_transitions", 0))
+        steps = steps or online_update_budget(config.algo, new_online)
     else:
-        learner = new_learner(config.algo, method)
-        state = learner.init(config.algo.seed)
-    start_step = int(state.step)
-    # Fresh batches each round (the step moves on) and distinct ones on each host.
-    seed = config.algo.seed + start_step + 1_000_003 * jax.process_index()
-    replay = build_replay(load_snapshot_episodes(store, manifest), config.algo, stage, seed=seed, method=method)
+        learner, state, start_step = new_learner(config.algo, method), None, 0
+        replay = build_replay(episodes, config.algo, stage, seed=seed, method=method)
+        steps = steps or staging_steps(config.algo, method) + config.algo.offline_steps
+
+    def initial_state():
+        """Offline: the pretrained policy and critic warm-up come first (skipped when a crashed run resumes).
+        Every host stages with the same seed, so all start from identical parameters."""
+        if state is not None:
+            return learner, state
+        return learner, pretrain_and_warm_up(learner, episodes, config.algo, config.algo.seed, method)
+
     before_chunk = None
     if method == "recap":
         def before_chunk(learner, state):
             refresh_recap_conditions(learner, state, replay, config.algo.recap_positive_fraction)
     if jax.process_index() != 0:
-        run_updates(learner, state, replay, steps, config.algo.batch_size, mesh=mesh)
+        _, begin = initial_state()
+        run_updates(learner, begin, replay, start_step + steps - int(begin.step), config.algo.batch_size, mesh=mesh)
         return {"stage": stage, "snapshot_id": manifest["snapshot_id"], "process": jax.process_index()}
     # Same snapshot, parent and method -> same run directory, so a retry resumes instead of restarting.
     run_root = f"checkpoints/run-{manifest['snapshot_id']}-{label or method}-from{start_step}"
@@ -138,10 +153,11 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
                            "offline_transitions": replay.sizes["offline"], "online_transitions": replay.sizes["online"],
                            **{f"algo.{k}": v for k, v in config.algo.model_dump().items()}})
         start = time.monotonic()
-        result = train_resumable(store, run_root, lambda: (learner, state), replay, start_step + steps,
+        result = train_resumable(store, run_root, initial_state, replay, start_step + steps,
                                  config.algo.batch_size, config.algo.checkpoint_every, mesh=mesh,
                                  on_log=lambda step, metrics: mlflow.log_metrics(metrics, step=step),
-                                 extra={"snapshot_id": manifest["snapshot_id"], "parent": parent, "stage": stage},
+                                 extra={"snapshot_id": manifest["snapshot_id"], "parent": parent, "stage": stage,
+                                        "online_transitions": replay.sizes["online"]},
                                  before_chunk=before_chunk)
         elapsed = time.monotonic() - start
         per_task = per_task_value(result.learner, result.state, replay)
