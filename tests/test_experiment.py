@@ -64,3 +64,22 @@ def test_evaluation_seeds_are_fixed_and_disjoint_from_training_seeds(tiny_result
 def test_unknown_arm_is_a_clear_error():
     with SimPool(1) as pool, pytest.raises(ValueError, match="unknown arms"):
         Experiment(ExperimentConfig(arms=["bc", "dagger"]), AlgoConfig(), pool)
+
+
+def test_gpu_slice_script_runs_at_tiny_size_on_cpu(tmp_path):
+    """bench/experiment_slice.py is what a GPU machine runs; its whole path must work here first."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "bench/experiment_slice.py", "--config", "configs/experiment-gpu-slice.yaml", "--tiny",
+         "--workers", "1", "--out", str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary["final"]) == {"pretrained", "bc", "lwd-offline", "lwd-online"}
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["arms"]["lwd-online"]["curve"][-1]["fleet_episodes"] == 2
+    assert (tmp_path / "success_vs_experience.png").stat().st_size > 0
