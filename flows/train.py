@@ -10,5 +10,6 @@ from tasks.pipeline import train_on_snapshot
 
 @flow(name="train")
 def train(snapshot_id: str = "", steps: int = 0, method: str = "lwd", resume: bool = True) -> dict:
-    """``snapshot_id`` empty: the latest snapshot; ``steps`` 0: the config's offline/online budget."""
+    """``snapshot_id`` empty: the latest snapshot; ``steps``: extraction updates (0: the config's offline or
+    online budget; an offline run adds pretraining and warm-up on top)."""
     return train_on_snapshot(load_config(), snapshot_id, steps, method, resume)

@@ -149,9 +149,11 @@ class AlgoConfig(_Section):
     nstep_online: int = Field(default=1, ge=1)
     long_horizon_threshold: int = Field(default=400, ge=1)
     online_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Extraction updates of the offline stage, after pretraining and warm-up.
     offline_steps: int = Field(default=2000, ge=0)
     # Online update budget per round: at least ``online_steps_per_round`` updates, and enough that every
-    # new fleet transition is sampled ``samples_per_insert`` times in expectation (update-to-data ratio).
+    # online transition, the round's new ones included, is sampled ``samples_per_insert`` times in
+    # expectation during the round (update-to-data ratio; see training.online_update_budget).
     online_steps_per_round: int = Field(default=500, ge=0)
     samples_per_insert: float = Field(default=1.0, ge=0.0)
     # Committed checkpoints during a training run: a crashed or retried run resumes from the last one.

@@ -4,9 +4,10 @@
 1. Offline data: clean demonstrations, play, and failed rollouts *of the pretrained policy* per task.
 2. Pretrained policy: BC flow matching on the demonstrations (the stand-in for the pretrained VLA).
    Every arm starts from this one checkpoint.
-3. Offline stage, the same update budget for every arm: BC continues on demonstrations; LWD and IQL warm
-   up critic and value with the policy frozen, then extract (QAM + BC anchor); RECAP warms up its value,
-   then trains its advantage-conditioned policy; HG-DAgger has no offline stage beyond BC.
+3. Offline stage, ``warmup_steps + offline_steps`` updates: BC continues on demonstrations; LWD and IQL
+   warm up critic and value with the policy frozen, then extract (QAM + BC anchor); RECAP warms up its
+   value, then trains its advantage-conditioned policy. HG-DAgger is BC on human data only, so it starts
+   its online rounds from the pretrained policy itself.
 4. Online rounds for the arms that learn from the fleet (HG-DAgger, RECAP, IQL, LWD online): each round
    the arm's current policy runs the same number of fleet episodes from the same initial states (training
    seeds), with the scripted human taking over stalled or drifting rollouts; then the same number of
@@ -28,17 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from lwd_core.algo.baselines import hgdagger_subset
 from lwd_core.algo.learner import Learner, TrainState
 from lwd_core.algo.replay import MixedReplay
 from lwd_core.algo.training import (
+    build_replay,
     new_learner,
     online_update_budget,
     refresh_recap_conditions,
     run_updates,
-    transitions_for,
 )
 from lwd_core.data.episode import Episode
+from lwd_core.fleet.actor import fleet_robot_ids
 from lwd_core.sim.dataset import record_episode
 from lwd_core.sim.evaluate import eval_seed, learner_policy, wilson_interval
 from lwd_core.sim.pool import EpisodeRequest, SimPool
@@ -47,6 +48,8 @@ from lwd_core.sim.tasks import CONTROL_PERIOD_S, TASK_SUITE, TaskSpec, make_env,
 Log = Callable[[str], None]
 # Advantage tokens are recomputed from RECAP's current value this often (updates).
 RECAP_REFRESH_EVERY = 250
+# Fleet episodes are spread over this many robot ids (the paper's fleet size).
+FLEET_ROBOTS = 16
 
 
 @dataclass(frozen=True)
@@ -117,9 +120,11 @@ class Experiment:
 
     def fleet_requests(self, round_index: int) -> list[EpisodeRequest]:
         count = self.settings.episodes_per_round
+        robots = fleet_robot_ids(FLEET_ROBOTS)
         return [EpisodeRequest(task.task_id, train_seed(self.settings.train_seed, f"fleet-round{round_index}",
                                                         task.task_id, i // len(self.tasks)),
-                               robot_id=f"fleet-{i % 16:02d}", policy_version=f"round{round_index}", intervention=True)
+                               robot_id=robots[i % len(robots)], policy_version=f"round{round_index}",
+                               intervention=True)
                 for i, task in ((i, self.tasks[i % len(self.tasks)]) for i in range(count))]
 
     def check_seeds_disjoint(self) -> None:
@@ -181,12 +186,7 @@ class Experiment:
         return kept
 
     def replay(self, method: str, offline: list[Episode], online: list[Episode], stage: str, seed: int) -> MixedReplay:
-        off = transitions_for(offline, self.algo, stage)
-        on = transitions_for(online, self.algo, stage) if online else None
-        if method == "hgdagger":
-            off = hgdagger_subset(off)
-            on = hgdagger_subset(on) if on is not None and (on["intervention"].any()) else None
-        return MixedReplay(off, on, online_ratio=self.algo.online_ratio, seed=seed)
+        return build_replay({"offline": offline, "online": online}, self.algo, stage, seed, method)
 
     # -- training ------------------------------------------------------------------------------------
     def learner_for(self, arm: Arm) -> Learner:
@@ -206,11 +206,11 @@ class Experiment:
             done += count
         return state
 
-    def online_updates(self) -> int:
-        """Updates per round, the same for every arm: sized for the most transitions a round can bring
-        (episodes x time limit), so every arm meets the update-to-data ratio."""
-        most_new = self.settings.episodes_per_round * max(t.horizon for t in self.tasks)
-        return online_update_budget(self.algo, most_new)
+    def online_updates(self, round_index: int) -> int:
+        """Updates in a round, the same for every arm: sized for the largest online buffer the round can
+        hold (rounds x episodes x time limit), so every arm meets the update-to-data ratio."""
+        most = round_index * self.settings.episodes_per_round * max(t.horizon for t in self.tasks)
+        return online_update_budget(self.algo, most)
 
     # -- the experiment ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -242,7 +242,6 @@ class Experiment:
         self.log(f"pretrained: {results['pretrained']['final']['success']:.1%}")
 
         offline_states: dict[str, tuple[Learner, TrainState]] = {}
-        updates_per_round = self.online_updates()
         for arm in arms:
             arm_started = time.monotonic()
             if arm.continues and arm.continues in offline_states:
@@ -260,7 +259,7 @@ class Experiment:
                     online += fleet
                     replay = self.replay(arm.method, self.offline, online, "online",
                                          seed=algo.seed + 7919 * round_index)
-                    state = self.train(learner, state, replay, updates_per_round, "train")
+                    state = self.train(learner, state, replay, self.online_updates(round_index), "train")
                     curve.append(self._curve_point(round_index, len(online), sum(e.num_steps for e in online),
                                                    sum(int(e.interventions.sum()) for e in online), learner, state,
                                                    fleet))
@@ -283,7 +282,8 @@ class Experiment:
                                         "losses": int(np.sum(~reference & other)),
                                         "p_value": mcnemar_p(reference, other)}
         return {"tasks": [t.task_id for t in self.tasks], "arms": results, "comparisons": comparisons,
-                "reference_arm": REFERENCE_ARM, "updates_per_round": updates_per_round,
+                "reference_arm": REFERENCE_ARM,
+                "updates_per_round": [self.online_updates(k) for k in range(1, s.rounds + 1)],
                 "eval_seed": s.eval_seed, "train_seed": s.train_seed, "data": self.data_report,
                 "minutes": round((time.monotonic() - started) / 60, 2)}
 
@@ -371,7 +371,7 @@ def plot(results: dict, path: Path) -> None:
         else:
             ax.axhline(arm["final"]["success"], linestyle="--", linewidth=1, color=colour, label=f"{arm['label']} (offline)")
     ax.set_xlabel("fleet experience (robot hours)")
-    ax.set_ylabel("mean success, short tasks")
+    ax.set_ylabel(f"mean success ({len(results['tasks'])} tasks)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -13,14 +13,13 @@ import numpy as np
 
 class FlowPolicyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from flax import serialization
-
+        from lwd_core.algo.checkpoint import acting_params_from_bytes
         from lwd_core.algo.learner import Learner, LearnerSpec
 
         with open(context.artifacts["spec"]) as handle:
             self.learner = Learner(LearnerSpec.from_json(handle.read()))
         with open(context.artifacts["policy"], "rb") as handle:
-            self.params = serialization.from_bytes(self.learner.acting_params(self.learner.init(0)), handle.read())
+            self.params = acting_params_from_bytes(self.learner, handle.read())
 
     def predict(self, context, model_input, params=None):
         import jax

@@ -116,16 +116,16 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
     episodes = load_snapshot_episodes(store, manifest)
     seed = config.algo.seed + 1_000_003 * jax.process_index()
     if parent:
-        learner, state, parent_manifest = load_checkpoint(store, parent)
+        learner, state, _ = load_checkpoint(store, parent)
         start_step = int(state.step)
         seed += start_step  # fresh batches each round (the step moves on), distinct ones on each host
         replay = build_replay(episodes, config.algo, stage, seed=seed, method=method)
-        new_online = replay.sizes["online"] - int(parent_manifest.get("online_transitions", 0))
-        steps = steps or online_update_budget(config.algo, new_online)
+        steps = steps or online_update_budget(config.algo, replay.sizes["online"])
     else:
         learner, state, start_step = new_learner(config.algo, method), None, 0
         replay = build_replay(episodes, config.algo, stage, seed=seed, method=method)
-        steps = steps or staging_steps(config.algo, method) + config.algo.offline_steps
+        # ``steps`` counts extraction updates; pretraining and warm-up come on top.
+        steps = staging_steps(config.algo, method) + (steps or config.algo.offline_steps)
 
     def initial_state():
         """Offline: the pretrained policy and critic warm-up come first (skipped when a crashed run resumes).
@@ -140,7 +140,8 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
             refresh_recap_conditions(learner, state, replay, config.algo.recap_positive_fraction)
     if jax.process_index() != 0:
         _, begin = initial_state()
-        run_updates(learner, begin, replay, start_step + steps - int(begin.step), config.algo.batch_size, mesh=mesh)
+        run_updates(learner, begin, replay, max(0, start_step + steps - int(begin.step)), config.algo.batch_size,
+                    mesh=mesh)
         return {"stage": stage, "snapshot_id": manifest["snapshot_id"], "process": jax.process_index()}
     # Same snapshot, parent and method -> same run directory, so a retry resumes instead of restarting.
     run_root = f"checkpoints/run-{manifest['snapshot_id']}-{label or method}-from{start_step}"
@@ -156,8 +157,7 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
         result = train_resumable(store, run_root, initial_state, replay, start_step + steps,
                                  config.algo.batch_size, config.algo.checkpoint_every, mesh=mesh,
                                  on_log=lambda step, metrics: mlflow.log_metrics(metrics, step=step),
-                                 extra={"snapshot_id": manifest["snapshot_id"], "parent": parent, "stage": stage,
-                                        "online_transitions": replay.sizes["online"]},
+                                 extra={"snapshot_id": manifest["snapshot_id"], "parent": parent, "stage": stage},
                                  before_chunk=before_chunk)
         elapsed = time.monotonic() - start
         per_task = per_task_value(result.learner, result.state, replay)
@@ -189,6 +189,7 @@ def evaluate_checkpoint(config: LWDConfig, checkpoint: str, policy_sha256: str |
     """Sim-suite success of a checkpoint's policy; cached per (checkpoint, episodes, seed, limits, tasks)."""
     from lwd_core.algo.checkpoint import load_policy
     from lwd_core.sim.evaluate import evaluate_policy, learner_policy, summarize
+    from lwd_core.sim.pool import SimPool
 
     store = open_store(config)
     suite = select_tasks(config.fleet.tasks)
@@ -198,9 +199,10 @@ def evaluate_checkpoint(config: LWDConfig, checkpoint: str, policy_sha256: str |
     if store.exists(cache):
         return store.get_json(cache)
     learner, params = load_policy(store, checkpoint, policy_sha256)
-    results = evaluate_policy(learner_policy(learner, params, seed, batch_size=len(suite) * episodes_per_task),
-                              suite, episodes_per_task, seed=seed, max_steps=config.gate.max_steps or None,
-                              policy_version=name)
+    with SimPool(1) as pool:
+        batch = min(len(suite) * episodes_per_task, pool.max_batch)  # pad to one compiled shape
+        results = evaluate_policy(learner_policy(learner, params, seed, batch_size=batch), suite, episodes_per_task,
+                                  seed=seed, max_steps=config.gate.max_steps or None, policy_version=name, pool=pool)
     summary = summarize(results) | {"checkpoint": checkpoint, "episodes_per_task": episodes_per_task, "seed": seed}
     store.put_json(cache, summary)
     return summary

@@ -47,5 +47,14 @@ def load_policy(store: ObjectStore, prefix: str, expected_sha256: str | None = N
     data = store.get_committed(prefix, POLICY_FILE)
     if expected_sha256 is not None and sha256_hex(data) != expected_sha256:
         raise IntegrityError(f"{prefix}/{POLICY_FILE} does not match the expected sha256 {expected_sha256}")
-    return learner, serialization.from_bytes(learner.acting_params(learner.init(0)), data)
+    return learner, acting_params_from_bytes(learner, data)
+
+
+def acting_params_from_bytes(learner: Learner, data: bytes) -> dict[str, Any]:
+    """A ``policy.msgpack``; releases written before best-of-N acting hold the bare flow parameters."""
+    template = learner.acting_params(learner.init(0))
+    restored = serialization.msgpack_restore(data)
+    if "policy" not in restored:  # the earlier layout
+        return {"policy": serialization.from_state_dict(template["policy"], restored)}
+    return serialization.from_state_dict(template, restored)
 

@@ -81,7 +81,7 @@ def memoryless_sample(
     def step(x, inputs):
         t, s, sigma, e = inputs
         v = velocity(x, jnp.full(x.shape[:-1], t))
-        x_next = x + h * (2.0 * v - x / s) + jnp.sqrt(h) * sigma * e
+        x_next = x + h * memoryless_drift(v, x, s, False) + jnp.sqrt(h) * sigma * e
         return x_next, x
 
     last_input, visited = jax.lax.scan(step, noise, (t_grid[:-1], s_grid[:-1], sigma_grid[:-1], eps))

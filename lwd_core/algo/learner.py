@@ -72,7 +72,7 @@ class LearnerSpec:
     grad_clip: float = 1.0
     target_tau: float = 0.005
     qam_beta: float = 1.0
-    bc_weight: float = 0.0
+    bc_weight: float = 1.0
     base_data: Literal["human", "all"] = "human"
     best_of_n: int = 1
     recap_condition_dropout: float = 0.3

@@ -49,7 +49,10 @@ def build_replay(episodes: dict[str, list[Episode]], algo: Any, stage: Stage, se
     offline = transitions_for(episodes["offline"], algo, stage)
     online = transitions_for(episodes["online"], algo, stage)
     if method == "hgdagger":  # BC on demonstrations and human takeovers only
-        offline, online = (hgdagger_subset(t) if t is not None else None for t in (offline, online))
+        offline = hgdagger_subset(offline) if offline is not None else None
+        # A fleet round without takeovers adds nothing for HG-DAgger.
+        human_online = online is not None and (online["intervention"] | online["demo"]).any()
+        online = hgdagger_subset(online) if human_online else None
     if offline is None:  # no offline data: the online buffer plays that role
         offline, online = online, None
     if offline is None:
@@ -109,11 +112,12 @@ def new_learner(algo: Any, method: str = "lwd") -> Learner:
     return Learner(LearnerSpec.from_config(algo, OBS_DIM, ACTION_DIM, method))
 
 
-def online_update_budget(algo: Any, new_transitions: int) -> int:
-    """Updates for one online round: at least ``online_steps_per_round``, and enough that each new
-    transition is sampled ``samples_per_insert`` times in expectation (the online share of each batch)."""
+def online_update_budget(algo: Any, online_transitions: int) -> int:
+    """Updates for one online round: at least ``online_steps_per_round``, and enough that each online
+    transition (the newest included) is sampled ``samples_per_insert`` times in expectation. Online rows
+    are drawn from the whole online buffer, so the budget grows with it, not with the round's new data."""
     online_rows = max(1, round(algo.batch_size * algo.online_ratio))
-    return max(algo.online_steps_per_round, math.ceil(algo.samples_per_insert * new_transitions / online_rows))
+    return max(algo.online_steps_per_round, math.ceil(algo.samples_per_insert * online_transitions / online_rows))
 
 
 def staging_steps(algo: Any, method: str) -> int:

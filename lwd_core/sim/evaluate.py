@@ -1,6 +1,6 @@
-"""Policy evaluation on the sim suite: every (task, episode) runs at once through a
-:class:`~lwd_core.sim.pool.SimPool`, with one batched policy call per round for all episodes that need a
-chunk. Fixed seeds per (task, episode index) make a candidate and the champion face the same initial
+"""Policy evaluation on the sim suite: the (task, episode) pairs run through a
+:class:`~lwd_core.sim.pool.SimPool` (up to its ``max_concurrent`` at once per worker), with one batched
+policy call per round for all episodes that need a chunk. Fixed seeds per (task, episode index) make a candidate and the champion face the same initial
 states. Pass one pool to several evaluations to reuse its simulators (building one costs about a second).
 """
 

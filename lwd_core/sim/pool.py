@@ -207,6 +207,7 @@ class SimPool:
         self._local: _Shard | None = None
         self._workers: list[_Worker] = []
         self._closed = False
+        self._replies_pending = False
         if self.workers == 1:
             self._local = _Shard(2 * max_concurrent)
             return
@@ -305,6 +306,8 @@ class SimPool:
         if self._local is not None:
             (new, chunks), = messages.values()
             return {0: self._local.round(new, chunks)}
+        # Observations and chunks cross the pipes pickled: our own short-lived arrays, never fleet data.
+        self._replies_pending = True
         for shard, (new, chunks) in messages.items():
             self._send(shard, ("round", [(index, dataclasses.asdict(request)) for index, request in new], chunks))
         replies: dict[int, Any] = {}
@@ -333,6 +336,7 @@ class SimPool:
                                f"(exit code {worker.process.exitcode})")
             if waiting and time.monotonic() > deadline:
                 self._fail(f"workers {sorted(waiting)} sent no reply within {self.reply_timeout_s:.0f} s")
+        self._replies_pending = False
         if errors:
             raise SimPoolError(errors[0])  # every reply is in: the pipes are clean for the next call
         return replies
@@ -355,6 +359,9 @@ class SimPool:
             return
         if self._local is not None:
             self._local.abort()
+            return
+        if self._replies_pending:  # interrupted mid-round: a late reply would be read as the next call's
+            self.close()
             return
         for worker in self._workers:
             try:
