@@ -40,8 +40,9 @@ def last_json(stdout: str):
 @pytest.fixture(scope="module")
 def stack(prefect_server, tmp_path_factory):
     data = tmp_path_factory.mktemp("flywheel")
+    # A loaded machine makes the SQLite-backed test server answer 503 for a while: retry longer than the default.
     env = {**os.environ, "LWD_DATA_DIR": str(data), "LWD_CONFIG": str(TINY), "PREFECT_API_URL": prefect_server["url"],
-           "PREFECT_HOME": prefect_server["home"]}
+           "PREFECT_HOME": prefect_server["home"], "PREFECT_CLIENT_MAX_RETRIES": "15"}
     result = lwd(env, "flywheel", "--rounds", "1", "--auto-approve", timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     os.environ["LWD_CONFIG"], previous = str(TINY), os.environ.get("LWD_CONFIG")
