@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -46,8 +45,7 @@ def main() -> None:
             document.setdefault(section, {}).update(values)
     config = LWDConfig(data_dir=args.out / "data", **document)
     started = time.monotonic()
-    workers = args.workers or config.experiment.workers or os.cpu_count() or 1
-    with SimPool(workers) as pool:
+    with SimPool(args.workers or config.experiment.workers) as pool:
         results = Experiment(config.experiment, config.algo, pool).run()
     results["device"] = str(jax.devices()[0])
     results["wall_minutes"] = round((time.monotonic() - started) / 60, 2)

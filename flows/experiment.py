@@ -8,7 +8,6 @@ fleet hours (the round as the step), and a parent run with the table, the plot a
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -28,8 +27,7 @@ def experiment() -> dict:
     config = load_config()
     logger = get_run_logger()
     experiment_id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}"
-    workers = config.experiment.workers or os.cpu_count() or 1
-    with SimPool(workers) as pool:
+    with SimPool(config.experiment.workers) as pool:
         results = Experiment(config.experiment, config.algo, pool, log=print).run()
     results["experiment_id"] = experiment_id
 

@@ -119,13 +119,14 @@ class Experiment:
                                policy_version="eval") for task in self.tasks for i in range(per_task)]
 
     def fleet_requests(self, round_index: int) -> list[EpisodeRequest]:
-        count = self.settings.episodes_per_round
-        robots = fleet_robot_ids(FLEET_ROBOTS)
-        return [EpisodeRequest(task.task_id, train_seed(self.settings.train_seed, f"fleet-round{round_index}",
-                                                        task.task_id, i // len(self.tasks)),
-                               robot_id=robots[i % len(robots)], policy_version=f"round{round_index}",
-                               intervention=True)
-                for i, task in ((i, self.tasks[i % len(self.tasks)]) for i in range(count))]
+        robots, tasks = fleet_robot_ids(FLEET_ROBOTS), self.tasks
+        requests = []
+        for i in range(self.settings.episodes_per_round):
+            task_id = tasks[i % len(tasks)].task_id
+            seed = train_seed(self.settings.train_seed, f"fleet-round{round_index}", task_id, i // len(tasks))
+            requests.append(EpisodeRequest(task_id, seed, robot_id=robots[i % len(robots)],
+                                           policy_version=f"round{round_index}", intervention=True))
+        return requests
 
     def check_seeds_disjoint(self) -> None:
         evaluation = {r.seed for r in self.eval_requests(self.settings.eval_episodes_per_task)}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 import signal
 import time
 import traceback
@@ -192,7 +193,7 @@ class _Worker:
 class SimPool:
     """Simulators kept per task and reused across episodes and calls; see the module docstring.
 
-    ``workers`` <= 1: everything runs inline in this process. ``max_concurrent``: episodes a worker runs
+    ``workers`` 1: everything runs inline in this process; 0: one worker per CPU core. ``max_concurrent``: episodes a worker runs
     at once; a worker keeps at most twice that many simulators (~170 MB each), idle ones for other tasks
     included, so switching tasks rarely rebuilds one. ``reply_timeout_s``: the longest a worker
     may take over one round (starting its episodes included) before the pool gives up on it.
@@ -201,7 +202,7 @@ class SimPool:
     def __init__(self, workers: int = 1, *, max_concurrent: int = 16, reply_timeout_s: float = 900.0):
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
-        self.workers = max(1, workers)
+        self.workers = workers if workers >= 1 else os.cpu_count() or 1  # 0: one per CPU core
         self.max_concurrent = max_concurrent
         self.reply_timeout_s = reply_timeout_s
         self._local: _Shard | None = None
