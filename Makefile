@@ -16,11 +16,12 @@ setup:
 
 # The whole flywheel on embedded defaults with a small fleet; --auto-approve lets a passing gate stand
 # in for the reviewer so it runs unattended (drop it to approve in the MLflow UI or with `lwd approve`).
-FLYWHEEL_ARGS ?= --config configs/small.yaml --rounds 2 --auto-approve
+FLYWHEEL_ARGS ?= --config configs/small.yaml --rounds 3 --auto-approve
 flywheel: setup
 	$(UV) run --frozen lwd flywheel $(FLYWHEEL_ARGS) $(ARGS)
 
 test: setup
+	$(UV) run --frozen lint-imports
 	$(UV) run --frozen pytest $(ARGS)
 
 test-slow: setup

@@ -18,16 +18,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lwd_core.algo.nstep import NStepSchedule  # noqa: E402
 from lwd_core.config import LWDConfig  # noqa: E402
 from lwd_core.data.episode import Episode  # noqa: E402
 from lwd_core.data.ingest import ingest_batch, pending_raw  # noqa: E402
 from lwd_core.data.labels import label_episode, unlabelled_keys, write_labels  # noqa: E402
 from lwd_core.data.layout import get_episode, raw_key  # noqa: E402
+from lwd_core.data.nstep import NStepSchedule  # noqa: E402
 from lwd_core.data.validation import Expectations, validate_episodes  # noqa: E402
 from lwd_core.security import episode_signature_check, episode_signer  # noqa: E402
-from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM, TASK_SUITE  # noqa: E402
 from lwd_core.store import ObjectStore  # noqa: E402
+from lwd_core.suite import ACTION_DIM, OBS_DIM, TASK_SUITE, sparse_rewards  # noqa: E402
 
 
 def fleet_episode(rng: np.random.Generator, index: int, steps: int) -> Episode:
@@ -38,7 +38,7 @@ def fleet_episode(rng: np.random.Generator, index: int, steps: int) -> Episode:
     return Episode(robot_id=f"robot-{index % 16:02d}", task_id=task.task_id, instruction=task.instruction,
                    policy_version="policy-v1", source="rollout", outcome="success" if success[-1] else "failure",
                    observations=obs[:-1], actions=rng.uniform(-1, 1, (steps, ACTION_DIM)).astype(np.float32),
-                   rewards=np.where(success, 0.0, -1.0).astype(np.float32), successes=success,
+                   rewards=sparse_rewards(success), successes=success,
                    interventions=np.zeros(steps, bool), terminals=success, chunk_pos=np.arange(steps) % 5,
                    timestamps_us=1_790_000_000_000_000 + index * 10**7 + np.arange(steps) * 50_000,
                    next_observations=obs[1:])

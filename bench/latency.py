@@ -49,8 +49,8 @@ def main() -> None:
     from lwd_core.data.ingest import ingest_batch, pending_raw
     from lwd_core.fleet.coordinator import Coordinator, release_for_checkpoint
     from lwd_core.security import episode_signature_check, release_key
-    from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM
     from lwd_core.store import open_store
+    from lwd_core.suite import ACTION_DIM, OBS_DIM
     from tasks.pipeline import expectations
 
     config = load_config()

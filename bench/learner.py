@@ -15,7 +15,8 @@ import time
 import jax
 import numpy as np
 
-from lwd_core.algo.learner import METHODS, Learner, LearnerSpec
+from lwd_core.algo.agents import AGENTS
+from lwd_core.algo.learner import Learner, LearnerSpec
 from lwd_core.algo.text import MAX_TOKENS
 
 
@@ -37,7 +38,7 @@ def synthetic_batch(rng: np.random.Generator, spec: LearnerSpec, batch: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--method", choices=METHODS, default="lwd")
+    parser.add_argument("--method", choices=tuple(AGENTS), default="lwd")
     parser.add_argument("--value-model", choices=("divl", "expectile"), default="divl")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=256)

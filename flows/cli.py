@@ -1,12 +1,12 @@
 """`lwd`: the command line over every flywheel stage.
 
-Each stage command runs the same Prefect flow that deployments schedule, so a run started here shows
-up in the Prefect UI like any other. Flow modules are imported lazily: `lwd --help` stays fast.
+Each stage command loads the config once and runs the same Prefect flow that deployments schedule,
+with the config as its parameter, so a run started here shows up in the Prefect UI like any other.
+Flows are imported inside their command: `lwd --help` stays fast.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -36,40 +36,20 @@ ConfigOption = Annotated[
 ]
 
 
-class StageUnavailable(RuntimeError):
-    pass
+def _load(config_file: Path | None) -> LWDConfig:
+    """The one place the CLI reads settings: the file named here, else $LWD_CONFIG or ./lwd.yaml."""
+    return load_config(config_file)
 
 
-def _config(config_file: Path | None) -> LWDConfig:
-    import os
+def _run(config: LWDConfig, stage: Callable[..., Any], **params: Any) -> Any:
+    """Run a stage with the loaded config as its parameter; the config's Prefect API (if any) is used
+    unless PREFECT_API_URL is set explicitly."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if config_file is not None:
-        os.environ[CONFIG_FILE_ENV] = str(config_file.resolve())
-    config = load_config()
-    if config.orchestration.prefect_api_url:
-        # Before any Prefect import reads its settings; an explicit PREFECT_API_URL still wins.
-        os.environ.setdefault("PREFECT_API_URL", config.orchestration.prefect_api_url)
-    return config
-
-
-def _stage(module: str, attribute: str) -> Callable[..., Any]:
-    """The callable behind a stage; a clear error where that stage is not part of this build."""
-    try:
-        loaded = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        raise StageUnavailable(f"stage {module} is not available in this build") from exc
-    return getattr(loaded, attribute)
-
-
-def _run(module: str, attribute: str, **params: Any) -> Any:
-    try:
-        func = _stage(module, attribute)
-    except StageUnavailable as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(code=2) from exc
-    result = func(**params)
+    api = {} if PREFECT_API_URL.value() or not config.orchestration.prefect_api_url else {
+        PREFECT_API_URL: config.orchestration.prefect_api_url}
+    with temporary_settings(updates=api):
+        result = stage(config=config, **params)
     if result is not None:
         typer.echo(json.dumps(result, indent=2, default=str) if isinstance(result, dict | list) else str(result))
     return result
@@ -78,7 +58,7 @@ def _run(module: str, attribute: str, **params: Any) -> Any:
 @app.command("config")
 def show_config(config: ConfigOption = None) -> None:
     """Print the effective configuration (secrets masked)."""
-    typer.echo(json.dumps(_config(config).public_dict(), indent=2))
+    typer.echo(json.dumps(_load(config).public_dict(), indent=2))
 
 
 @app.command()
@@ -88,64 +68,73 @@ def generate_offline(
     seed: Annotated[int, typer.Option(help="Base seed (default: dataset.seed).")] = -1,
 ) -> None:
     """Generate the offline dataset in the simulator (demos, failed rollouts, play; paper mix)."""
-    _config(config)
-    _run("flows.generate_offline", "generate_offline", total_steps=total_steps, seed=seed)
+    from flows.generate_offline import generate_offline
+
+    _run(_load(config), generate_offline, total_steps=total_steps, seed=seed)
 
 
 @app.command()
 def ingest(config: ConfigOption = None, limit: int = 0) -> None:
     """Validate uploaded episodes, quarantine bad ones, append good ones to the online buffer."""
-    _config(config)
-    _run("flows.ingest", "ingest", limit=limit)
+    from flows.ingest import ingest
+
+    _run(_load(config), ingest, limit=limit)
 
 
 @app.command()
 def label_rewards(config: ConfigOption = None) -> None:
     """Label sparse success rewards, interventions and return bookkeeping on new buffer data."""
-    _config(config)
-    _run("flows.label_rewards", "label_rewards")
+    from flows.label_rewards import label_rewards
+
+    _run(_load(config), label_rewards)
 
 
 @app.command()
 def snapshot(config: ConfigOption = None) -> None:
     """Write an immutable manifest of the offline + online buffer for a training run to name."""
-    _config(config)
-    _run("flows.snapshot_buffer", "snapshot_buffer")
+    from flows.snapshot_buffer import snapshot_buffer
+
+    _run(_load(config), snapshot_buffer)
 
 
 @app.command()
 def train(config: ConfigOption = None, snapshot_id: str = "", steps: int = 0) -> None:
     """Train DIVL + QAM on a snapshot (latest if omitted), from the last checkpoint."""
-    _config(config)
-    _run("flows.train", "train", snapshot_id=snapshot_id, steps=steps)
+    from flows.train import train
+
+    _run(_load(config), train, snapshot_id=snapshot_id, steps=steps)
 
 
 @app.command()
 def evaluate(config: ConfigOption = None, model_version: str = "", episodes_per_task: int = 0) -> None:
     """Evaluation gate: candidate vs champion on the sim suite."""
-    _config(config)
-    _run("flows.evaluate_gate", "evaluate_gate", model_version=model_version, episodes_per_task=episodes_per_task)
+    from flows.evaluate_gate import evaluate_gate
+
+    _run(_load(config), evaluate_gate, model_version=model_version, episodes_per_task=episodes_per_task)
 
 
 @app.command()
 def promote(config: ConfigOption = None, model_version: str = "") -> None:
     """Give a passing candidate the `challenger` alias and wait for a reviewer."""
-    _config(config)
-    _run("flows.promote", "promote", model_version=model_version)
+    from flows.promote import promote
+
+    _run(_load(config), promote, model_version=model_version)
 
 
 @app.command()
 def approve(model_version: str, config: ConfigOption = None, reviewer: str = "cli") -> None:
     """Reviewer approval: move alias `champion` to MODEL_VERSION (same as doing it in the MLflow UI)."""
-    _config(config)
-    _run("flows.promote", "approve", model_version=model_version, reviewer=reviewer)
+    from flows.promote import approve
+
+    _run(_load(config), approve, model_version=model_version, reviewer=reviewer)
 
 
 @app.command()
 def rollout(config: ConfigOption = None, model_version: str = "") -> None:
     """Staged rollout of the champion: canary robots, watch success, then all; roll back on regression."""
-    _config(config)
-    _run("flows.rollout", "rollout", model_version=model_version)
+    from flows.rollout import rollout
+
+    _run(_load(config), rollout, model_version=model_version)
 
 
 @app.command()
@@ -157,12 +146,12 @@ def flywheel(
         "--auto-approve", help="Let a passing gate stand in for the reviewer (sets promotion.auto_approve).")] = False,
 ) -> None:
     """The main job: offline stage, then K rounds of the whole flywheel with the sim fleet deployed."""
-    _config(config)
-    if auto_approve:
-        import os
+    from flows.flywheel import flywheel
 
-        os.environ["LWD_PROMOTION__AUTO_APPROVE"] = "true"
-    _run("flows.flywheel", "flywheel", rounds=rounds, robots=robots)
+    settings = _load(config)
+    if auto_approve:
+        settings.promotion.auto_approve = True
+    _run(settings, flywheel, rounds=rounds, robots=robots)
 
 
 @app.command()
@@ -172,8 +161,9 @@ def experiment(config: ConfigOption = None) -> None:
 
     2 CPU cores (<30 min): --config configs/experiment-reduced.yaml; GPU machine: configs/experiment-full.yaml.
     """
-    _config(config)
-    _run("flows.experiment", "experiment")
+    from flows.experiment import experiment
+
+    _run(_load(config), experiment)
 
 
 @fleet_app.command("up")
@@ -184,15 +174,17 @@ def fleet_up(
     duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: no limit).")] = 0.0,
 ) -> None:
     """Start N simulated robots as supervised actor processes with their edge clients."""
-    _config(config)
-    _run("flows.fleet", "fleet_up", robots=robots, episodes=episodes, duration=duration)
+    from flows.fleet import fleet_up
+
+    _run(_load(config), fleet_up, robots=robots, episodes=episodes, duration=duration)
 
 
 @fleet_app.command("status")
 def fleet_status(config: ConfigOption = None) -> None:
     """Show desired and running model version per robot."""
-    _config(config)
-    _run("flows.fleet", "fleet_status")
+    from flows.fleet import fleet_status
+
+    _run(_load(config), fleet_status)
 
 
 def main() -> None:

@@ -1,7 +1,6 @@
 """Evaluation gate: the candidate vs the current champion on the sim suite, same seeds for both.
 
-Pass rule (non-inferiority): candidate mean success >= champion mean - ``gate.tolerance``; with no
-champion yet, candidate mean >= ``gate.min_success``. The decision, per-task rates and 95% Wilson
+Pass rule: :func:`lwd_core.gating.gate_decision` (non-inferiority against the champion). The decision, per-task rates and 95% Wilson
 intervals go to MLflow (a gate run plus version tags) and to a Prefect table artifact.
 """
 
@@ -10,7 +9,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from lwd_core.config import load_config
+from lwd_core.config import LWDConfig, load_config
+from lwd_core.gating import gate_decision
 from tasks import tracking
 from tasks.pipeline import evaluate_version
 
@@ -23,8 +23,8 @@ def pending_candidate(config) -> str | None:
 
 
 @flow(name="evaluate-gate")
-def evaluate_gate(model_version: str = "", episodes_per_task: int = 0) -> dict:
-    config = load_config()
+def evaluate_gate(model_version: str = "", episodes_per_task: int = 0, config: LWDConfig | None = None) -> dict:
+    config = config or load_config()
     logger = get_run_logger()
     candidate = model_version or pending_candidate(config)
     if not candidate:
@@ -33,14 +33,9 @@ def evaluate_gate(model_version: str = "", episodes_per_task: int = 0) -> dict:
     champion = tracking.alias_version(config, tracking.CHAMPION)
     cand = evaluate_version(config, candidate, episodes, config.gate.seed)
     champ = evaluate_version(config, champion, episodes, config.gate.seed) if champion and champion != candidate else None
-    candidate_mean = cand["all"]["success_rate"]
-    if champ is None:
-        passed, rule = candidate_mean >= config.gate.min_success, f"no champion: mean >= {config.gate.min_success}"
-    else:
-        threshold = champ["all"]["success_rate"] - config.gate.tolerance
-        passed, rule = candidate_mean >= threshold, f"mean >= champion v{champion} - {config.gate.tolerance}"
-    decision = {"candidate": candidate, "champion": champion, "passed": passed, "rule": rule,
-                "candidate_mean": candidate_mean, "champion_mean": champ["all"]["success_rate"] if champ else None,
+    verdict = gate_decision(cand, champ, config.gate.tolerance, config.gate.min_success, champion)
+    passed, rule, candidate_mean = verdict.passed, verdict.rule, verdict.candidate_mean
+    decision = {"candidate": candidate, "champion": champion, **verdict.as_dict(),
                 "candidate_eval": cand, "champion_eval": champ}
     mlflow = tracking.mlflow_setup(config)
     with mlflow.start_run(run_name=f"gate-v{candidate}"):

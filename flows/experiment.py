@@ -13,7 +13,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from lwd_core.config import load_config
+from lwd_core.config import LWDConfig, load_config
+from lwd_core.data.layout import experiment_results_key
 from lwd_core.experiment import PLOT_FILE, Experiment, write_report
 from lwd_core.sim.pool import SimPool
 from lwd_core.store import open_store
@@ -21,10 +22,10 @@ from tasks import tracking
 
 
 @flow(name="experiment", log_prints=True)
-def experiment() -> dict:
+def experiment(config: LWDConfig | None = None) -> dict:
     """Budgets, arms and seeds come from the config's ``experiment`` and ``algo`` sections
     (configs/experiment-reduced.yaml on 2 CPU cores, configs/experiment-full.yaml on a GPU machine)."""
-    config = load_config()
+    config = config or load_config()
     logger = get_run_logger()
     experiment_id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}"
     with SimPool(config.experiment.workers) as pool:
@@ -33,7 +34,7 @@ def experiment() -> dict:
 
     out_dir = Path(config.data_dir).resolve() / "experiment"
     table = write_report(results, out_dir)
-    open_store(config).put_json(f"experiments/{experiment_id}/results.json", results)
+    open_store(config).put_json(experiment_results_key(experiment_id), results)
 
     mlflow = tracking.mlflow_setup(config)
     with mlflow.start_run(run_name=experiment_id):

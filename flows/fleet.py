@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from lwd_core.config import LWDConfig, load_config
-from lwd_core.fleet.actor import fleet_robot_ids
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.fleet.supervisor import Child, Supervisor
-from lwd_core.sim.tasks import select_tasks
 from lwd_core.store import open_store
+from lwd_core.suite import fleet_robot_ids, select_tasks
 
 log = logging.getLogger("lwd.fleet")
 
@@ -40,15 +39,27 @@ def spool_dir(config: LWDConfig, process_name: str) -> Path:
     return Path(config.data_dir).resolve() / "spool" / process_name
 
 
+def write_child_config(config: LWDConfig) -> Path:
+    """The run's settings for its actor processes, readable by this user only (it holds secrets)."""
+    path = Path(config.data_dir).resolve() / "run" / "actor-config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(config.private_json())
+    return path
+
+
 def fleet_supervisor(config: LWDConfig, robots: int = 0, episodes: int = 0) -> tuple[list[str], Supervisor]:
-    """Actor processes for ``robots`` robots (``episodes`` per robot, 0: until stopped), not started."""
+    """Actor processes for ``robots`` robots (``episodes`` per robot, 0: until stopped), not started.
+    They load exactly this config (written for them), not whatever their environment says."""
     ids = fleet_robot_ids(robots or config.fleet.robots)
+    settings = write_child_config(config)
     children = []
     for index, group in enumerate(plan_processes(ids, config.fleet.robots_per_process)):
         name = f"actor-{index}"
         argv = [sys.executable, "-m", "flows.fleet", "actor", "--robots", ",".join(group),
                 "--spool", str(spool_dir(config, name)), "--episodes", str(episodes * len(group)),
-                "--fleet-size", str(len(ids))]
+                "--fleet-size", str(len(ids)), "--config-json", str(settings)]
         log_path = Path(config.data_dir).resolve() / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         children.append(Child(name=name, argv=argv, env=dict(os.environ), log_path=str(log_path)))
@@ -117,9 +128,10 @@ def actor_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=0, help="episodes to finish (0: until stopped)")
     parser.add_argument("--duration", type=float, default=0.0)
     parser.add_argument("--fleet-size", type=int, default=0, help="robots in the whole fleet (task assignment)")
+    parser.add_argument("--config-json", default="", help="settings written by the supervisor (default: load them)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = load_config()
+    config = LWDConfig.from_private_json(Path(args.config_json).read_text()) if args.config_json else load_config()
     store = open_store(config)
     suite = select_tasks(config.fleet.tasks)
     mine = args.robots.split(",")

@@ -9,7 +9,6 @@ have been uploaded: ingest -> label -> snapshot -> train (online, from the last 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -25,22 +24,24 @@ from flows.promote import promote
 from flows.rollout import rollout
 from flows.snapshot_buffer import snapshot_buffer
 from flows.train import train
-from lwd_core.config import load_config
+from lwd_core.config import LWDConfig, load_config
 from lwd_core.data.ingest import pending_raw
 from lwd_core.data.layout import buffer_prefix
+from lwd_core.sim.evaluate import paired_comparison
 from lwd_core.store import open_store
 from tasks import tracking
+from tasks.pipeline import evaluate_version
 
 
-def _deploy(version: str | None, gate: dict, logger) -> dict:
+def _deploy(config: LWDConfig, version: str | None, gate: dict, logger) -> dict:
     """Gate -> promote -> rollout for one candidate; what happened, for the round table."""
     if version is None or not gate["passed"]:
         return {"promoted": False, "approved": False, "rollout": "-"}
-    promotion = promote(version)
+    promotion = promote(version, config=config)
     if not promotion["approved"]:
         logger.info("v%s awaits a reviewer: the fleet keeps the current champion", version)
         return {"promoted": promotion["promoted"], "approved": False, "rollout": "awaiting approval"}
-    deployed = rollout(version)
+    deployed = rollout(version, config=config)
     return {"promoted": True, "approved": True, "rollout": deployed["status"],
             "distribution_latency_p50_s": deployed.get("distribution_latency_p50_s")}
 
@@ -53,27 +54,34 @@ def _row(round_index: int, trained: dict, gate: dict, deployed: dict, fleet: dic
 
 
 @flow(name="flywheel", log_prints=True)
-def flywheel(rounds: int = 1, robots: int = 0) -> dict:
+def flywheel(rounds: int = 1, robots: int = 0, method: str = "lwd", gate_episodes_per_task: int = 0,
+             config: LWDConfig | None = None) -> dict:
+    """The operator's knobs: ``rounds``; ``robots`` (0: ``fleet.robots``), which sizes the fleet for
+    every stage (ingestion's known robots, canary subsets); ``method`` (an agent name); and
+    ``gate_episodes_per_task`` (0: ``gate.episodes_per_task``). They go into the config every subflow
+    receives."""
+    config = (config or load_config()).model_copy(deep=True)
     if robots:
-        # Every stage reads the fleet size (ingestion's known robots, canary subsets): set it for all.
-        os.environ["LWD_FLEET__ROBOTS"] = str(robots)
-    config = load_config()
+        config.fleet.robots = robots
+    if gate_episodes_per_task:
+        config.gate.episodes_per_task = gate_episodes_per_task
     logger = get_run_logger()
     store = open_store(config)
     table: list[dict] = []
 
     if not store.list(buffer_prefix("offline"), suffix=".parquet"):
-        generate_offline()
+        generate_offline(config=config)
     if tracking.alias_version(config, tracking.CHAMPION) is None:
-        label_rewards()
-        snapshot = snapshot_buffer()
-        trained = train(snapshot_id=snapshot["snapshot_id"], resume=False)
-        gate = evaluate_gate(trained["model_version"])
-        table.append(_row(0, trained, gate, _deploy(trained["model_version"], gate, logger), {}))
+        label_rewards(config=config)
+        snapshot = snapshot_buffer(config=config)
+        trained = train(snapshot_id=snapshot["snapshot_id"], method=method, resume=False, config=config)
+        gate = evaluate_gate(trained["model_version"], config=config)
+        table.append(_row(0, trained, gate, _deploy(config, trained["model_version"], gate, logger), {}))
         print(f"round 0 (offline): {table[-1]}")
     if tracking.alias_version(config, tracking.CHAMPION) is None:
         raise RuntimeError("no approved champion: approve one (MLflow UI or `lwd approve`) and run again")
 
+    starting_champion = tracking.alias_version(config, tracking.CHAMPION)
     ids, supervisor = fleet_supervisor(config)
     stop_fleet = supervisor.run_in_background()
     print(f"fleet: {len(ids)} robots running the champion (logs in {Path(config.data_dir) / 'logs'})")
@@ -85,38 +93,60 @@ def flywheel(rounds: int = 1, robots: int = 0) -> dict:
                     raise TimeoutError(f"the fleet uploaded fewer than {wanted} episodes in "
                                        f"{config.rollout.timeout_seconds:.0f}s; see the actor logs")
                 time.sleep(2.0)
-            table.append(flywheel_round(round_index))
+            table.append(flywheel_round(round_index, method=method, config=config))
             print(f"round {round_index}: {table[-1]}")
     finally:
         stop_fleet.set()
         supervisor.stop()
-    ingest()  # what the fleet uploaded while stopping
+    ingest(config=config)  # what the fleet uploaded while stopping
 
     create_table_artifact(key="flywheel-rounds", table=table, description="Per-round success of the flywheel")
     summary = {"rounds": table, "champion": tracking.alias_version(config, tracking.CHAMPION),
+               "learning": learning(config, starting_champion, table[-1]["model_version"] if table else None),
                "where_to_look": where_to_look(config)}
     print(format_table(table))
+    if summary["learning"]:
+        print(format_learning(summary["learning"]))
     for line in summary["where_to_look"]:
         print(line)
     return summary
 
 
 @flow(name="flywheel-round")
-def flywheel_round(round_index: int = 0) -> dict:
+def flywheel_round(round_index: int = 0, method: str = "lwd", config: LWDConfig | None = None) -> dict:
     """One online round over whatever the deployed fleet uploaded: ingest -> label -> snapshot ->
     train -> gate -> promote -> rollout. What the retrain trigger runs when the fleet is managed
     elsewhere (``lwd fleet up``, robots)."""
+    config = config or load_config()
     logger = get_run_logger()
-    ingested = ingest()
-    labels = label_rewards()["online"]
-    snapshot = snapshot_buffer()
-    trained = train(snapshot_id=snapshot["snapshot_id"])
-    gate = evaluate_gate(trained["model_version"])
+    ingested = ingest(config=config)
+    labels = label_rewards(config=config)["online"]
+    snapshot = snapshot_buffer(config=config)
+    trained = train(snapshot_id=snapshot["snapshot_id"], method=method, config=config)
+    gate = evaluate_gate(trained["model_version"], config=config)
     fleet = {"fleet_episodes": ingested["accepted"], "fleet_steps": ingested["transitions_accepted"],
              "quarantined": ingested["quarantined"],
              "fleet_success": round(labels["successes"] / labels["labelled"], 3) if labels["labelled"] else None,
              "intervention_steps": labels["intervention_steps"]}
-    return _row(round_index, trained, gate, _deploy(trained["model_version"], gate, logger), fleet)
+    return _row(round_index, trained, gate, _deploy(config, trained["model_version"], gate, logger), fleet)
+
+
+def learning(config, start_version: str | None, last_version: str | None) -> dict | None:
+    """The last candidate against the policy the fleet started from, on the same gate episodes (both
+    evaluations are cached by the gates, so this costs nothing): did the flywheel learn?"""
+    if not start_version or not last_version or start_version == last_version:
+        return None
+    episodes, seed = config.gate.episodes_per_task, config.gate.seed
+    comparison = paired_comparison(evaluate_version(config, start_version, episodes, seed),
+                                   evaluate_version(config, last_version, episodes, seed))
+    return comparison and {"from_version": start_version, "to_version": last_version, **comparison}
+
+
+def format_learning(result: dict) -> str:
+    return (f"learning: v{result['to_version']} vs v{result['from_version']} (the fleet's starting policy) on the "
+            f"same {result['episodes']} gate episodes: {result['before']:.1%} -> {result['after']:.1%} "
+            f"({100 * result['change']:+.1f} points; {result['wins']} paired wins, {result['losses']} losses; "
+            f"McNemar p = {result['p_value']:.2g})")
 
 
 def where_to_look(config) -> list[str]:

@@ -5,16 +5,16 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from lwd_core.config import load_config
+from lwd_core.config import LWDConfig, load_config
 from lwd_core.sim.dataset import DatasetReport, plan_allocations
-from lwd_core.sim.tasks import select_tasks
+from lwd_core.suite import select_tasks
 from tasks.dataset import generate_offline_allocation, offline_mix, write_offline_report
 
 
 @flow(name="generate-offline")
-def generate_offline(total_steps: int = 0, seed: int = -1) -> dict:
+def generate_offline(total_steps: int = 0, seed: int = -1, config: LWDConfig | None = None) -> dict:
     """``total_steps``/``seed`` override the config's dataset section (0 / -1: use the config)."""
-    config = load_config()
+    config = config or load_config()
     logger = get_run_logger()
     total_steps = total_steps or config.dataset.total_steps
     seed = config.dataset.seed if seed < 0 else seed

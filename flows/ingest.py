@@ -7,13 +7,13 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from lwd_core.config import load_config
+from lwd_core.config import LWDConfig, load_config
 from tasks.pipeline import ingest_micro_batch, list_uploaded
 
 
 @flow(name="ingest")
-def ingest(limit: int = 0, batch_size: int = 64) -> dict:
-    config = load_config()
+def ingest(limit: int = 0, batch_size: int = 64, config: LWDConfig | None = None) -> dict:
+    config = config or load_config()
     logger = get_run_logger()
     keys = list_uploaded(config, limit)
     batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]

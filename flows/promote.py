@@ -11,14 +11,14 @@ import time
 
 from prefect import flow, get_run_logger
 
-from lwd_core.config import load_config
+from lwd_core.config import LWDConfig, load_config
 from lwd_core.store import now_us
 from tasks import tracking
 
 
 @flow(name="approve")
-def approve(model_version: str, reviewer: str = "cli") -> dict:
-    config = load_config()
+def approve(model_version: str, reviewer: str = "cli", config: LWDConfig | None = None) -> dict:
+    config = config or load_config()
     tags = tracking.version_tags(config, model_version)
     if tags.get("gate") != "pass":
         raise ValueError(f"v{model_version} has gate={tags.get('gate')!r}: only versions that passed the gate can be approved")
@@ -41,9 +41,9 @@ def is_approved(config, version: str) -> bool:
 
 
 @flow(name="promote")
-def promote(model_version: str = "", wait_seconds: float = -1.0) -> dict:
+def promote(model_version: str = "", wait_seconds: float = -1.0, config: LWDConfig | None = None) -> dict:
     """``wait_seconds`` < 0: the config's approval timeout."""
-    config = load_config()
+    config = config or load_config()
     logger = get_run_logger()
     if not model_version:
         raise ValueError("name the model version to promote")
@@ -55,7 +55,7 @@ def promote(model_version: str = "", wait_seconds: float = -1.0) -> dict:
     tracking.set_version_tags(config, model_version, {
         "approval": "pending", "previous_champion": tracking.alias_version(config, tracking.CHAMPION) or ""})
     if config.promotion.auto_approve:
-        approve(model_version, reviewer="auto-approve (promotion.auto_approve=true)")
+        approve(model_version, reviewer="auto-approve (promotion.auto_approve=true)", config=config)
         return {"version": model_version, "promoted": True, "approved": True, "approved_by": "auto-approve"}
     wait = config.promotion.approval_timeout_seconds if wait_seconds < 0 else wait_seconds
     logger.info("v%s is the challenger; approve it in the MLflow UI (set alias 'champion') or run "
@@ -66,5 +66,5 @@ def promote(model_version: str = "", wait_seconds: float = -1.0) -> dict:
     approved = is_approved(config, model_version)
     if approved and tracking.version_tags(config, model_version).get("approval") != "approved":
         # Approved in the MLflow UI by moving the alias: record it like a CLI approval.
-        approve(model_version, reviewer="mlflow-ui")
+        approve(model_version, reviewer="mlflow-ui", config=config)
     return {"version": model_version, "promoted": True, "approved": approved}

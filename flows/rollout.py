@@ -2,9 +2,10 @@
 
 1. First release ever: every robot gets it.
 2. Otherwise the canary subset (``fleet.canary_fraction`` of live robots) gets it first; once each
-   canary robot finished ``rollout.canary_episodes`` episodes on it, compare its success with the
-   previous release's. A regression beyond ``rollout.regression_tolerance`` rolls the canaries back and
-   returns alias ``champion`` to the previous version; otherwise every robot gets it.
+   canary robot finished ``rollout.canary_episodes`` episodes on it, :func:`lwd_core.gating.canary_decision`
+   compares its success with the previous release's. A regression beyond ``rollout.regression_tolerance``
+   (or a timeout) rolls the canaries back and returns alias ``champion`` to the previous version;
+   otherwise every robot gets it.
 3. Wait until every live robot runs it; record distribution latencies (approval -> running).
 """
 
@@ -15,8 +16,15 @@ import time
 import numpy as np
 from prefect import flow, get_run_logger
 
-from lwd_core.config import load_config
-from lwd_core.fleet.coordinator import Coordinator, Release, choose_canary, now_us, signed_release
+from lwd_core.config import LWDConfig, load_config
+from lwd_core.fleet.coordinator import (
+    Coordinator,
+    Release,
+    choose_canary,
+    now_us,
+    signed_release,
+)
+from lwd_core.gating import canary_decision
 from lwd_core.security import release_key
 from lwd_core.store import open_store
 from tasks import tracking
@@ -44,8 +52,8 @@ def release_of(config, version: str) -> Release:
 
 
 @flow(name="rollout")
-def rollout(model_version: str = "") -> dict:
-    config = load_config()
+def rollout(model_version: str = "", config: LWDConfig | None = None) -> dict:
+    config = config or load_config()
     logger = get_run_logger()
     version = model_version or tracking.alias_version(config, tracking.CHAMPION)
     if not version:
@@ -69,19 +77,17 @@ def rollout(model_version: str = "") -> dict:
         watched = wait_until(lambda: coordinator.outcomes(release.version, canary)[0] >= needed, timeout)
         episodes, successes = coordinator.outcomes(release.version, canary)
         base_episodes, base_successes = coordinator.outcomes(stable["version"])
-        canary_rate = successes / episodes if episodes else 0.0
-        base_rate = base_successes / base_episodes if base_episodes else 0.0
-        result["canary"] = {"robots": canary, "episodes": episodes, "success_rate": canary_rate,
-                            "baseline_version": stable["version"], "baseline_success_rate": base_rate,
-                            "baseline_episodes": base_episodes, "watched": watched}
-        if not watched or canary_rate < base_rate - config.rollout.regression_tolerance:
+        verdict = canary_decision(episodes, successes, base_episodes, base_successes, watched,
+                                  config.rollout.regression_tolerance)
+        result["canary"] = {"robots": canary, "episodes": episodes, "success_rate": verdict.canary_rate,
+                            "baseline_version": stable["version"], "baseline_success_rate": verdict.baseline_rate,
+                            "baseline_episodes": base_episodes, "watched": watched, "reason": verdict.reason}
+        if not verdict.promote:
             coordinator.end_canary()
             previous = tracking.version_tags(config, version).get("previous_champion")
             if previous:
                 tracking.set_alias(config, tracking.CHAMPION, previous)
-            tracking.set_version_tags(config, version, {"approval": "rolled-back",
-                                                        "rollback_reason": "canary timeout" if not watched else
-                                                        f"canary {canary_rate:.2f} < baseline {base_rate:.2f}"})
+            tracking.set_version_tags(config, version, {"approval": "rolled-back", "rollback_reason": verdict.reason})
             logger.warning("rolled back v%s: %s", version, result["canary"])
             return result | {"status": "rolled-back", "champion": previous}
     coordinator.publish_all(release)

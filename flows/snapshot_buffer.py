@@ -5,14 +5,14 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from lwd_core.config import load_config
+from lwd_core.config import LWDConfig, load_config
 from lwd_core.data.snapshot import stats_table
 from tasks.pipeline import take_snapshot
 
 
 @flow(name="snapshot-buffer")
-def snapshot_buffer() -> dict:
-    config = load_config()
+def snapshot_buffer(config: LWDConfig | None = None) -> dict:
+    config = config or load_config()
     snapshot = take_snapshot(config)
     create_table_artifact(key="buffer-snapshot", table=stats_table(snapshot),
                           description=f"Snapshot {snapshot['snapshot_id']} (parent {snapshot['parent']}): "

@@ -1,18 +1,29 @@
 """Typed configuration: the one place every setting lives.
 
 Precedence, highest first: explicit keyword arguments, environment variables (``LWD_`` prefix, ``__``
-between nested names, e.g. ``LWD_ALGO__DISCOUNT=0.98``), a YAML file (``LWD_CONFIG`` or ``./lwd.yaml``),
-then the defaults below. The defaults are the embedded stack: a local object store under the project
+between nested names, e.g. ``LWD_ALGO__DISCOUNT=0.98``), a YAML file (``load_config(path)``, else
+``LWD_CONFIG`` or ``./lwd.yaml``), then the defaults below. Settings are loaded once at the edge (a CLI
+command, a deployment's flow run, a child process) and passed down as the ``LWDConfig`` object.
+Secrets are ``SecretStr``: they print and serialise (flow-run parameters, logs) masked. The defaults are the embedded stack: a local object store under the project
 data dir, MLflow on SQLite, and an ephemeral Prefect API.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +33,13 @@ from pydantic_settings import (
 
 CONFIG_FILE_ENV = "LWD_CONFIG"
 DEFAULT_CONFIG_FILE = "lwd.yaml"
+# The YAML file load_config was given, for the settings sources of that one construction.
+_CHOSEN_FILE: ContextVar[Path | None] = ContextVar("lwd_config_file", default=None)
+
+
+def reveal(secret: SecretStr | str | None) -> str | None:
+    """The plain value of a secret setting, where a library needs it (S3 client, key derivation)."""
+    return secret.get_secret_value() if isinstance(secret, SecretStr) else secret
 
 
 def default_data_dir() -> Path:
@@ -38,8 +56,8 @@ class StorageConfig(_Section):
     url: str = ""
     # s3fs-style options for s3:// (endpoint, key, secret, region); empty for file://.
     endpoint_url: str | None = None
-    key: str | None = None
-    secret: str | None = None
+    key: SecretStr | None = None
+    secret: SecretStr | None = None
     region: str | None = None
 
     @field_validator("url")
@@ -72,9 +90,9 @@ class FleetConfig(_Section):
     tasks: list[str] = Field(default_factory=list)
     episodes_per_round: int = Field(default=16, ge=1)
     # Per-robot HMAC keys are derived from this secret unless given per robot.
-    signing_secret: str = "lwd-dev-secret-change-me"
+    signing_secret: SecretStr = SecretStr("lwd-dev-secret-change-me")
     # Explicit per-robot keys (robot id -> key); robots not listed use keys derived from signing_secret.
-    robot_keys: dict[str, str] = Field(default_factory=dict)
+    robot_keys: dict[str, SecretStr] = Field(default_factory=dict)
     # Ingestion quarantines episodes without their robot's valid signature.
     require_signatures: bool = True
     # The scripted human takes over stalled or drifting rollouts (steps flagged as interventions).
@@ -279,8 +297,30 @@ class LWDConfig(BaseSettings):
         data["fleet"]["robot_keys"] = {robot: "***" for robot in data["fleet"]["robot_keys"]}
         return data
 
+    def private_json(self) -> str:
+        """Every setting, secrets in the clear: what a child process of this run loads with
+        :meth:`from_private_json` (write it where only this user can read it)."""
+        def plain(value: Any) -> Any:
+            if isinstance(value, SecretStr):
+                return value.get_secret_value()
+            if isinstance(value, Path):
+                return str(value)
+            raise TypeError(f"cannot serialise {type(value).__name__}")
+
+        return json.dumps(self.model_dump(mode="python"), default=plain)
+
+    @classmethod
+    def from_private_json(cls, text: str) -> LWDConfig:
+        # model_validate skips the settings sources: the child gets exactly its parent's settings.
+        return cls.model_validate(json.loads(text))
+
 
 def _config_file() -> Path | None:
+    chosen = _CHOSEN_FILE.get()
+    if chosen is not None:
+        if not chosen.is_file():
+            raise FileNotFoundError(f"config file {chosen} does not exist")
+        return chosen
     explicit = os.environ.get(CONFIG_FILE_ENV)
     if explicit:
         path = Path(explicit)
@@ -291,5 +331,11 @@ def _config_file() -> Path | None:
     return local if local.is_file() else None
 
 
-def load_config(**overrides: Any) -> LWDConfig:
-    return LWDConfig(**overrides)
+def load_config(path: str | Path | None = None, **overrides: Any) -> LWDConfig:
+    """Settings from the YAML file ``path`` (None: ``$LWD_CONFIG`` or ``./lwd.yaml``), the environment
+    and ``overrides``; see the module docstring for the precedence."""
+    token = _CHOSEN_FILE.set(Path(path).resolve() if path else None)
+    try:
+        return LWDConfig(**overrides)
+    finally:
+        _CHOSEN_FILE.reset(token)

@@ -35,19 +35,22 @@ from lwd_core.algo.training import (
     build_replay,
     new_learner,
     online_update_budget,
-    refresh_recap_conditions,
     run_updates,
 )
 from lwd_core.data.episode import Episode
-from lwd_core.fleet.actor import fleet_robot_ids
 from lwd_core.sim.dataset import record_episode
-from lwd_core.sim.evaluate import eval_seed, learner_policy, wilson_interval
+from lwd_core.sim.evaluate import eval_seed, learner_policy, mcnemar_p, wilson_interval
 from lwd_core.sim.pool import EpisodeRequest, SimPool
-from lwd_core.sim.tasks import CONTROL_PERIOD_S, TASK_SUITE, TaskSpec, make_env, select_tasks
+from lwd_core.sim.rollout import make_env
+from lwd_core.suite import (
+    CONTROL_PERIOD_S,
+    TASK_SUITE,
+    TaskSpec,
+    fleet_robot_ids,
+    select_tasks,
+)
 
 Log = Callable[[str], None]
-# Advantage tokens are recomputed from RECAP's current value this often (updates).
-RECAP_REFRESH_EVERY = 250
 # Fleet episodes are spread over this many robot ids (the paper's fleet size).
 FLEET_ROBOTS = 16
 
@@ -81,15 +84,6 @@ def train_seed(base: int, kind: str, task_id: str, index: int) -> int:
 
 def experiment_tasks(task_ids: list[str]) -> tuple[TaskSpec, ...]:
     return select_tasks(task_ids) if task_ids else tuple(t for t in TASK_SUITE if t.group == "short")
-
-
-def mcnemar_p(reference: np.ndarray, other: np.ndarray) -> float:
-    """Exact two-sided McNemar test on paired successes (same evaluation episodes)."""
-    from scipy.stats import binomtest
-
-    wins = int(np.sum(reference & ~other))
-    losses = int(np.sum(~reference & other))
-    return 1.0 if wins + losses == 0 else float(binomtest(wins, wins + losses, 0.5).pvalue)
 
 
 def success_summary(outcomes: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -197,12 +191,13 @@ class Experiment:
     def train(self, learner: Learner, state: TrainState, replay: MixedReplay, steps: int, phase: str) -> TrainState:
         if steps <= 0:
             return state
-        if learner.spec.method != "recap" or phase != "train":
+        chunk = learner.agent.refresh_every
+        if chunk is None or phase != "train":
             return run_updates(learner, state, replay, steps, self.algo.batch_size, phase=phase).state
         done = 0
         while done < steps:
-            refresh_recap_conditions(learner, state, replay, self.algo.recap_positive_fraction)
-            count = min(RECAP_REFRESH_EVERY, steps - done)
+            learner.agent.before_chunk(learner, state, replay, self.algo)
+            count = min(chunk, steps - done)
             state = run_updates(learner, state, replay, count, self.algo.batch_size, phase=phase).state
             done += count
         return state
@@ -292,11 +287,12 @@ class Experiment:
         algo = self.algo
         learner = self.learner_for(arm)
         state = learner.start_from_pretrained(learner.init(algo.seed), pretrained_flow)
-        if arm.method in ("bc", "hgdagger"):
+        if learner.agent.offline_data == "none":
+            return learner, state
+        if learner.agent.offline_data == "demos":
             demos = [e for e in self.offline if e.source == "demo"]
-            if arm.method == "bc":
-                state = self.train(learner, state, self.replay("bc", demos, [], "offline", algo.seed),
-                                   algo.warmup_steps + algo.offline_steps, "train")
+            state = self.train(learner, state, self.replay(arm.method, demos, [], "offline", algo.seed),
+                               algo.warmup_steps + algo.offline_steps, "train")
             return learner, state
         replay = self.replay(arm.method, self.offline, [], "offline", algo.seed)
         state = self.train(learner, state, replay, algo.warmup_steps, "warmup")

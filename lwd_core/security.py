@@ -17,17 +17,23 @@ import hmac
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pydantic import SecretStr
+
+from lwd_core.config import reveal
+
 SIGNATURE_KEY = "lwd.signature"
 SIGNER_KEY = "lwd.signer"
 
 
-def derive_key(secret: str, purpose: str) -> bytes:
-    return hmac.new(secret.encode(), f"lwd/{purpose}".encode(), hashlib.sha256).digest()
+def derive_key(secret: SecretStr | str, purpose: str) -> bytes:
+    return hmac.new(reveal(secret).encode(), f"lwd/{purpose}".encode(), hashlib.sha256).digest()
 
 
 def robot_key(fleet: Any, robot_id: str) -> bytes:
     explicit = getattr(fleet, "robot_keys", {}) or {}
-    return explicit[robot_id].encode() if robot_id in explicit else derive_key(fleet.signing_secret, f"robot/{robot_id}")
+    if robot_id in explicit:
+        return reveal(explicit[robot_id]).encode()
+    return derive_key(fleet.signing_secret, f"robot/{robot_id}")
 
 
 def release_key(fleet: Any) -> bytes:

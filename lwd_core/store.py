@@ -23,6 +23,8 @@ from typing import Any
 
 import fsspec
 
+from lwd_core.config import reveal
+
 TEMP_PREFIX = ".tmp-"
 COMMIT_MANIFEST = "_MANIFEST.json"
 
@@ -78,9 +80,9 @@ class ObjectStore:
         options: dict[str, Any] = {}
         if storage.url.startswith("s3://"):
             if storage.key:
-                options["key"] = storage.key
+                options["key"] = reveal(storage.key)
             if storage.secret:
-                options["secret"] = storage.secret
+                options["secret"] = reveal(storage.secret)
             client_kwargs: dict[str, Any] = {}
             if storage.endpoint_url:
                 client_kwargs["endpoint_url"] = storage.endpoint_url

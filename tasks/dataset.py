@@ -5,9 +5,14 @@ from __future__ import annotations
 from prefect import task
 
 from lwd_core.config import LWDConfig
-from lwd_core.sim.dataset import DatasetReport, OfflineMix, generate_allocation, write_dataset_report
-from lwd_core.sim.tasks import get_task, select_tasks
+from lwd_core.sim.dataset import (
+    DatasetReport,
+    OfflineMix,
+    generate_allocation,
+    write_dataset_report,
+)
 from lwd_core.store import open_store
+from lwd_core.suite import get_task, select_tasks
 
 
 def offline_mix(config: LWDConfig) -> OfflineMix:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lwd_core.algo.checkpoint import POLICY_FILE, SPEC_FILE
 from lwd_core.config import LWDConfig
-from lwd_core.store import ObjectStore
+from lwd_core.data.layout import POLICY_FILE, SPEC_FILE
+from lwd_core.store import COMMIT_MANIFEST, ObjectStore
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_CODE = str(Path(__file__).with_name("mlflow_policy.py"))
@@ -46,11 +48,9 @@ def client(config: LWDConfig):
     return MlflowClient(tracking_uri=config.tracking.mlflow_uri)
 
 
-def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, tags: dict[str, str],
-                    registered_model: str = "") -> str:
-    """Log the checkpoint's policy as a pyfunc model in the active run and register a version
-    (in ``registered_model``, default: the flywheel's)."""
-    name = registered_model or config.tracking.registered_model
+def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, tags: dict[str, str]) -> str:
+    """Log the checkpoint's policy as a pyfunc model in the active run and register a version."""
+    name = config.tracking.registered_model
     mlflow = mlflow_setup(config)
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = {}
@@ -103,3 +103,43 @@ def delete_alias(config: LWDConfig, alias: str) -> None:
 def release_name(version: str) -> str:
     """The name actors and episodes carry for a registry version."""
     return f"policy-v{version}"
+
+
+@contextmanager
+def training_run(config: LWDConfig, plan: Any) -> Iterator[Callable[[int, dict[str, float]], None]]:
+    """An MLflow run for one :class:`~lwd_core.algo.training.SnapshotTraining`: its plan as parameters
+    and tags; yields the metric logger the training loop calls."""
+    mlflow = mlflow_setup(config)
+    with mlflow.start_run(run_name=f"train-{plan.stage}-{plan.snapshot_id}"):
+        mlflow.set_tags({"stage": plan.stage, "snapshot_id": plan.snapshot_id, "parent_checkpoint": plan.parent or "",
+                         "method": plan.method, "run_root": plan.run_root})
+        mlflow.log_params({"snapshot_id": plan.snapshot_id, "stage": plan.stage, "steps": plan.steps,
+                           "offline_transitions": plan.replay.sizes["offline"],
+                           "online_transitions": plan.replay.sizes["online"],
+                           **{f"algo.{k}": v for k, v in config.algo.model_dump().items()}})
+        yield lambda step, metrics: mlflow.log_metrics(metrics, step=step)
+
+
+def finish_training_run(config: LWDConfig, store: ObjectStore, plan: Any, result: Any, seconds: float) -> dict:
+    """Inside :func:`training_run`: per-task values, throughput, the checkpoint manifest, and a registered
+    model version for the checkpoint. Returns what the flows pass on."""
+    import mlflow
+
+    from lwd_core.algo.training import per_task_value
+
+    run = mlflow.active_run()
+    step = int(result.state.step)
+    mlflow.log_metrics({f"value_mean/{t}": v for t, v in per_task_value(result.learner, result.state,
+                                                                       plan.replay).items()}, step=step)
+    mlflow.log_metric("updates_per_second", plan.steps / max(seconds, 1e-9))
+    if result.resumed_from:
+        mlflow.set_tag("resumed_from", result.resumed_from)
+    manifest = store.get_json(f"{result.checkpoint}/{COMMIT_MANIFEST}")
+    mlflow.log_dict(manifest, f"checkpoint/{COMMIT_MANIFEST}")
+    mlflow.set_tag("checkpoint", store.uri(result.checkpoint))
+    version = register_policy(config, store, result.checkpoint, tags={
+        "snapshot_id": plan.snapshot_id, "checkpoint": result.checkpoint,
+        "policy_sha256": manifest["files"][POLICY_FILE]["sha256"], "stage": plan.stage, "run_id": run.info.run_id})
+    return {"checkpoint": result.checkpoint, "model_version": version, "run_id": run.info.run_id, "stage": plan.stage,
+            "snapshot_id": plan.snapshot_id, "steps": plan.steps, "seconds": seconds,
+            "final_metrics": result.history[-1] if result.history else {}}

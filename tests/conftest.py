@@ -15,6 +15,7 @@ os.environ.setdefault("MUJOCO_GL", "disable")
 
 from lwd_core.data.episode import Episode  # noqa: E402
 from lwd_core.store import ObjectStore  # noqa: E402
+from lwd_core.suite import sparse_rewards  # noqa: E402
 
 
 def make_episode(
@@ -42,7 +43,7 @@ def make_episode(
         outcome="success" if success else "failure",
         observations=obs[:-1],
         actions=rng.uniform(-1, 1, size=(steps, action_dim)),
-        rewards=np.where(successes, 0.0, -1.0),
+        rewards=sparse_rewards(successes),
         successes=successes,
         interventions=np.arange(steps) % 5 == 3,
         terminals=successes,

@@ -10,7 +10,7 @@ import polars as pl
 from conftest import make_episode
 
 from lwd_core.data.episode import Episode
-from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM
+from lwd_core.suite import ACTION_DIM, OBS_DIM
 
 ROBOT, TASK, VERSION = "robot-00", "restock-horizontal", "policy-v1"
 

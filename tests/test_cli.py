@@ -4,8 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 STAGES = ["ingest", "label-rewards", "snapshot", "train", "evaluate", "promote", "approve", "rollout",
           "flywheel", "fleet", "generate-offline", "experiment", "config"]
 
@@ -39,8 +37,9 @@ def test_config_command_prints_effective_settings(tmp_path, monkeypatch):
     assert shown["fleet"]["robots"] == 5 and shown["fleet"]["signing_secret"] == "***"
 
 
-def test_missing_stage_module_is_a_clear_error():
-    from flows.cli import StageUnavailable, _stage
-
-    with pytest.raises(StageUnavailable, match="not available"):
-        _stage("flows.no_such_stage", "run")
+def test_config_option_is_read_without_touching_the_environment(tmp_path):
+    path = tmp_path / "chosen.yaml"
+    path.write_text("fleet:\n  robots: 7\n")
+    result = _lwd("config", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["fleet"]["robots"] == 7

@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent("""
     from conftest import make_episode
     from lwd_core.algo import distributed
     from lwd_core.algo.learner import Learner
-    from lwd_core.algo.nstep import build_transitions
+    from lwd_core.data.nstep import build_transitions
     from lwd_core.algo.replay import MixedReplay
     from lwd_core.algo.text import tokenize
     from lwd_core.algo.training import run_updates

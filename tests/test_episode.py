@@ -6,8 +6,19 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lwd_core.data.episode import EPISODE_SCHEMA, Episode, EpisodeFormatError, read_parquet_metadata
-from lwd_core.data.layout import buffer_key, get_episode, put_episode, raw_key, safe_name
+from lwd_core.data.episode import (
+    EPISODE_SCHEMA,
+    Episode,
+    EpisodeFormatError,
+    read_parquet_metadata,
+)
+from lwd_core.data.layout import (
+    buffer_key,
+    get_episode,
+    put_episode,
+    raw_key,
+    safe_name,
+)
 
 
 def assert_same_episode(a: Episode, b: Episode):

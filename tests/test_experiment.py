@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lwd_core.config import AlgoConfig, ExperimentConfig
-from lwd_core.experiment import ARMS, Experiment, mcnemar_p
+from lwd_core.experiment import ARMS, Experiment
+from lwd_core.sim.evaluate import TaskResult, mcnemar_p, paired_comparison, summarize
 from lwd_core.sim.pool import SimPool
 
 
@@ -18,6 +19,23 @@ def test_mcnemar_counts_only_discordant_pairs():
     # 10 wins, 0 losses: two-sided exact binomial p = 2 * 0.5**10.
     assert mcnemar_p(reference, other) == pytest.approx(2 * 0.5**10)
     assert mcnemar_p(other, reference) == pytest.approx(2 * 0.5**10)
+
+
+def _summary(outcomes_by_task: dict[str, list[bool]], seed: int = 0) -> dict:
+    results = [TaskResult(task, "short", sum(o), len(o), 100.0, tuple(o)) for task, o in outcomes_by_task.items()]
+    return summarize(results) | {"seed": seed}
+
+
+def test_paired_comparison_pairs_the_same_episodes():
+    before = _summary({"a": [False] * 8 + [True] * 2, "b": [True] * 10})
+    after = _summary({"a": [True] * 8 + [False] * 2, "b": [True] * 10})
+    result = paired_comparison(before, after)
+    assert (result["wins"], result["losses"], result["episodes"]) == (8, 2, 20)
+    assert result["change"] == pytest.approx(0.3)
+    assert result["p_value"] == pytest.approx(2 * (1 + 10 + 45) / 2**10)  # exact binomial, 8 of 10 discordant
+    # Different seeds or episode counts are different episodes: no paired test.
+    assert paired_comparison(before, after | {"seed": 1}) is None
+    assert paired_comparison(before, _summary({"a": [True] * 4, "b": [True] * 10})) is None
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,12 @@ from lwd_core.algo.learner import Learner, LearnerSpec
 from lwd_core.config import LWDConfig
 from lwd_core.data.layout import buffer_prefix, get_episode
 from lwd_core.fleet.actor import Actor, assign_tasks
-from lwd_core.fleet.coordinator import Coordinator, Release, choose_canary, release_for_checkpoint
+from lwd_core.fleet.coordinator import (
+    Coordinator,
+    Release,
+    choose_canary,
+    release_for_checkpoint,
+)
 from lwd_core.fleet.edge import JOURNAL, EdgeClient
 from lwd_core.security import release_key
 from lwd_core.sim.dataset import (
@@ -29,7 +34,7 @@ from lwd_core.sim.dataset import (
     plan_allocations,
     write_dataset_report,
 )
-from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM, get_task
+from lwd_core.suite import ACTION_DIM, OBS_DIM, get_task
 
 SHORT, LONG = get_task("restock-horizontal"), get_task("swap-pair")
 
@@ -81,7 +86,7 @@ def test_offline_generation_records_each_kind(local_store):
 
 
 # -- coordinator ------------------------------------------------------------------------------------
-def test_coordinator_canary_promote_and_rollback(local_store):
+def test_coordinator_canary_then_promote(local_store):
     coordinator = Coordinator(local_store)
     v1 = tiny_policy_checkpoint(local_store, "checkpoints/v1", 0)
     v2 = tiny_policy_checkpoint(local_store, "checkpoints/v2", 1)
@@ -96,10 +101,9 @@ def test_coordinator_canary_promote_and_rollback(local_store):
     assert [coordinator.release_for(r).version for r in robots[:3]] == ["v2", "v2", "v1"]
     coordinator.publish_all(v2)
     assert {coordinator.release_for(r).version for r in robots} == {"v2"}
-    coordinator.rollback()
-    assert {coordinator.release_for(r).version for r in robots} == {"v1"}
-    with pytest.raises(RuntimeError, match="no previous release"):
-        coordinator.rollback()
+    coordinator.publish_canary(v1, canary)  # a canary that is then withdrawn (the rollout flow's rollback)
+    coordinator.end_canary()
+    assert {coordinator.release_for(r).version for r in robots} == {"v2"}
     assert choose_canary(robots, 0.0) == ["robot-00"]
 
 

@@ -21,8 +21,8 @@ from lwd_core.fleet.actor import Actor, assign_tasks
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.fleet.edge import EdgeClient
 from lwd_core.security import episode_signer, release_key
-from lwd_core.sim.tasks import select_tasks
 from lwd_core.store import open_store
+from lwd_core.suite import select_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -105,7 +105,10 @@ def test_flywheel_runs_every_stage_and_reports_where_to_look(stack, prefect_serv
 
     async def flow_run_states():
         async with get_client() as client:
-            from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+            from prefect.client.schemas.filters import (
+                FlowRunFilter,
+                FlowRunFilterDeploymentId,
+            )
 
             # Runs of deployments (other tests' schedules and triggers) are not this job's.
             runs = await client.read_flow_runs(

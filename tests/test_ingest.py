@@ -11,9 +11,14 @@ import pytest
 from corpus import ROBOT, TASK, VERSION, bad_corpus, fleet_episode
 
 from lwd_core.data.ingest import ingest_batch, pending_raw
-from lwd_core.data.layout import buffer_prefix, get_episode, quarantine_reason_key, raw_key
+from lwd_core.data.layout import (
+    buffer_prefix,
+    get_episode,
+    quarantine_reason_key,
+    raw_key,
+)
 from lwd_core.data.validation import Expectations
-from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM
+from lwd_core.suite import ACTION_DIM, OBS_DIM
 
 MAX_STEPS = 60
 EXPECT = Expectations(obs_dim=OBS_DIM, action_dim=ACTION_DIM, tasks=frozenset({TASK, "swap-pair"}),

@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 from conftest import make_episode
 
-from lwd_core.algo.baselines import hgdagger_subset, recap_conditions
+from lwd_core.algo.agents.hgdagger import human_subset as hgdagger_subset
+from lwd_core.algo.agents.recap import CONDITION_NEGATIVE, CONDITION_POSITIVE
+from lwd_core.algo.agents.recap import advantage_conditions as recap_conditions
 from lwd_core.algo.checkpoint import load_checkpoint, load_policy, save_checkpoint
 from lwd_core.algo.flow import euler_sample
-from lwd_core.algo.learner import CONDITION_NEGATIVE, CONDITION_POSITIVE, Learner, LearnerSpec
-from lwd_core.algo.nstep import build_transitions
+from lwd_core.algo.learner import Learner, LearnerSpec
 from lwd_core.algo.replay import MixedReplay
 from lwd_core.algo.text import tokenize
+from lwd_core.data.nstep import build_transitions
 from lwd_core.store import IntegrityError
 
 OBS, ACT = 6, 2
@@ -183,7 +185,7 @@ def test_best_of_n_acts_with_the_chunk_the_critic_rates_highest(transitions):
     chosen = learner.act(params, obs, tokens, key).reshape(3, -1)
     # The same 8 candidates per row, scored by the critic: the chosen one has the highest Q.
     candidates = np.clip(np.asarray(euler_sample(
-        learner._velocity(params["policy"], np.repeat(obs, 8, 0), np.repeat(tokens, 8, 0)),
+        learner.velocity(params["policy"], np.repeat(obs, 8, 0), np.repeat(tokens, 8, 0)),
         jax.random.normal(key, (24, learner.flat_action_dim)), learner.spec.flow_steps)), -1, 1)
     q = np.asarray(learner.critic.apply(params["critic"], np.repeat(obs, 8, 0), np.repeat(tokens, 8, 0),
                                         candidates).mean(0)).reshape(3, 8)

@@ -3,8 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lwd_core.algo.nstep import NStepSchedule, action_chunks, build_transitions, nstep_targets, returns_to_go
 from lwd_core.config import AlgoConfig
+from lwd_core.data.nstep import (
+    NStepSchedule,
+    action_chunks,
+    build_transitions,
+    nstep_targets,
+    returns_to_go,
+)
 
 G = 0.9
 

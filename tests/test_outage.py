@@ -4,8 +4,8 @@ Uploads stay spooled and retry; the ingest flow's task retries carry it through;
 from __future__ import annotations
 
 import threading
-import uuid
 import time
+import uuid
 
 import pytest
 from conftest import _free_port
@@ -72,13 +72,10 @@ def test_uploads_wait_out_an_outage_without_loss(flaky_s3, tmp_path):
 def test_ingest_flow_retries_through_an_outage(flaky_s3, prefect_server, tmp_path, monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    store, storage = flaky_s3["store"], flaky_s3["config"]
-    for key, value in {"URL": storage.url, "ENDPOINT_URL": storage.endpoint_url, "KEY": storage.key,
-                       "SECRET": storage.secret, "REGION": storage.region}.items():
-        monkeypatch.setenv(f"LWD_STORAGE__{key}", value)
-    monkeypatch.setenv("LWD_DATA_DIR", str(tmp_path / "data"))
+    store = flaky_s3["store"]
     monkeypatch.delenv("LWD_CONFIG", raising=False)
-    fleet = LWDConfig().fleet
+    config = LWDConfig(data_dir=tmp_path / "data", storage=flaky_s3["config"])
+    fleet = config.fleet
     Coordinator(store).publish_all(Release(version=VERSION, checkpoint="checkpoints/none", policy_sha256="0" * 64))
     episodes = [fleet_episode(seed=20 + i) for i in range(4)]
     for episode in episodes:
@@ -90,7 +87,7 @@ def test_ingest_flow_retries_through_an_outage(flaky_s3, prefect_server, tmp_pat
     flaky_s3["stop"]()
     restarted = _restart_later(flaky_s3, 3.0)  # within the task's retry schedule (1 s, 5 s, 20 s)
     with temporary_settings({PREFECT_API_URL: prefect_server["url"]}):
-        result = ingest()  # the listing task fails, retries after 1 s and 5 s, then succeeds
+        result = ingest(config=config)  # the listing task fails, retries after 1 s and 5 s, then succeeds
     restarted.join()
     assert result["accepted"] == 4 and result["quarantined"] == 0
     buffered = sorted(k.rsplit("/", 1)[1].removesuffix(".parquet") for k in store.list("buffer/online", ".parquet"))

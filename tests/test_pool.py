@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lwd_core.sim.pool import EpisodeRequest, SimPool, SimPoolError
-from lwd_core.sim.rollout import EpisodeRunner
-from lwd_core.sim.tasks import ACTION_DIM, get_task, make_env, pad_observation
+from lwd_core.sim.rollout import EpisodeRunner, make_env
+from lwd_core.suite import ACTION_DIM, get_task, pad_observation
 
 CHUNK = 4
 

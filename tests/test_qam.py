@@ -14,7 +14,12 @@ import numpy as np
 import optax
 import pytest
 
-from lwd_core.algo.flow import euler_sample, flow_matching_loss, memoryless_sample, memoryless_schedule
+from lwd_core.algo.flow import (
+    euler_sample,
+    flow_matching_loss,
+    memoryless_sample,
+    memoryless_schedule,
+)
 from lwd_core.algo.networks import MLP
 from lwd_core.algo.qam import lean_adjoint, qam_loss, terminal_adjoint
 

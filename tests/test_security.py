@@ -15,8 +15,14 @@ from lwd_core.data.ingest import ingest_batch, pending_raw
 from lwd_core.fleet.actor import Actor, assign_tasks
 from lwd_core.fleet.coordinator import Coordinator, Release
 from lwd_core.fleet.edge import EdgeClient
-from lwd_core.security import SIGNATURE_KEY, SIGNER_KEY, episode_signature_check, episode_signer, release_key
-from lwd_core.sim.tasks import get_task
+from lwd_core.security import (
+    SIGNATURE_KEY,
+    SIGNER_KEY,
+    episode_signature_check,
+    episode_signer,
+    release_key,
+)
+from lwd_core.suite import get_task
 
 ROOT = Path(__file__).resolve().parent.parent
 FLEET = LWDConfig(fleet={"signing_secret": "fleet-secret", "robot_keys": {"robot-01": "robot-01-own-key"}}).fleet

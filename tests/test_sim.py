@@ -6,11 +6,17 @@ import numpy as np
 import pytest
 
 from lwd_core.data.episode import Episode
-from lwd_core.sim.rollout import MonotonicClock, run_episode
-from lwd_core.sim.tasks import (
-    MAX_SCENE_OBS, OBS_DIM, SCENES, TASK_SUITE, get_task, make_env, pad_observation, select_tasks,
-)
+from lwd_core.sim.rollout import MonotonicClock, make_env, run_episode
 from lwd_core.sim.teleop import InterventionMonitor, Teleoperator
+from lwd_core.suite import (
+    MAX_SCENE_OBS,
+    OBS_DIM,
+    SCENES,
+    TASK_SUITE,
+    get_task,
+    pad_observation,
+    select_tasks,
+)
 
 
 def test_suite_shape():

@@ -5,7 +5,13 @@ import threading
 
 import pytest
 
-from lwd_core.store import COMMIT_MANIFEST, IntegrityError, ObjectStore, StoreError, validate_key
+from lwd_core.store import (
+    COMMIT_MANIFEST,
+    IntegrityError,
+    ObjectStore,
+    StoreError,
+    validate_key,
+)
 
 
 def test_put_get_list_delete(any_store: ObjectStore):

@@ -13,11 +13,8 @@ from typing import Any
 from flax import serialization
 
 from lwd_core.algo.learner import Learner, LearnerSpec, TrainState
+from lwd_core.data.layout import POLICY_FILE, SPEC_FILE, STATE_FILE
 from lwd_core.store import COMMIT_MANIFEST, IntegrityError, ObjectStore, sha256_hex
-
-STATE_FILE = "train_state.msgpack"
-POLICY_FILE = "policy.msgpack"
-SPEC_FILE = "spec.json"
 
 
 def save_checkpoint(

@@ -1,20 +1,15 @@
-"""The learner: one jitted update for critic, value and policy, for LWD and every baseline.
+"""The learner: networks, optimisers, checkpoint format and one jitted update shared by every method.
 
-Methods on the same networks and update:
-- ``lwd``: critic Q_phi (ensemble) bootstrapping from the value model (DIVL, or IQL's expectile when
-  ``value_model="expectile"``); base flow v_beta by flow matching on data (EMA copy for the adjoint);
-  fine-tuned policy v_theta by QAM (+ optional BC term).
-- ``bc``: flow matching on all data. ``hgdagger``: the same update; the caller feeds intervention data only.
-- ``recap``: distributional value over Monte-Carlo returns plus a policy conditioned on an
-  advantage token (dropped at random so the unconditioned policy is learned too); acts with "positive".
+The method itself (its losses, data selection and acting condition) is an agent in
+:mod:`lwd_core.algo.agents` (``lwd``, ``bc``, ``hgdagger``, ``recap``), looked up by ``spec.method``.
 
 Phases (the paper's staging; ``update(state, batch, phase)``):
-- ``pretrain``: flow matching of the base flow on demonstrations, the stand-in for the pretrained VLA;
-  :meth:`Learner.start_from_pretrained` then makes it every method's starting policy.
-- ``warmup``: critic and value (RECAP: value) only, the policy frozen, so QAM starts from a critic that
-  has seen the data instead of a random one.
-- ``train``: the method's full update (LWD: critic, value, base, and QAM extraction with a BC term on
-  demonstrations and intervention segments).
+- ``pretrain``: flow matching of the base flow on demonstrations, the stand-in for the pretrained VLA,
+  the same for every method; :meth:`Learner.start_from_pretrained` then makes it every method's
+  starting policy.
+- ``warmup``: the agent's critic and value losses only, the policy frozen, so extraction starts from a
+  critic that has seen the data instead of a random one.
+- ``train``: the agent's full update.
 """
 
 from __future__ import annotations
@@ -31,19 +26,16 @@ import optax
 from flax import serialization, struct
 
 from lwd_core.algo import divl
-from lwd_core.algo.expectile import expectile_loss
+from lwd_core.algo.agents import UpdateContext, get_agent
 from lwd_core.algo.flow import euler_sample, flow_matching_loss
-from lwd_core.algo.networks import CriticEnsemble, pessimistic
+from lwd_core.algo.networks import CriticEnsemble
 from lwd_core.algo.policy import FlowPolicy
-from lwd_core.algo.qam import qam_loss
 from lwd_core.algo.text import MAX_TOKENS, VOCAB_SIZE
 
-Method = Literal["lwd", "bc", "hgdagger", "recap"]
-METHODS: tuple[str, ...] = ("lwd", "bc", "hgdagger", "recap")
 Phase = Literal["pretrain", "warmup", "train"]
 PHASES: tuple[str, ...] = ("pretrain", "warmup", "train")
-CONDITION_POSITIVE = 2
-CONDITION_NEGATIVE = 1
+# One PRNG key per purpose in each update.
+UPDATE_KEYS = ("base", "policy", "qam", "noise", "dropout")
 
 
 @dataclass(frozen=True)
@@ -53,7 +45,7 @@ class LearnerSpec:
     obs_dim: int
     action_dim: int
     chunk: int = 5
-    method: Method = "lwd"
+    method: str = "lwd"  # an agent name (lwd_core.algo.agents)
     value_model: Literal["divl", "expectile"] = "divl"
     value_representation: Literal["categorical", "quantile"] = "categorical"
     value_size: int = 51
@@ -82,24 +74,16 @@ class LearnerSpec:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        get_agent(self.method)  # a clear error for an unknown method
         object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
 
     @classmethod
-    def from_config(cls, algo: Any, obs_dim: int, action_dim: int, method: Method = "lwd", **overrides: Any) -> LearnerSpec:
+    def from_config(cls, algo: Any, obs_dim: int, action_dim: int, method: str = "lwd") -> LearnerSpec:
+        """The network and update settings of an ``AlgoConfig`` (same field names; its ``action_chunk``
+        is ``chunk`` here)."""
         names = {f.name for f in dataclasses.fields(cls)}
         values = {name: getattr(algo, name) for name in names if hasattr(algo, name)}
-        values.update(
-            chunk=algo.action_chunk,
-            value_model=algo.value_model,
-            hidden_dims=tuple(algo.hidden_dims),
-            obs_dim=obs_dim,
-            action_dim=action_dim,
-            method=method,
-        )
-        values.update(overrides)
-        return cls(**values)
+        return cls(**values, chunk=algo.action_chunk, obs_dim=obs_dim, action_dim=action_dim, method=method)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -120,9 +104,10 @@ class TrainState:
 class Learner:
     def __init__(self, spec: LearnerSpec):
         self.spec = spec
+        self.agent = get_agent(spec.method)
         hidden = spec.hidden_dims
         self.critic = CriticEnsemble(spec.critic_heads, hidden, spec.vocab_size, spec.pixels)
-        scalar = spec.method == "lwd" and spec.value_model == "expectile"
+        scalar = self.agent.scalar_value(spec)
         self.value_rep = "quantile" if scalar else spec.value_representation
         self.value = divl.DistributionalValue(
             self.value_rep, 1 if scalar else spec.value_size, hidden, spec.vocab_size, spec.pixels
@@ -190,7 +175,7 @@ class Learner:
 
     @property
     def picks_by_critic(self) -> bool:
-        return self.spec.method == "lwd" and self.spec.best_of_n > 1
+        return self.agent.picks_by_critic(self.spec)
 
     def act(self, acting_params: dict[str, Any], obs: np.ndarray, tokens: np.ndarray, rng: jax.Array) -> np.ndarray:
         """Sample action chunks (B, chunk, action_dim) in [-1, 1] from the fine-tuned policy (best of N
@@ -200,21 +185,22 @@ class Learner:
     def value_statistics(self, state: TrainState, obs: np.ndarray, tokens: np.ndarray) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self._value_stats(state.params["value"], jnp.asarray(obs), jnp.asarray(tokens)).items()}
 
-    # -- jitted internals --------------------------------------------------------------------------
-    def _velocity(self, params, obs, tokens, condition=None):
+    def velocity(self, params, obs, tokens, condition=None):
+        """The velocity field v(x, t) of flow parameters ``params`` for these observations."""
         return lambda x, t: self.flow.apply(params, obs, tokens, x, t, condition)
 
+    # -- jitted internals --------------------------------------------------------------------------
     def _act_impl(self, acting_params, obs, tokens, rng):
         condition = None
-        if self.spec.method == "recap":
-            condition = jnp.full(obs.shape[:1], CONDITION_POSITIVE, jnp.int32)
+        if self.agent.acting_condition() is not None:
+            condition = jnp.full(obs.shape[:1], self.agent.acting_condition(), jnp.int32)
         samples = self.spec.best_of_n if self.picks_by_critic else 1
         rows = obs.shape[0]
         obs_n, tokens_n = jnp.repeat(obs, samples, axis=0), jnp.repeat(tokens, samples, axis=0)
         if condition is not None:
             condition = jnp.repeat(condition, samples, axis=0)
         noise = jax.random.normal(rng, (rows * samples, self.flat_action_dim))
-        velocity = self._velocity(acting_params["policy"], obs_n, tokens_n, condition)
+        velocity = self.velocity(acting_params["policy"], obs_n, tokens_n, condition)
         actions = jnp.clip(euler_sample(velocity, noise, self.spec.flow_steps), -1.0, 1.0)
         if samples > 1:
             q = self.critic.apply(acting_params["critic"], obs_n, tokens_n, actions).mean(0).reshape(rows, samples)
@@ -236,144 +222,20 @@ class Learner:
         return optax.apply_updates(params[name], updates), new_opt
 
     def _update_impl(self, state: TrainState, batch: dict[str, jax.Array], phase: Phase = "train"):
-        spec = self.spec
-        rng, k_base, k_policy, k_qam, k_noise, k_drop = jax.random.split(state.rng, 6)
-        params = dict(state.params)
-        opt_state = dict(state.opt_state)
-        metrics: dict[str, jax.Array] = {}
-        obs, tokens, actions = batch["obs"], batch["tokens"], batch["actions"]
-
-        def apply_grads(name, loss_fn):
-            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params[name])
-            params[name], opt_state[name] = self._step(name, params, opt_state, grads)
-            metrics.update(aux)
-            return loss
-
+        rng, *keys = jax.random.split(state.rng, 1 + len(UPDATE_KEYS))
+        ctx = UpdateContext(params=dict(state.params), opt_state=dict(state.opt_state),
+                            keys=dict(zip(UPDATE_KEYS, keys, strict=True)), step_fn=self._step)
         if phase == "pretrain":
+            obs, tokens, actions = batch["obs"], batch["tokens"], batch["actions"]
 
             def pretrain_loss(p):
-                loss = flow_matching_loss(self._velocity(p, obs, tokens), actions, k_base)
+                loss = flow_matching_loss(self.velocity(p, obs, tokens), actions, ctx.keys["base"])
                 return loss, {"pretrain_flow_loss": loss}
 
-            apply_grads("base", pretrain_loss)
-        elif spec.method == "lwd":
-            self._lwd_losses(params, batch, apply_grads, metrics, k_base, k_policy, k_qam, k_noise,
-                             extract=phase == "train")
-        elif phase == "warmup":
-            if spec.method == "recap":
-                self._recap_value(params, batch, apply_grads)
-        elif spec.method in ("bc", "hgdagger"):
-
-            def bc_loss(p):
-                loss = flow_matching_loss(self._velocity(p, obs, tokens), actions, k_policy)
-                return loss, {"bc_loss": loss}
-
-            apply_grads("policy", bc_loss)
-        else:  # recap
-            self._recap_losses(params, batch, apply_grads, k_policy, k_drop)
-
-        new_state = TrainState(step=state.step + 1, rng=rng, params=params, opt_state=opt_state)
-        return new_state, metrics
-
-    def _lwd_losses(self, params, batch, apply_grads, metrics, k_base, k_policy, k_qam, k_noise, extract=True):
-        spec = self.spec
-        obs, tokens, actions = batch["obs"], batch["tokens"], batch["actions"]
-        scalar = self.value.size == 1
-
-        # Critic: bootstrap from the value model at s' (in-sample: no policy action at s').
-        next_out = jax.lax.stop_gradient(self.value.apply(params["value"], batch["next_obs"], tokens))
-        if scalar:
-            bootstrap = next_out[..., 0]
+            ctx.apply("base", pretrain_loss)
         else:
-            bootstrap, tau, h_norm = divl.bootstrap_value(
-                next_out, self.value_rep, self.atoms, spec.tau_min, spec.tau_max, spec.tau_direction
-            )
-            metrics["divl_tau"] = tau.mean()
-            metrics["divl_entropy"] = h_norm.mean()
-        target = batch["reward"] + batch["discount"] * bootstrap
-
-        def critic_loss(p):
-            q = self.critic.apply(p, obs, tokens, actions)
-            loss = jnp.mean((q - target[None]) ** 2)
-            return loss, {"critic_loss": loss, "q_mean": q.mean(), "td_target_mean": target.mean()}
-
-        apply_grads("critic", critic_loss)
-
-        # Value: the distribution (or expectile) of dataset action-values under the target critic.
-        q_data = jax.lax.stop_gradient(
-            pessimistic(self.critic.apply(params["target_critic"], obs, tokens, actions), spec.critic_std_weight)
-        )
-
-        def value_loss(p):
-            out = self.value.apply(p, obs, tokens)
-            if scalar:
-                loss = expectile_loss(q_data - out[..., 0], spec.expectile)
-            else:
-                loss = divl.value_loss(out, q_data, self.value_rep, self.atoms, spec.value_huber_kappa)
-            return loss, {"value_loss": loss}
-
-        apply_grads("value", value_loss)
-        params["target_critic"] = optax.incremental_update(params["critic"], params["target_critic"], spec.target_tau)
-        if not extract:
-            return
-
-        # Base flow, the reference QAM regularises toward: flow matching on human rows (demonstrations and
-        # interventions) by default, so failed rollouts and play shape the critic but not the reference.
-        human = (batch["demo"] | batch["intervention"]).astype(jnp.float32)
-
-        def base_loss(p):
-            weights = human if spec.base_data == "human" else None
-            loss = flow_matching_loss(self._velocity(p, obs, tokens), actions, k_base, weights=weights)
-            return loss, {"base_flow_loss": loss}
-
-        apply_grads("base", base_loss)
-
-        # Policy: QAM against the target critic (mean over heads, as the reference), adjoint along the EMA base.
-        def q_value(a):
-            return self.critic.apply(params["target_critic"], obs, tokens, a).mean(0)
-
-        noise = jax.random.normal(k_noise, actions.shape)
-
-        def policy_loss(p):
-            loss, aux = qam_loss(
-                self._velocity(p, obs, tokens),
-                self._velocity(params["base_ema"], obs, tokens),
-                q_value,
-                noise,
-                k_qam,
-                spec.flow_steps,
-                spec.qam_beta,
-            )
-            if spec.bc_weight > 0:
-                # Anchor to what people did: demonstrations and intervention segments only.
-                bc = flow_matching_loss(self._velocity(p, obs, tokens), actions, k_policy, weights=human)
-                loss = loss + spec.bc_weight * bc
-                aux = {**aux, "policy_bc_loss": bc}
-            return loss, aux
-
-        apply_grads("policy", policy_loss)
-        params["base_ema"] = optax.incremental_update(params["base"], params["base_ema"], spec.target_tau)
-
-    def _recap_value(self, params, batch, apply_grads):
-        def value_loss(p):
-            out = self.value.apply(p, batch["obs"], batch["tokens"])
-            loss = divl.value_loss(out, batch["mc_return"], self.value_rep, self.atoms, self.spec.value_huber_kappa)
-            return loss, {"value_loss": loss}
-
-        apply_grads("value", value_loss)
-
-    def _recap_losses(self, params, batch, apply_grads, k_policy, k_drop):
-        spec = self.spec
-        obs, tokens, actions = batch["obs"], batch["tokens"], batch["actions"]
-        self._recap_value(params, batch, apply_grads)
-        keep = jax.random.uniform(k_drop, batch["condition"].shape) >= spec.recap_condition_dropout
-        condition = jnp.where(keep, batch["condition"], 0)
-
-        def policy_loss(p):
-            loss = flow_matching_loss(self._velocity(p, obs, tokens, condition), actions, k_policy)
-            return loss, {"bc_loss": loss}
-
-        apply_grads("policy", policy_loss)
+            self.agent.update(self, ctx, batch, phase)
+        return TrainState(step=state.step + 1, rng=rng, params=ctx.params, opt_state=ctx.opt_state), ctx.metrics
 
 
 BATCH_KEYS = ("obs", "tokens", "actions", "reward", "discount", "next_obs", "mc_return", "condition", "demo",

@@ -41,7 +41,12 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from lwd_core.algo.flow import Velocity, memoryless_drift, memoryless_sample, memoryless_schedule
+from lwd_core.algo.flow import (
+    Velocity,
+    memoryless_drift,
+    memoryless_sample,
+    memoryless_schedule,
+)
 
 # Maps a batch of actions (B, D) to per-sample Q values (B,), critic parameters already bound.
 ActionValue = Callable[[jax.Array], jax.Array]

@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from lwd_core.algo import distributed
-from lwd_core.algo.baselines import hgdagger_subset, recap_conditions
+from lwd_core.algo.agents import get_agent
 from lwd_core.algo.checkpoint import load_checkpoint, save_checkpoint
 from lwd_core.algo.learner import BATCH_KEYS, Learner, LearnerSpec, TrainState
-from lwd_core.algo.nstep import NStepSchedule, Stage, build_transitions
 from lwd_core.algo.replay import MixedReplay
 from lwd_core.algo.text import tokenize
 from lwd_core.data.episode import Episode
-from lwd_core.data.layout import get_episode
-from lwd_core.sim.tasks import ACTION_DIM, OBS_DIM, TASK_INDEX, TASK_SUITE
+from lwd_core.data.layout import (
+    CHECKPOINT_LATEST_KEY,
+    checkpoint_key,
+    get_episode,
+    training_run_prefix,
+)
+from lwd_core.data.nstep import NStepSchedule, Stage, build_transitions
 from lwd_core.store import COMMIT_MANIFEST, ObjectStore
+from lwd_core.suite import ACTION_DIM, OBS_DIM, TASK_INDEX, TASK_SUITE
 
 
 def load_snapshot_episodes(store: ObjectStore, manifest: dict) -> dict[str, list[Episode]]:
@@ -48,11 +53,7 @@ def build_replay(episodes: dict[str, list[Episode]], algo: Any, stage: Stage, se
                  method: str = "lwd") -> MixedReplay:
     offline = transitions_for(episodes["offline"], algo, stage)
     online = transitions_for(episodes["online"], algo, stage)
-    if method == "hgdagger":  # BC on demonstrations and human takeovers only
-        offline = hgdagger_subset(offline) if offline is not None else None
-        # A fleet round without takeovers adds nothing for HG-DAgger.
-        human_online = online is not None and (online["intervention"] | online["demo"]).any()
-        online = hgdagger_subset(online) if human_online else None
+    offline, online = get_agent(method).select_data(offline, online)
     if offline is None:  # no offline data: the online buffer plays that role
         offline, online = online, None
     if offline is None:
@@ -62,9 +63,14 @@ def build_replay(episodes: dict[str, list[Episode]], algo: Any, stage: Stage, se
 
 @dataclass
 class TrainResult:
+    """Where a stretch of training ended: the state, the logged metric windows, and (for
+    :func:`train_resumable`) the committed checkpoint and the one it resumed from."""
+
+    learner: Learner
     state: TrainState
     history: list[dict[str, float]]
-    replay: MixedReplay
+    checkpoint: str | None = None
+    resumed_from: str | None = None
 
 
 def run_updates(
@@ -105,7 +111,7 @@ def run_updates(
         history.append(means)
         if on_log:
             on_log(int(state.step), means)
-    return TrainResult(state, history, replay)
+    return TrainResult(learner, state, history)
 
 
 def new_learner(algo: Any, method: str = "lwd") -> Learner:
@@ -122,7 +128,7 @@ def online_update_budget(algo: Any, online_transitions: int) -> int:
 
 def staging_steps(algo: Any, method: str) -> int:
     """Updates :func:`pretrain_and_warm_up` makes (only methods with a critic or value warm up)."""
-    return algo.pretrain_steps + (algo.warmup_steps if method in ("lwd", "recap") else 0)
+    return algo.pretrain_steps + (algo.warmup_steps if get_agent(method).warms_up else 0)
 
 
 def pretrain_and_warm_up(learner: Learner, episodes: dict[str, list[Episode]], algo: Any, seed: int,
@@ -156,23 +162,6 @@ def per_task_value(learner: Learner, state: TrainState, replay: MixedReplay, row
 
 
 
-def refresh_recap_conditions(learner: Learner, state: TrainState, replay: MixedReplay, positive_fraction: float,
-                             rows_per_call: int = 4096) -> None:
-    """RECAP-style: advantage tokens from the current value model, recomputed between training chunks."""
-    def value_mean(obs: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        parts = []
-        for start in range(0, len(obs), rows_per_call):
-            stats = learner.value_statistics(state, obs[start : start + rows_per_call],
-                                             tokens[start : start + rows_per_call])
-            parts.append(stats.get("mean", stats.get("value")))
-        return np.concatenate(parts)
-
-    for buffer in (replay.offline, replay.online):
-        if buffer is not None:
-            buffer["condition"] = recap_conditions(buffer, value_mean(buffer["obs"], buffer["tokens"]),
-                                                   value_mean(buffer["next_obs"], buffer["tokens"]), positive_fraction)
-
-
 def latest_committed_checkpoint(store: ObjectStore, run_root: str) -> str | None:
     """The committed checkpoint with the highest step under ``run_root`` (partial ones are ignored)."""
     best, best_step = None, -1
@@ -182,15 +171,6 @@ def latest_committed_checkpoint(store: ObjectStore, run_root: str) -> str | None
         if step > best_step:
             best, best_step = prefix, step
     return best
-
-
-@dataclass
-class ResumableRun:
-    learner: Learner
-    state: TrainState
-    checkpoint: str
-    history: list[dict[str, float]]
-    resumed_from: str | None
 
 
 def train_resumable(
@@ -205,7 +185,7 @@ def train_resumable(
     mesh: Any = None,
     extra: dict[str, Any] | None = None,
     before_chunk: Callable[[Learner, TrainState], None] | None = None,
-) -> ResumableRun:
+) -> TrainResult:
     """Train until the learner's step reaches ``total_steps``, committing a checkpoint every
     ``checkpoint_every`` updates under ``run_root``. A rerun after a crash (same ``run_root``) resumes
     from the last committed checkpoint, replay sampler included, instead of starting over."""
@@ -222,7 +202,90 @@ def train_resumable(
             before_chunk(learner, state)
         result = run_updates(learner, state, replay, count, batch_size, on_log=on_log, mesh=mesh)
         state, history = result.state, history + result.history
-        checkpoint = f"{run_root}/step-{int(state.step):09d}"
+        checkpoint = checkpoint_key(run_root, int(state.step))
         save_checkpoint(store, checkpoint, learner, state,
                         extra={"replay": replay.state_dict(), "resumed_from": resumed_from, **(extra or {})})
-    return ResumableRun(learner, state, checkpoint, history, resumed_from)
+    return TrainResult(learner, state, history, checkpoint, resumed_from)
+
+
+def latest_checkpoint(store: ObjectStore) -> str | None:
+    """The flywheel's last checkpoint, where the next online round resumes."""
+    return store.get_json(CHECKPOINT_LATEST_KEY)["checkpoint"] if store.exists(CHECKPOINT_LATEST_KEY) else None
+
+
+@dataclass
+class SnapshotTraining:
+    """One training run on a snapshot, decided before any update (what a tracker logs as parameters)."""
+
+    snapshot_id: str
+    stage: Stage
+    method: str
+    parent: str | None  # the checkpoint it continues (online), None offline
+    start_step: int
+    steps: int  # updates in this run (offline: pretraining and warm-up included)
+    run_root: str
+    replay: MixedReplay
+    learner: Learner
+    state: TrainState | None  # None offline: staged from scratch by ``initial_state``
+    algo: Any
+    episodes: dict[str, list[Episode]] = field(default_factory=dict)
+
+    @property
+    def target_step(self) -> int:
+        return self.start_step + self.steps
+
+    def initial_state(self) -> tuple[Learner, TrainState]:
+        """Offline: the pretrained policy and critic warm-up come first (skipped when a crashed run resumes).
+        Every host stages with the same seed, so all start from identical parameters."""
+        if self.state is not None:
+            return self.learner, self.state
+        return self.learner, pretrain_and_warm_up(self.learner, self.episodes, self.algo, self.algo.seed, self.method)
+
+    def before_chunk(self, learner: Learner, state: TrainState) -> None:
+        learner.agent.before_chunk(learner, state, self.replay, self.algo)
+
+
+def plan_snapshot_training(store: ObjectStore, manifest: dict, algo: Any, method: str = "lwd", resume: bool = True,
+                           steps: int = 0, name: str = "", process_index: int = 0) -> SnapshotTraining:
+    """Offline (no checkpoint to resume): pretrain -> warm-up -> ``steps`` extraction updates (0: the
+    config's ``offline_steps``). Online (``resume`` and a latest checkpoint): ``steps`` updates from it
+    (0: :func:`online_update_budget`). ``name`` names the run's checkpoints (default: the method)."""
+    parent = latest_checkpoint(store) if resume else None
+    episodes = load_snapshot_episodes(store, manifest)
+    seed = algo.seed + 1_000_003 * process_index
+    if parent:
+        learner, state, _ = load_checkpoint(store, parent)
+        start_step = int(state.step)
+        seed += start_step  # fresh batches each round (the step moves on), distinct ones on each host
+        replay = build_replay(episodes, algo, "online", seed=seed, method=method)
+        steps = steps or online_update_budget(algo, replay.sizes["online"])
+    else:
+        learner, state, start_step = new_learner(algo, method), None, 0
+        replay = build_replay(episodes, algo, "offline", seed=seed, method=method)
+        steps = staging_steps(algo, method) + (steps or algo.offline_steps)
+    snapshot_id = manifest["snapshot_id"]
+    return SnapshotTraining(snapshot_id=snapshot_id, stage="online" if parent else "offline", method=method,
+                            parent=parent, start_step=start_step, steps=steps,
+                            run_root=training_run_prefix(snapshot_id, name or method, start_step), replay=replay,
+                            learner=learner, state=state, algo=algo, episodes=episodes)
+
+
+def run_snapshot_training(store: ObjectStore, plan: SnapshotTraining, on_log: Callable[[int, dict[str, float]], None]
+                          | None = None, mesh: Any = None, move_latest: bool = True) -> TrainResult:
+    """Train to the plan's target step with committed checkpoints (a rerun resumes); on success the
+    flywheel's latest-checkpoint pointer moves to the result unless ``move_latest`` is off."""
+    result = train_resumable(store, plan.run_root, plan.initial_state, plan.replay, plan.target_step,
+                             plan.algo.batch_size, plan.algo.checkpoint_every, mesh=mesh, on_log=on_log,
+                             extra={"snapshot_id": plan.snapshot_id, "parent": plan.parent, "stage": plan.stage},
+                             before_chunk=plan.before_chunk)
+    if move_latest:
+        store.put_json(CHECKPOINT_LATEST_KEY, {"checkpoint": result.checkpoint})
+    return result
+
+
+def follow_snapshot_training(plan: SnapshotTraining, mesh: Any = None) -> TrainState:
+    """A non-zero host of a multi-host run: the same updates on its share of each batch, no checkpoints
+    (process 0 commits them)."""
+    learner, state = plan.initial_state()
+    return run_updates(learner, state, plan.replay, max(0, plan.target_step - int(state.step)), plan.algo.batch_size,
+                       mesh=mesh).state

@@ -14,13 +14,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from lwd_core.data.episode import Episode, EpisodeFormatError, read_parquet_metadata
-from lwd_core.data.layout import buffer_key, quarantine_key, quarantine_reason_key
+from lwd_core.data.layout import (
+    RAW_PREFIX,
+    buffer_key,
+    ingest_log_key,
+    quarantine_key,
+    quarantine_reason_key,
+)
 from lwd_core.data.validation import Expectations, validate_episodes
 from lwd_core.faults import failpoint
 from lwd_core.store import ObjectStore, now_us, sha256_hex
 
-RAW_PREFIX = "raw"
-INGEST_LOG_PREFIX = "ingest/batches"
 Status = Literal["accepted", "quarantined", "duplicate"]
 # (episode, parquet key-value metadata) -> None if trusted, else the reason it is not.
 SignatureCheck = Callable[[Episode, dict[str, str]], str | None]
@@ -156,6 +160,6 @@ def ingest_batch(
 
 def write_ingest_log(store: ObjectStore, report: IngestReport, run_name: str) -> str:
     """Per-batch record (counts, reasons, per-episode latency): the audit trail and latency source."""
-    key = f"{INGEST_LOG_PREFIX}/{now_us()}-{run_name}.json"
+    key = ingest_log_key(now_us(), run_name)
     store.put_json(key, {"summary": report.summary(), "outcomes": [asdict(o) for o in report.outcomes]})
     return key

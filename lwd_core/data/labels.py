@@ -12,17 +12,15 @@ import io
 import numpy as np
 import polars as pl
 
-from lwd_core.algo.nstep import NStepSchedule, returns_to_go
 from lwd_core.data.episode import Episode
-from lwd_core.data.layout import BufferKind, buffer_prefix
-from lwd_core.sim.tasks import get_task
+from lwd_core.data.layout import BufferKind, buffer_prefix, labels_key, labels_prefix
+from lwd_core.data.nstep import NStepSchedule, returns_to_go
 from lwd_core.store import ObjectStore, now_us
-
-LABELS_PREFIX = "labels"
+from lwd_core.suite import get_task, sparse_rewards
 
 
 def label_episode(episode: Episode, gamma: float, schedule: NStepSchedule) -> dict:
-    rewards = np.where(episode.successes, 0.0, -1.0).astype(np.float32)
+    rewards = sparse_rewards(episode.successes)
     success_steps = np.flatnonzero(episode.successes)
     horizon = get_task(episode.task_id).horizon
     return {
@@ -45,7 +43,7 @@ def label_episode(episode: Episode, gamma: float, schedule: NStepSchedule) -> di
 
 def labelled_ids(store: ObjectStore, kind: BufferKind) -> set[str]:
     ids: set[str] = set()
-    for key in store.list(f"{LABELS_PREFIX}/{kind}", suffix=".parquet"):
+    for key in store.list(labels_prefix(kind), suffix=".parquet"):
         ids.update(pl.read_parquet(io.BytesIO(store.get(key)), columns=["episode_id"])["episode_id"].to_list())
     return ids
 
@@ -61,7 +59,7 @@ def write_labels(store: ObjectStore, kind: BufferKind, rows: list[dict]) -> str 
         return None
     buffer = io.BytesIO()
     pl.DataFrame(rows).write_parquet(buffer)
-    key = f"{LABELS_PREFIX}/{kind}/{now_us()}.parquet"
+    key = labels_key(kind, now_us())
     store.put_atomic(key, buffer.getvalue())
     return key
 

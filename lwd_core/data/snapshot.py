@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 
-from lwd_core.data.labels import LABELS_PREFIX, read_labels
-from lwd_core.data.layout import buffer_prefix, snapshot_key
+from lwd_core.data.labels import read_labels
+from lwd_core.data.layout import (
+    LABELS_PREFIX,
+    SNAPSHOT_LATEST_KEY,
+    buffer_prefix,
+    snapshot_key,
+)
 from lwd_core.store import ObjectStore, now_us
-
-LATEST_KEY = "snapshots/_latest.json"
 
 
 def _entries(store: ObjectStore, kind: str) -> list[dict]:
@@ -45,20 +48,20 @@ def build_snapshot(store: ObjectStore) -> dict:
             row = stats.setdefault(entry["kind"], {}).setdefault(entry["task_id"], {"episodes": 0, "steps": 0})
             row["episodes"] += 1
             row["steps"] += entry["steps"]
-        previous = store.get_json(LATEST_KEY)["snapshot_id"] if store.exists(LATEST_KEY) else None
+        previous = store.get_json(SNAPSHOT_LATEST_KEY)["snapshot_id"] if store.exists(SNAPSHOT_LATEST_KEY) else None
         manifest = {"snapshot_id": snapshot_id, "parent": previous, "created_us": now_us(),
                     "episodes": episodes, "labels": label_keys, "stats": stats,
                     "unlabelled": sum(1 for e in episodes if e["episode_id"] not in steps)}
         store.put_json(key, manifest)
-    store.put_json(LATEST_KEY, {"snapshot_id": snapshot_id})
+    store.put_json(SNAPSHOT_LATEST_KEY, {"snapshot_id": snapshot_id})
     return manifest
 
 
 def load_snapshot(store: ObjectStore, snapshot_id: str = "") -> dict:
     if not snapshot_id:
-        if not store.exists(LATEST_KEY):
+        if not store.exists(SNAPSHOT_LATEST_KEY):
             raise FileNotFoundError("no snapshot yet: run snapshot_buffer first")
-        snapshot_id = store.get_json(LATEST_KEY)["snapshot_id"]
+        snapshot_id = store.get_json(SNAPSHOT_LATEST_KEY)["snapshot_id"]
     return store.get_json(snapshot_key(snapshot_id))
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from lwd_core.data.episode import OUTCOMES, SOURCES, Episode
+from lwd_core.suite import ACTION_DIM, OBS_DIM, TaskSpec, sparse_rewards
 
 SUITE_NAME = "lwd-episode"
 # Actions are clipped to [-1, 1] by the actor; a little slack for float round-off.
@@ -34,6 +35,13 @@ class Expectations:
     policy_versions: frozenset[str]
     max_steps: int
     sources: frozenset[str] = frozenset(SOURCES)
+
+    @classmethod
+    def for_suite(cls, suite: Iterable[TaskSpec], robots: Iterable[str], policy_versions: Iterable[str]) -> Expectations:
+        suite = list(suite)
+        return cls(obs_dim=OBS_DIM, action_dim=ACTION_DIM, tasks=frozenset(t.task_id for t in suite),
+                   robots=frozenset(robots), policy_versions=frozenset(policy_versions),
+                   max_steps=max(t.horizon for t in suite))
 
 
 @dataclass
@@ -54,7 +62,7 @@ def check_frame(episodes: Iterable[Episode]) -> pl.DataFrame:
         finite = (np.isfinite(episode.observations).all(1) & np.isfinite(episode.actions).all(1)
                   & np.isfinite(episode.next_observations).all(1) & np.isfinite(episode.rewards))
         delta = np.diff(episode.timestamps_us, prepend=episode.timestamps_us[0] - 1)
-        reward_ok = episode.rewards == np.where(episode.successes, 0.0, -1.0)
+        reward_ok = episode.rewards == sparse_rewards(episode.successes)
         frames.append(pl.DataFrame({
             "episode_id": [episode.episode_id] * steps,
             "robot_id": [episode.robot_id] * steps,

@@ -28,10 +28,10 @@ from lwd_core.algo.text import tokenize
 from lwd_core.fleet.coordinator import Coordinator, Release, now_us
 from lwd_core.fleet.edge import EdgeClient
 from lwd_core.security import verify_release
-from lwd_core.sim.rollout import EpisodeRunner
-from lwd_core.sim.tasks import CONTROL_PERIOD_S, TaskSpec, make_env
+from lwd_core.sim.rollout import EpisodeRunner, make_env
 from lwd_core.sim.teleop import InterventionMonitor, Teleoperator
 from lwd_core.store import ObjectStore
+from lwd_core.suite import CONTROL_PERIOD_S, TaskSpec
 
 log = logging.getLogger(__name__)
 _SWAPS_KEPT = 20
@@ -47,7 +47,9 @@ class PolicyCache:
         self._entries: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
 
     def get(self, release: Release) -> tuple[Any, Any]:
-        from lwd_core.algo.checkpoint import load_policy  # JAX is only needed once there is a policy
+        from lwd_core.algo.checkpoint import (
+            load_policy,  # JAX is only needed once there is a policy
+        )
 
         cache_key = f"{release.version}:{release.policy_sha256}"
         if cache_key not in self._entries:
@@ -70,10 +72,6 @@ class Robot:
     per_version: dict[str, dict[str, int]] = field(default_factory=dict)
     swaps: list[dict[str, Any]] = field(default_factory=list)
     last_error: str | None = None
-
-
-def fleet_robot_ids(count: int) -> list[str]:
-    return [f"robot-{index:02d}" for index in range(count)]
 
 
 def assign_tasks(robot_ids: list[str], suite: tuple[TaskSpec, ...] | list[TaskSpec]) -> dict[str, TaskSpec]:

@@ -17,13 +17,16 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lwd_core.data.layout import safe_name
+from lwd_core.data.layout import (
+    FLEET_ACTORS_PREFIX,
+    FLEET_DESIRED_KEY,
+    POLICY_FILE,
+    actor_status_key,
+    safe_name,
+)
 from lwd_core.security import sign_release
 from lwd_core.store import COMMIT_MANIFEST, ObjectStore, now_us
 
-DESIRED_KEY = "fleet/desired.json"
-ACTORS_PREFIX = "fleet/actors"
-POLICY_FILE = "policy.msgpack"
 _HISTORY = 20
 
 
@@ -71,15 +74,23 @@ class Coordinator:
         self.store = store
 
     # -- desired state (rollout flow) ----------------------------------------------------------
+    def published_versions(self) -> set[str]:
+        """Every release version ever published (stable, history, canary): what fleet episodes may carry."""
+        desired = self.desired()
+        releases = [desired.get("stable"), *desired.get("history", [])]
+        if desired.get("canary"):
+            releases.append(desired["canary"]["release"])
+        return {release["version"] for release in releases if release}
+
     def desired(self) -> dict[str, Any]:
-        if not self.store.exists(DESIRED_KEY):
+        if not self.store.exists(FLEET_DESIRED_KEY):
             return {"revision": 0, "stable": None, "canary": None, "history": [], "updated_us": 0}
-        return self.store.get_json(DESIRED_KEY)
+        return self.store.get_json(FLEET_DESIRED_KEY)
 
     def _write(self, document: dict[str, Any]) -> dict[str, Any]:
         document["revision"] = int(document.get("revision", 0)) + 1
         document["updated_us"] = now_us()
-        self.store.put_json(DESIRED_KEY, document)
+        self.store.put_json(FLEET_DESIRED_KEY, document)
         return document
 
     def publish_all(self, release: Release) -> dict[str, Any]:
@@ -106,16 +117,6 @@ class Coordinator:
         document["canary"] = None
         return self._write(document)
 
-    def rollback(self) -> dict[str, Any]:
-        """Drop any canary and return the fleet to the previous stable release."""
-        document = self.desired()
-        if not document["history"]:
-            raise RuntimeError("no previous release to roll back to")
-        previous, *rest = document["history"]
-        document["stable"], document["history"], document["canary"] = previous, rest, None
-        document["stable"]["published_us"] = now_us()
-        return self._write(document)
-
     def release_for(self, robot_id: str, document: dict[str, Any] | None = None) -> Release | None:
         document = document or self.desired()
         canary = document.get("canary")
@@ -125,16 +126,16 @@ class Coordinator:
 
     # -- actual state (actors) -----------------------------------------------------------------
     def report(self, robot_id: str, state: dict[str, Any]) -> None:
-        self.store.put_json(f"{ACTORS_PREFIX}/{safe_name(robot_id, 'robot id')}.json",
+        self.store.put_json(actor_status_key(robot_id),
                             {**state, "robot_id": robot_id, "heartbeat_us": now_us()})
 
     def actor(self, robot_id: str) -> dict[str, Any] | None:
-        key = f"{ACTORS_PREFIX}/{safe_name(robot_id, 'robot id')}.json"
+        key = actor_status_key(robot_id)
         return self.store.get_json(key) if self.store.exists(key) else None
 
     def actors(self) -> dict[str, dict[str, Any]]:
         states = {}
-        for key in self.store.list(ACTORS_PREFIX, suffix=".json"):
+        for key in self.store.list(FLEET_ACTORS_PREFIX, suffix=".json"):
             state = self.store.get_json(key)
             states[state["robot_id"]] = state
         return states

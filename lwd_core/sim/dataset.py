@@ -24,15 +24,14 @@ from typing import Literal
 import numpy as np
 
 from lwd_core.data.episode import Episode
-from lwd_core.data.layout import buffer_key, buffer_prefix, put_episode
-from lwd_core.sim.rollout import ChunkPolicy, EpisodeRunner
-from lwd_core.sim.tasks import CONTROL_PERIOD_S, TaskSpec, make_env
+from lwd_core.data.layout import buffer_key, dataset_report_key, put_episode
+from lwd_core.sim.rollout import ChunkPolicy, EpisodeRunner, make_env
 from lwd_core.sim.teleop import Teleoperator
 from lwd_core.store import ObjectStore
+from lwd_core.suite import CONTROL_PERIOD_S, TaskSpec
 
 Kind = Literal["demo", "failed_rollout", "play"]
 KINDS: tuple[Kind, ...] = ("demo", "failed_rollout", "play")
-DATASET_REPORT = "_DATASET.json"
 
 # Operator styles per kind: (noise, smoothing, random action probability).
 _DEMO_STYLE = (0.0, 0.0, 0.0)
@@ -191,5 +190,5 @@ def write_dataset_report(store: ObjectStore, report: DatasetReport, tasks: Itera
     tasks = list(tasks)
     document = {**asdict(report), "mix": asdict(mix),
                 "achieved": report.summary({t.task_id for t in tasks if t.group == "long"})}
-    store.put_json(f"{buffer_prefix('offline')}/{DATASET_REPORT}", document)
+    store.put_json(dataset_report_key(), document)
     return document

@@ -7,15 +7,20 @@ states. Pass one pool to several evaluations to reuse its simulators (building o
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
+from lwd_core.data.layout import eval_cache_key
 from lwd_core.sim.pool import EpisodeRequest, SimPool
-from lwd_core.sim.tasks import TaskSpec
+from lwd_core.store import ObjectStore, sha256_hex
+from lwd_core.suite import TaskSpec
 
+# Part of every cache key: summaries written before per-episode outcomes are not reused.
+EVAL_CACHE_FORMAT = 2
 # (observations (B, obs_dim), task specs of the B rows) -> action chunks (B, chunk, action_dim)
 BatchPolicy = Callable[[np.ndarray, list[TaskSpec]], np.ndarray]
 
@@ -35,6 +40,32 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mcnemar_p(reference: np.ndarray, other: np.ndarray) -> float:
+    """Exact two-sided McNemar test on paired successes (same evaluation episodes)."""
+    from scipy.stats import binomtest
+
+    wins = int(np.sum(reference & ~other))
+    losses = int(np.sum(~reference & other))
+    return 1.0 if wins + losses == 0 else float(binomtest(wins, wins + losses, 0.5).pvalue)
+
+
+def paired_comparison(before: dict, after: dict) -> dict | None:
+    """``after`` against ``before`` on the same evaluation episodes (two :func:`summarize` outputs with
+    the same tasks, seed and episode count): mean change, paired wins/losses and McNemar's p. None when
+    the episodes are not the same ones (or a summary predates per-episode outcomes)."""
+    tasks = sorted(before["tasks"])
+    if tasks != sorted(after["tasks"]) or before.get("seed") != after.get("seed"):
+        return None
+    if any(len(before["tasks"][t].get("outcomes", [])) != after["tasks"][t]["episodes"]
+           or len(after["tasks"][t].get("outcomes", [])) != before["tasks"][t]["episodes"] for t in tasks):
+        return None
+    old = np.concatenate([np.asarray(before["tasks"][t]["outcomes"], bool) for t in tasks])
+    new = np.concatenate([np.asarray(after["tasks"][t]["outcomes"], bool) for t in tasks])
+    return {"before": float(old.mean()), "after": float(new.mean()), "change": float(new.mean() - old.mean()),
+            "wins": int(np.sum(new & ~old)), "losses": int(np.sum(~new & old)), "episodes": len(new),
+            "p_value": mcnemar_p(new, old)}
+
+
 @dataclass
 class TaskResult:
     task_id: str
@@ -42,6 +73,7 @@ class TaskResult:
     successes: int
     episodes: int
     mean_steps: float
+    outcomes: tuple[bool, ...] = ()  # per episode, in seed order: what paired tests need
 
     @property
     def success_rate(self) -> float:
@@ -50,7 +82,8 @@ class TaskResult:
     def as_dict(self) -> dict:
         low, high = wilson_interval(self.successes, self.episodes)
         return {"task_id": self.task_id, "group": self.group, "successes": self.successes, "episodes": self.episodes,
-                "success_rate": self.success_rate, "ci_low": low, "ci_high": high, "mean_steps": self.mean_steps}
+                "success_rate": self.success_rate, "ci_low": low, "ci_high": high, "mean_steps": self.mean_steps,
+                "outcomes": [int(o) for o in self.outcomes]}
 
 
 def summarize(results: Iterable[TaskResult]) -> dict:
@@ -90,8 +123,9 @@ def evaluate_policy(
     results = []
     for task in tasks:
         task_episodes = [e for e in episodes if e.task_id == task.task_id]
-        results.append(TaskResult(task.task_id, task.group, sum(e.outcome == "success" for e in task_episodes),
-                                  len(task_episodes), float(np.mean([e.num_steps for e in task_episodes]))))
+        outcomes = tuple(e.outcome == "success" for e in task_episodes)
+        results.append(TaskResult(task.task_id, task.group, sum(outcomes), len(task_episodes),
+                                  float(np.mean([e.num_steps for e in task_episodes])), outcomes))
     return results
 
 
@@ -115,3 +149,26 @@ def learner_policy(learner, params, seed: int = 0, batch_size: int | None = None
         return learner.act(params, padded, tokens, sub)[:rows]
 
     return policy
+
+
+def evaluate_checkpoint(store: ObjectStore, checkpoint: str, policy_sha256: str | None, suite: Iterable[TaskSpec],
+                        episodes_per_task: int, seed: int, max_steps: int = 0, name: str = "eval") -> dict:
+    """:func:`summarize` of a committed checkpoint's policy on ``suite`` (``max_steps`` 0: each task's
+    limit), cached in the store per (checkpoint, episodes, seed, limit, tasks): a version is evaluated
+    once however many gates compare against it."""
+    from lwd_core.algo.checkpoint import load_policy
+
+    suite = list(suite)
+    digest = sha256_hex(json.dumps([EVAL_CACHE_FORMAT, checkpoint, episodes_per_task, seed, max_steps,
+                                    [t.task_id for t in suite]]).encode())[:16]
+    cache = eval_cache_key(digest)
+    if store.exists(cache):
+        return store.get_json(cache)
+    learner, params = load_policy(store, checkpoint, policy_sha256)
+    with SimPool(1) as pool:
+        batch = min(len(suite) * episodes_per_task, pool.max_batch)  # pad to one compiled shape
+        results = evaluate_policy(learner_policy(learner, params, seed, batch_size=batch), suite, episodes_per_task,
+                                  seed=seed, max_steps=max_steps or None, policy_version=name, pool=pool)
+    summary = summarize(results) | {"checkpoint": checkpoint, "episodes_per_task": episodes_per_task, "seed": seed}
+    store.put_json(cache, summary)
+    return summary

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lwd_core.data.episode import Episode
-from lwd_core.sim.rollout import EpisodeRunner
-from lwd_core.sim.tasks import ACTION_DIM, TaskSpec, get_task, make_env
+from lwd_core.sim.rollout import EpisodeRunner, make_env
 from lwd_core.sim.teleop import InterventionMonitor, Teleoperator
+from lwd_core.suite import ACTION_DIM, TaskSpec, get_task
 
 if TYPE_CHECKING:
     from lwd_core.sim.evaluate import BatchPolicy

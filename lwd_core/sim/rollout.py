@@ -16,11 +16,18 @@ from typing import Any
 import numpy as np
 
 from lwd_core.data.episode import Episode, Source
-from lwd_core.sim.tasks import TaskSpec, pad_observation, sparse_reward
 from lwd_core.sim.teleop import InterventionMonitor, Teleoperator, cube_subgoal
+from lwd_core.suite import TaskSpec, pad_observation, sparse_reward
 
 # (padded observation, task) -> action chunk (chunk, action_dim) in [-1, 1]
 ChunkPolicy = Callable[[np.ndarray, TaskSpec], np.ndarray]
+
+
+def make_env(task: TaskSpec):
+    """A fresh simulator for the task. Nothing is downloaded (env_only)."""
+    import ogbench
+
+    return ogbench.make_env_and_datasets(task.env_name, env_only=True)
 
 
 def forget_solver_warmstart(env: Any) -> None:

@@ -1,4 +1,6 @@
-"""The 8-task suite on OGBench manipulation (MuJoCo, UR5e + Robotiq, state observations).
+"""The suite: the one home of its facts (tasks, instructions, dimensions, the reward rule, robot naming).
+
+The 8 tasks on OGBench manipulation (MuJoCo, UR5e + Robotiq, state observations).
 
 Four short "restocking" pick-and-place tasks (cube-single, 200-step limit) and four long-horizon
 multi-stage tasks (cube-double 500, cube-triple 1000 steps: swaps, stacking, unstacking, cycles; each
@@ -67,13 +69,6 @@ def select_tasks(task_ids: list[str] | None) -> tuple[TaskSpec, ...]:
     return tuple(get_task(t) for t in task_ids) if task_ids else TASK_SUITE
 
 
-def make_env(task: TaskSpec):
-    """A fresh simulator for the task. Nothing is downloaded (env_only)."""
-    import ogbench
-
-    return ogbench.make_env_and_datasets(task.env_name, env_only=True)
-
-
 def pad_observation(obs: np.ndarray, task: TaskSpec) -> np.ndarray:
     obs = np.asarray(obs, dtype=np.float32)
     expected = SCENE_OBS_DIMS[task.scene]
@@ -86,4 +81,15 @@ def pad_observation(obs: np.ndarray, task: TaskSpec) -> np.ndarray:
 
 
 def sparse_reward(success: bool) -> float:
+    """The reward rule, the one place it is written: 0 on success, -1 otherwise."""
     return 0.0 if success else -1.0
+
+
+def sparse_rewards(successes: np.ndarray) -> np.ndarray:
+    """:func:`sparse_reward` per step of an episode."""
+    return np.where(np.asarray(successes, dtype=bool), sparse_reward(True), sparse_reward(False)).astype(np.float32)
+
+
+def fleet_robot_ids(count: int) -> list[str]:
+    """Robot naming: ``robot-00`` ... for a fleet of ``count``."""
+    return [f"robot-{index:02d}" for index in range(count)]

@@ -84,20 +84,6 @@ def action_chunks(actions: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarr
     return actions[idx].reshape(steps, -1), valid.astype(np.int32)
 
 
-@dataclass(frozen=True)
-class EpisodeArrays:
-    """The minimum the learner needs from an episode (an ``Episode`` satisfies this by duck typing)."""
-
-    task_id: str
-    observations: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    terminals: np.ndarray
-    next_observations: np.ndarray
-    interventions: np.ndarray
-    source: str = "rollout"
-
-
 def build_transitions(
     episodes: Iterable,
     chunk: int,

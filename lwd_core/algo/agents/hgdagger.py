@@ -1,0 +1,35 @@
+"""HG-DAgger (Kelly et al., arXiv 1810.02890): the teleoperator takes over in risky states and only
+the takeover segments, plus the initial demonstrations, are aggregated for behaviour cloning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from lwd_core.algo.agents.base import Agent, Transitions, UpdateContext
+from lwd_core.algo.agents.bc import behaviour_cloning
+
+
+def human_subset(transitions: Transitions) -> Transitions:
+    """Demonstration and intervention rows only."""
+    mask = transitions["intervention"] | transitions["demo"]
+    if not mask.any():
+        raise ValueError("HG-DAgger needs intervention or demonstration data; none in these transitions")
+    return {key: value[mask] for key, value in transitions.items()}
+
+
+class HGDAgger(Agent):
+    name = "hgdagger"
+    offline_data = "none"  # starts its online rounds from the pretrained policy
+
+    def update(self, learner: Any, ctx: UpdateContext, batch: dict[str, jax.Array], phase: str) -> None:
+        if phase == "train":
+            behaviour_cloning(learner, ctx, batch)
+
+    def select_data(self, offline: Transitions | None, online: Transitions | None
+                    ) -> tuple[Transitions | None, Transitions | None]:
+        offline = human_subset(offline) if offline is not None else None
+        # A fleet round without takeovers adds nothing for HG-DAgger.
+        human_online = online is not None and bool((online["intervention"] | online["demo"]).any())
+        return offline, human_subset(online) if human_online else None
