@@ -26,13 +26,20 @@ from lwd_core.data.layout import get_episode, raw_key  # noqa: E402
 from lwd_core.data.nstep import NStepSchedule  # noqa: E402
 from lwd_core.data.validation import Expectations, validate_episodes  # noqa: E402
 from lwd_core.security import episode_signature_check, episode_signer  # noqa: E402
-from lwd_core.store import ObjectStore  # noqa: E402
-from lwd_core.suite import ACTION_DIM, OBS_DIM, TASK_SUITE, sparse_rewards  # noqa: E402
+from lwd_core.store import ObjectStore, now_us  # noqa: E402
+from lwd_core.suite import (  # noqa: E402
+    ACTION_DIM,
+    OBS_DIM,
+    SCENE_OBS_DIMS,
+    TASK_SUITE,
+    pad_observation,
+    sparse_rewards,
+)
 
 
 def fleet_episode(rng: np.random.Generator, index: int, steps: int) -> Episode:
     task = TASK_SUITE[index % len(TASK_SUITE)]
-    obs = rng.normal(size=(steps + 1, OBS_DIM)).astype(np.float32)
+    obs = np.stack([pad_observation(row, task) for row in rng.normal(size=(steps + 1, SCENE_OBS_DIMS[task.scene]))])
     success = np.zeros(steps, bool)
     success[-1] = index % 3 == 0
     return Episode(robot_id=f"robot-{index % 16:02d}", task_id=task.task_id, instruction=task.instruction,
@@ -40,7 +47,7 @@ def fleet_episode(rng: np.random.Generator, index: int, steps: int) -> Episode:
                    observations=obs[:-1], actions=rng.uniform(-1, 1, (steps, ACTION_DIM)).astype(np.float32),
                    rewards=sparse_rewards(success), successes=success,
                    interventions=np.zeros(steps, bool), terminals=success, chunk_pos=np.arange(steps) % 5,
-                   timestamps_us=1_790_000_000_000_000 + index * 10**7 + np.arange(steps) * 50_000,
+                   timestamps_us=now_us() - 3_600_000_000 + index * 10**7 + np.arange(steps) * 50_000,
                    next_observations=obs[1:])
 
 

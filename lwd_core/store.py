@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import posixpath
+import stat
 import time
 import uuid
 from collections.abc import Mapping
@@ -140,9 +141,24 @@ class ObjectStore:
             self.fs.pipe_file(path, data)
         return self.uri(key)
 
+    def _readable(self, key: str) -> str:
+        """The path of ``key``; locally only a regular file inside the root (never a link, a pipe or a
+        device, which could point elsewhere or block a reader forever)."""
+        path = self._path(key)
+        if self.protocol == "file":
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"no object {key!r} in {self.url}") from exc
+            if not stat.S_ISREG(mode):
+                raise StoreError(f"{key!r} is not a regular file (a link, pipe or device): refused")
+            if not os.path.realpath(path).startswith(os.path.realpath(self.root) + os.sep):
+                raise StoreError(f"{key!r} resolves outside the store root: refused")
+        return path
+
     def get(self, key: str) -> bytes:
         try:
-            return self.fs.cat_file(self._path(key))
+            return self.fs.cat_file(self._readable(key))
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"no object {key!r} in {self.url}") from exc
 
@@ -150,11 +166,24 @@ class ObjectStore:
         return bool(self.fs.exists(self._path(key)))
 
     def size(self, key: str) -> int:
-        return int(self.fs.size(self._path(key)))
+        return int(self.fs.size(self._readable(key)))
 
     def delete(self, key: str) -> None:
         path = self._path(key)
         if self.fs.exists(path):
+            self.fs.rm_file(path)
+
+    def discard(self, key: str) -> None:
+        """Remove an object exactly as :meth:`list` named it, even under a key this store would never
+        write (an uploader's backslash, say), so such an object cannot sit at the head of a queue."""
+        parts = key.split("/")
+        if not key or key.startswith("/") or ".." in parts:
+            raise ValueError(f"{key!r} does not name an object inside the store")
+        path = posixpath.join(self.root, key)
+        if self.protocol == "file":
+            if os.path.lexists(path):
+                os.unlink(path)
+        elif self.fs.exists(path):
             self.fs.rm_file(path)
 
     def list(self, prefix: str = "", suffix: str = "") -> list[str]:

@@ -15,7 +15,13 @@ os.environ.setdefault("MUJOCO_GL", "disable")
 
 from lwd_core.data.episode import Episode  # noqa: E402
 from lwd_core.store import ObjectStore  # noqa: E402
-from lwd_core.suite import sparse_rewards  # noqa: E402
+from lwd_core.suite import (  # noqa: E402
+    OBS_DIM,
+    SCENE_OBS_DIMS,
+    TASKS_BY_ID,
+    pad_observation,
+    sparse_rewards,
+)
 
 
 def make_episode(
@@ -28,16 +34,20 @@ def make_episode(
     success: bool = True,
     **overrides,
 ) -> Episode:
-    """A small valid episode with deterministic content."""
+    """A small valid episode with deterministic content (laid out as the suite's observations and with
+    its instruction when ``task_id`` is a suite task)."""
     rng = np.random.default_rng(seed)
     obs = rng.normal(size=(steps + 1, obs_dim)).astype(np.float32)
+    task = TASKS_BY_ID.get(task_id)
+    if task is not None and obs_dim == OBS_DIM:
+        obs = np.stack([pad_observation(row[: SCENE_OBS_DIMS[task.scene]], task) for row in obs])
     successes = np.zeros(steps, dtype=bool)
     if success:
         successes[-1] = True
     fields = dict(
         robot_id=robot_id,
         task_id=task_id,
-        instruction="put the red cube on the shelf",
+        instruction=task.instruction if task is not None else "put the red cube on the shelf",
         policy_version="v0",
         source="rollout",
         outcome="success" if success else "failure",

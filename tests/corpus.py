@@ -71,5 +71,30 @@ def bad_corpus(max_steps: int) -> list[BadCase]:
     altered = good.to_frame().with_columns(pl.col("reward") * 0 - 1)  # content changed, id kept
     cases.append(BadCase("id-mismatch", _frame_bytes(altered), "does not match its content"))
     cases.append(BadCase("too-long", fleet_episode(seed=106, steps=max_steps + 1).to_parquet_bytes(),
-                         f"longer than {max_steps}"))
+                         "too many rows"))
+    # Bounds read from the footer, before decoding: cheap to send, expensive to decode.
+    cases.append(BadCase("two-million-rows", _frame_bytes(pl.DataFrame({"step": pl.zeros(2_000_000, pl.Int32, eager=True)})),
+                         "too many rows"))
+    cases.append(BadCase("megabyte-instruction",
+                         _frame_bytes(good.to_frame().with_columns(pl.lit("x" * 4_000_000).alias("instruction"))),
+                         "bytes uncompressed"))
+    # Finite and well-formed, but absurd.
+    obs = good.observations.copy()
+    obs[4, 1] = 1e30
+    cases.append(BadCase("huge-observation", good.replace(observations=obs).to_parquet_bytes(), "outside the suite's bounds"))
+    obs = good.observations.copy()
+    obs[2, OBS_DIM - 10] = 0.5  # a padding slot of a cube-single observation
+    cases.append(BadCase("padding-not-zero", good.replace(observations=obs).to_parquet_bytes(), "outside the suite's bounds"))
+    cases.append(BadCase("centuries-ahead", good.replace(timestamps_us=good.timestamps_us + 300 * 365 * 86400 * 10**6)
+                         .to_parquet_bytes(), "timestamps outside"))
+    terminals = good.terminals.copy()
+    terminals[3] = True
+    cases.append(BadCase("terminal-mid-episode", good.replace(terminals=terminals).to_parquet_bytes(),
+                         "terminal step before the end"))
+    cases.append(BadCase("outcome-contradicts-flags", good.replace(outcome="failure").to_parquet_bytes(),
+                         "outcome disagrees"))
+    cases.append(BadCase("robot-claims-demo", fleet_episode(seed=107, source="demo").to_parquet_bytes(),
+                         "source not allowed"))
+    cases.append(BadCase("wrong-instruction", fleet_episode(seed=108, instruction="open the vault").to_parquet_bytes(),
+                         "instruction is not the task's"))
     return cases

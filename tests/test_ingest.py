@@ -22,7 +22,8 @@ from lwd_core.suite import ACTION_DIM, OBS_DIM
 
 MAX_STEPS = 60
 EXPECT = Expectations(obs_dim=OBS_DIM, action_dim=ACTION_DIM, tasks=frozenset({TASK, "swap-pair"}),
-                      robots=frozenset({ROBOT, "robot-01"}), policy_versions=frozenset({VERSION}), max_steps=MAX_STEPS)
+                      robots=frozenset({ROBOT, "robot-01"}), policy_versions=frozenset({VERSION}), max_steps=MAX_STEPS,
+                      max_age_s=20 * 365 * 86400.0)  # fixture episodes carry fixed 2026 timestamps
 
 
 def upload(store, name: str, data: bytes) -> str:
@@ -60,6 +61,67 @@ def test_oversized_objects_are_quarantined_unread(local_store):
     upload(local_store, "big", episode.to_parquet_bytes())
     report = ingest_batch(local_store, pending_raw(local_store), EXPECT, max_bytes=1000)
     assert report.outcomes[0].status == "quarantined" and "oversized" in report.outcomes[0].reasons[0]
+
+
+def _signed_with(episode, signature: str) -> bytes:
+    from lwd_core.security import SIGNATURE_KEY, SIGNER_KEY
+
+    return episode.to_parquet_bytes({SIGNATURE_KEY: signature, SIGNER_KEY: episode.robot_id})
+
+
+def test_one_hostile_object_never_stops_the_batch_or_later_ones(local_store):
+    """Each of these failed the whole batch, and every later one, before objects were isolated."""
+    from lwd_core.config import LWDConfig
+    from lwd_core.security import episode_signature_check, episode_signer
+
+    fleet = LWDConfig().fleet
+    good = [fleet_episode(seed=40 + i) for i in range(3)]
+    for episode in good:
+        local_store.put_atomic(raw_key(ROBOT, episode.episode_id), episode.to_parquet_bytes(episode_signer(fleet)(episode)))
+    hostile = fleet_episode(seed=50)
+    upload(local_store, "non-ascii-signature", _signed_with(hostile, "sïgnature-ünicode"))
+    root = local_store.root
+    day = os.path.join(root, "raw", "2026-11-24", ROBOT)
+    os.mkfifo(os.path.join(day, "a-named-pipe.parquet"))  # reading it would block forever
+    outside = os.path.join(os.path.dirname(root), "outside.parquet")
+    with open(outside, "wb") as handle:
+        handle.write(fleet_episode(seed=51).to_parquet_bytes())
+    os.symlink(outside, os.path.join(day, "b-link-out.parquet"))
+    with open(os.path.join(day, "c\\back\\slash.parquet"), "wb") as handle:
+        handle.write(fleet_episode(seed=52).to_parquet_bytes())
+
+    report = ingest_batch(local_store, pending_raw(local_store), EXPECT, check_signature=episode_signature_check(fleet))
+    assert sorted(buffer_ids(local_store)) == sorted(e.episode_id for e in good)
+    reasons = {o.raw_key.rsplit("/", 1)[1]: " ".join(o.reasons) for o in report.outcomes if o.status == "quarantined"}
+    assert "unauthenticated" in reasons["non-ascii-signature.parquet"]
+    assert "not a regular file" in reasons["a-named-pipe.parquet"]
+    assert "not a regular file" in reasons["b-link-out.parquet"]
+    assert "invalid store key" in reasons["c\\back\\slash.parquet"]
+    assert pending_raw(local_store) == [], "nothing is left to block the next batch"
+    assert os.path.exists(outside), "a link is removed, never what it points to"
+
+
+def test_buffer_holds_a_canonical_re_encoding(local_store):
+    from lwd_core.data.episode import read_parquet_metadata
+
+    episode = fleet_episode(seed=70)
+    upload(local_store, "extra", episode.to_parquet_bytes({"smuggled": "x" * 10_000}))
+    assert ingest_batch(local_store, pending_raw(local_store), EXPECT).count("accepted") == 1
+    (key,) = local_store.list(buffer_prefix("online"), ".parquet")
+    assert "smuggled" not in read_parquet_metadata(local_store.get(key))
+    assert get_episode(local_store, key).episode_id == episode.episode_id
+
+
+def test_quarantine_reasons_are_bounded(local_store):
+    from lwd_core.data.ingest import MAX_REASON_CHARS, MAX_REASONS
+
+    def rejects_loudly(episode, metadata):
+        return "x" * 262_921
+
+    upload(local_store, "loud", fleet_episode(seed=60).to_parquet_bytes())
+    outcome = ingest_batch(local_store, pending_raw(local_store), EXPECT, check_signature=rejects_loudly).outcomes[0]
+    assert outcome.status == "quarantined"
+    assert len(outcome.reasons) <= MAX_REASONS + 1 and all(len(r) <= MAX_REASON_CHARS + 40 for r in outcome.reasons)
 
 
 def test_duplicates_and_replays_are_buffered_once(local_store):

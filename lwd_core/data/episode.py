@@ -50,6 +50,11 @@ EPISODE_SCHEMA: dict[str, pl.DataType] = {
     "next_obs": pl.List(pl.Float32()),
 }
 METADATA_KEYS = ("robot_id", "task_id", "instruction", "policy_version", "source", "outcome")
+# Footer bounds checked before anything is decoded (:func:`check_parquet_bounds`). An honest row is
+# under 1 kB uncompressed (two observations and an action of float32, flags, short strings stored
+# once per file in a dictionary page); these allow 4x that, plus a fixed allowance per column.
+MAX_ROW_BYTES = 4096
+COLUMN_ALLOWANCE_BYTES = 64 * 1024
 
 
 class EpisodeFormatError(ValueError):
@@ -248,6 +253,34 @@ def read_episode_frame(data: bytes) -> pl.DataFrame:
         return pl.read_parquet(io.BytesIO(data))
     except Exception as exc:  # polars raises several types for truncated/garbage input
         raise EpisodeFormatError(f"unreadable Parquet: {type(exc).__name__}: {exc}") from exc
+
+
+def check_parquet_bounds(data: bytes, max_rows: int) -> None:
+    """Reject from the footer alone, before any data page is decoded: more rows than an episode can
+    have, more columns than the schema, or a column (a multi-megabyte instruction string, say) whose
+    uncompressed size exceeds what that many rows can honestly take. A file that passes decodes into at
+    most ``max_rows * MAX_ROW_BYTES`` plus the column allowances."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(io.BytesIO(data)).metadata
+    except Exception as exc:
+        raise EpisodeFormatError(f"unreadable Parquet footer: {type(exc).__name__}: {exc}") from exc
+    if meta.num_rows > max_rows:
+        raise EpisodeFormatError(f"too many rows: {meta.num_rows} > {max_rows} (from the footer; nothing decoded)")
+    if meta.num_columns > len(EPISODE_SCHEMA):
+        raise EpisodeFormatError(f"too many columns: {meta.num_columns} > {len(EPISODE_SCHEMA)}")
+    sizes: dict[str, int] = {}
+    for group in range(meta.num_row_groups):
+        row_group = meta.row_group(group)
+        for index in range(row_group.num_columns):
+            column = row_group.column(index)
+            sizes[column.path_in_schema] = sizes.get(column.path_in_schema, 0) + column.total_uncompressed_size
+    limit = max(meta.num_rows, 1) * MAX_ROW_BYTES + COLUMN_ALLOWANCE_BYTES
+    for name, size in sizes.items():
+        if size > limit:
+            raise EpisodeFormatError(f"column {name!r} is {size} bytes uncompressed, over {limit} for "
+                                     f"{meta.num_rows} rows")
 
 
 def read_parquet_metadata(data: bytes) -> dict[str, str]:

@@ -1,5 +1,10 @@
 """Ingestion: uploaded episodes (``raw/``) -> validated, deduplicated ``buffer/online/`` or ``quarantine/``.
 
+Isolation: every object is settled on its own. Whatever one hostile object does (a decoder error, a
+signature field that breaks the check, a pipe or link in a local store, a key no store would write),
+it is quarantined with a bounded reason and the batch goes on; an unreachable store is the one error
+that stops a batch, so that the task retries and nothing is discarded.
+
 Exactly-once: the buffer key is the episode id (content hash). An episode already in either buffer is
 a duplicate and only its raw copy is removed. Each raw object is removed only after its destination
 (buffer or quarantine) is written, so a crash at any point leaves the raw copy to be processed again,
@@ -13,7 +18,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from lwd_core.data.episode import Episode, EpisodeFormatError, read_parquet_metadata
+from lwd_core.data.episode import (
+    Episode,
+    EpisodeFormatError,
+    check_parquet_bounds,
+    read_parquet_metadata,
+)
 from lwd_core.data.layout import (
     RAW_PREFIX,
     buffer_key,
@@ -23,7 +33,8 @@ from lwd_core.data.layout import (
 )
 from lwd_core.data.validation import Expectations, validate_episodes
 from lwd_core.faults import failpoint
-from lwd_core.store import ObjectStore, now_us, sha256_hex
+from lwd_core.security import SIGNATURE_KEY, SIGNER_KEY
+from lwd_core.store import ObjectStore, StoreError, now_us, sha256_hex
 
 Status = Literal["accepted", "quarantined", "duplicate"]
 # (episode, parquet key-value metadata) -> None if trusted, else the reason it is not.
@@ -84,14 +95,91 @@ def in_buffer(store: ObjectStore, task_id: str, episode_id: str) -> str | None:
     return None
 
 
-def quarantine(store: ObjectStore, raw: str, data: bytes, reasons: list[str], episode_id: str | None) -> str:
-    name = episode_id or f"unparsed-{sha256_hex(data)}"
+# Quarantine reasons are bounded: a hostile object must not write megabytes of "reason".
+MAX_REASONS = 8
+MAX_REASON_CHARS = 400
+
+
+def bounded(reasons: list[str]) -> list[str]:
+    kept = [r if len(r) <= MAX_REASON_CHARS else f"{r[:MAX_REASON_CHARS]}... ({len(r)} chars)" for r in reasons[:MAX_REASONS]]
+    return kept + ([f"... and {len(reasons) - MAX_REASONS} more"] if len(reasons) > MAX_REASONS else [])
+
+
+def quarantine(store: ObjectStore, raw: str, data: bytes | None, reasons: list[str], episode_id: str | None) -> str:
+    """Park the object (``data`` None: too big or unreadable, only the reason is kept) and remove the raw
+    copy, which is what keeps a bad object from being seen again."""
+    name = episode_id or f"unparsed-{sha256_hex(data if data is not None else raw.encode(errors='replace'))}"
     key = quarantine_key(name)
-    store.put_atomic(key, data)
-    store.put_json(quarantine_reason_key(name), {"raw_key": raw, "reasons": reasons, "bytes": len(data),
+    if data is not None:
+        store.put_atomic(key, data)
+    store.put_json(quarantine_reason_key(name), {"raw_key": raw, "reasons": bounded(reasons),
+                                                  "bytes": None if data is None else len(data),
                                                   "quarantined_us": now_us()})
-    store.delete(raw)
+    store.discard(raw)
     return key
+
+
+def _quarantined(store: ObjectStore, raw: str, data: bytes | None, reasons: list[str],
+                 episode: Episode | None = None) -> Outcome:
+    reasons = bounded(reasons)
+    outcome = Outcome(raw, "quarantined", reasons=reasons)
+    if episode is not None:
+        outcome.episode_id, outcome.task_id, outcome.robot_id = episode.episode_id, episode.task_id, episode.robot_id
+    try:
+        outcome.destination = quarantine(store, raw, data, reasons, outcome.episode_id)
+    except Exception as exc:  # noqa: BLE001 - reported, and the batch goes on without it
+        outcome.reasons = bounded([*reasons, f"not quarantined: {type(exc).__name__}: {exc}"])
+    return outcome
+
+
+def _error(exc: BaseException) -> str:
+    return f"error: {type(exc).__name__}: {exc}"
+
+
+def _read_one(store: ObjectStore, raw: str, max_bytes: int, max_rows: int, check_signature: SignatureCheck | None
+              ) -> Outcome | tuple[str, bytes, Episode, dict[str, str]]:
+    """One raw object parsed and authenticated, or the outcome that settles it (quarantined). Size, then
+    the Parquet footer's bounds, are checked before anything is decoded."""
+    size = store.size(raw)
+    if size > max_bytes:
+        return _quarantined(store, raw, None, [f"oversized: {size} bytes > {max_bytes}"])
+    data = store.get(raw)
+    try:
+        check_parquet_bounds(data, max_rows)
+        metadata = read_parquet_metadata(data)
+        episode = Episode.from_parquet_bytes(data, verify_id=True)
+    except EpisodeFormatError as exc:
+        return _quarantined(store, raw, data, [f"malformed: {exc}"])
+    except Exception as exc:  # noqa: BLE001 - whatever a hostile file does to the decoder
+        return _quarantined(store, raw, data, [f"malformed: {_error(exc)}"])
+    if check_signature is not None:
+        try:
+            problem = check_signature(episode, metadata)
+        except Exception as exc:  # noqa: BLE001
+            problem = _error(exc)
+        if problem:
+            return _quarantined(store, raw, data, [f"unauthenticated: {problem}"], episode)
+    return raw, data, episode, metadata
+
+
+def _signature_fields(metadata: dict[str, str]) -> dict[str, str]:
+    return {key: metadata[key] for key in (SIGNATURE_KEY, SIGNER_KEY) if key in metadata}
+
+
+def _validate(episodes: list[Episode], expectations: Expectations) -> dict[str, list[str]]:
+    """Failed checks per episode id: one suite run for the batch, or per episode if the batch run
+    fails, so that one episode that breaks the suite cannot fail the others."""
+    try:
+        report = validate_episodes(episodes, expectations)
+        return {e.episode_id: report.reasons(e.episode_id) for e in episodes}
+    except Exception:  # noqa: BLE001
+        reasons = {}
+        for episode in episodes:
+            try:
+                reasons[episode.episode_id] = validate_episodes([episode], expectations).reasons(episode.episode_id)
+            except Exception as exc:  # noqa: BLE001
+                reasons[episode.episode_id] = [_error(exc)]
+        return reasons
 
 
 def ingest_batch(
@@ -99,60 +187,48 @@ def ingest_batch(
     keys: list[str],
     expectations: Expectations,
     *,
-    max_bytes: int = 64 * 2**20,
+    max_bytes: int = 16 * 2**20,
     check_signature: SignatureCheck | None = None,
 ) -> IngestReport:
+    """Every object is settled on its own: an error while handling one quarantines that one, with the
+    reason, and the batch goes on."""
     report = IngestReport()
     parsed: list[tuple[str, bytes, Episode, dict[str, str]]] = []
     for raw in keys:
         try:
-            size = store.size(raw)
+            item = _read_one(store, raw, max_bytes, expectations.max_steps, check_signature)
         except FileNotFoundError:
             continue  # taken by a concurrent ingest run
-        if size > max_bytes:
-            data = store.get(raw)
-            report.outcomes.append(Outcome(raw, "quarantined", reasons=[f"oversized: {size} bytes > {max_bytes}"],
-                                           destination=quarantine(store, raw, data, [f"oversized: {size} bytes"], None)))
-            continue
-        data = store.get(raw)
-        try:
-            metadata = read_parquet_metadata(data)
-            episode = Episode.from_parquet_bytes(data, verify_id=True)
-        except EpisodeFormatError as exc:
-            reasons = [f"malformed: {exc}"]
-            report.outcomes.append(Outcome(raw, "quarantined", reasons=reasons,
-                                           destination=quarantine(store, raw, data, reasons, None)))
-            continue
-        if check_signature is not None:
-            problem = check_signature(episode, metadata)
-            if problem:
-                reasons = [f"unauthenticated: {problem}"]
-                report.outcomes.append(Outcome(raw, "quarantined", episode.episode_id, episode.task_id,
-                                               episode.robot_id, reasons,
-                                               quarantine(store, raw, data, reasons, episode.episode_id)))
-                continue
-        parsed.append((raw, data, episode, metadata))
+        except (StoreError, ValueError) as exc:  # refused by the store: a pipe, a link, a key it never writes
+            item = _quarantined(store, raw, None, [f"unreadable: {_error(exc)}"])
+        # Anything else (the store unreachable) propagates: the task retries, nothing is discarded.
+        if isinstance(item, Outcome):
+            report.outcomes.append(item)
+        else:
+            parsed.append(item)
 
-    validation = validate_episodes([episode for _, _, episode, _ in parsed], expectations)
+    failures = _validate([episode for _, _, episode, _ in parsed], expectations)
     seen: set[str] = set()
     for raw, data, episode, metadata in parsed:
+        reasons = failures.get(episode.episode_id, [])
+        if reasons:
+            report.outcomes.append(_quarantined(store, raw, data, [f"invalid: {r}" for r in reasons], episode))
+            continue
         outcome = Outcome(raw, "accepted", episode.episode_id, episode.task_id, episode.robot_id,
                           steps=episode.num_steps, finished_us=int(episode.timestamps_us[-1]))
-        reasons = validation.reasons(episode.episode_id)
-        existing = None if reasons else in_buffer(store, episode.task_id, episode.episode_id)
-        if reasons:
-            outcome.status, outcome.reasons = "quarantined", [f"invalid: {r}" for r in reasons]
-            outcome.destination = quarantine(store, raw, data, outcome.reasons, episode.episode_id)
-        elif existing or episode.episode_id in seen:
+        existing = in_buffer(store, episode.task_id, episode.episode_id)
+        if existing or episode.episode_id in seen:
             outcome.status, outcome.destination = "duplicate", existing
             outcome.reasons = ["duplicate: episode id already ingested"]
-            store.delete(raw)
+            store.discard(raw)
         else:
             outcome.destination = buffer_key("online", episode.task_id, episode.episode_id)
-            store.put_atomic(outcome.destination, data)
+            # Re-encoded from the parsed episode: the buffer holds exactly what the id (and so the
+            # signature) covers, never extra bytes or metadata an uploader slipped in beside it.
+            store.put_atomic(outcome.destination, episode.to_parquet_bytes(_signature_fields(metadata)))
             failpoint("ingest.after_buffer_put")
             outcome.ingested_us = now_us()
-            store.delete(raw)
+            store.discard(raw)
         seen.add(episode.episode_id)
         report.outcomes.append(outcome)
     return report

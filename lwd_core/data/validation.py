@@ -17,7 +17,15 @@ import numpy as np
 import polars as pl
 
 from lwd_core.data.episode import OUTCOMES, SOURCES, Episode
-from lwd_core.suite import ACTION_DIM, OBS_DIM, TaskSpec, sparse_rewards
+from lwd_core.store import now_us
+from lwd_core.suite import (
+    ACTION_DIM,
+    OBS_DIM,
+    TASKS_BY_ID,
+    TaskSpec,
+    observation_bounds,
+    sparse_rewards,
+)
 
 SUITE_NAME = "lwd-episode"
 # Actions are clipped to [-1, 1] by the actor; a little slack for float round-off.
@@ -35,6 +43,11 @@ class Expectations:
     policy_versions: frozenset[str]
     max_steps: int
     sources: frozenset[str] = frozenset(SOURCES)
+    # Robots upload their own rollouts; demonstrations and play come only from these identities.
+    teleoperators: frozenset[str] = frozenset()
+    # Timestamps must fall in [ingest time - max_age, ingest time + max_skew].
+    max_age_s: float = 7 * 24 * 3600.0
+    max_skew_s: float = 300.0
 
     @classmethod
     def for_suite(cls, suite: Iterable[TaskSpec], robots: Iterable[str], policy_versions: Iterable[str]) -> Expectations:
@@ -54,10 +67,32 @@ class ValidationReport:
         return self.failures.get(episode_id, [])
 
 
-def check_frame(episodes: Iterable[Episode]) -> pl.DataFrame:
+def _semantics(episode: Episode, exp: Expectations, now: int) -> dict[str, bool]:
+    """Per-episode facts that are finite and well-formed yet absurd."""
+    task = TASKS_BY_ID.get(episode.task_id)
+    bounds = observation_bounds(task) if task is not None else np.full(OBS_DIM, np.inf, np.float32)
+    in_bounds = True
+    if episode.observations.shape[1:] == bounds.shape == episode.next_observations.shape[1:]:
+        in_bounds = bool((np.abs(np.nan_to_num(episode.observations, nan=np.inf)) <= bounds).all()
+                         and (np.abs(np.nan_to_num(episode.next_observations, nan=np.inf)) <= bounds).all())
+    stamps = episode.timestamps_us
+    last_success = bool(episode.successes[-1]) if episode.num_steps else False
+    return {
+        "obs_in_bounds": in_bounds,
+        "timestamps_in_window": bool(stamps.min() >= now - exp.max_age_s * 1e6 and stamps.max() <= now + exp.max_skew_s * 1e6),
+        "terminal_only_last": not bool(episode.terminals[:-1].any()),
+        "outcome_matches_success": episode.outcome == ("success" if last_success else "failure"),
+        "instruction_matches_task": task is None or episode.instruction == task.instruction,
+        "source_allowed": episode.source == "rollout" or episode.robot_id in exp.teleoperators,
+    }
+
+
+def check_frame(episodes: Iterable[Episode], exp: Expectations) -> pl.DataFrame:
     """One row per step with the scalar columns the suite checks."""
     frames = []
+    now = now_us()
     for episode in episodes:
+        semantics = _semantics(episode, exp, now)
         steps = episode.num_steps
         finite = (np.isfinite(episode.observations).all(1) & np.isfinite(episode.actions).all(1)
                   & np.isfinite(episode.next_observations).all(1) & np.isfinite(episode.rewards))
@@ -78,6 +113,7 @@ def check_frame(episodes: Iterable[Episode]) -> pl.DataFrame:
             "timestamp_delta_us": delta.astype(np.int64),
             "episode_steps": np.full(steps, steps, np.int64),
             "reward_matches_success": reward_ok,
+            **{name: np.full(steps, value) for name, value in semantics.items()},
         }))
     return pl.concat(frames) if frames else pl.DataFrame()
 
@@ -106,6 +142,18 @@ def _suite_spec(exp: Expectations) -> list[tuple[str, str, dict, str]]:
          f"episode longer than {exp.max_steps} steps"),
         ("ExpectColumnValuesToBeInSet", "reward_matches_success", {"value_set": [True]},
          "reward disagrees with the success flag (sparse 0/-1)"),
+        ("ExpectColumnValuesToBeInSet", "obs_in_bounds", {"value_set": [True]},
+         "observation outside the suite's bounds for its task"),
+        ("ExpectColumnValuesToBeInSet", "timestamps_in_window", {"value_set": [True]},
+         f"timestamps outside [now - {exp.max_age_s:.0f}s, now + {exp.max_skew_s:.0f}s]"),
+        ("ExpectColumnValuesToBeInSet", "terminal_only_last", {"value_set": [True]},
+         "terminal step before the end of the episode"),
+        ("ExpectColumnValuesToBeInSet", "outcome_matches_success", {"value_set": [True]},
+         "outcome disagrees with the last step's success flag"),
+        ("ExpectColumnValuesToBeInSet", "instruction_matches_task", {"value_set": [True]},
+         "instruction is not the task's"),
+        ("ExpectColumnValuesToBeInSet", "source_allowed", {"value_set": [True]},
+         "source not allowed for this uploader (robots upload rollouts only)"),
     ]
 
 
@@ -137,7 +185,7 @@ def validate_episodes(episodes: list[Episode], exp: Expectations) -> ValidationR
     if not episodes:
         return report
     definition, reasons = _validator(exp)
-    frame = check_frame(episodes).to_pandas()
+    frame = check_frame(episodes, exp).to_pandas()
     result = definition.run(batch_parameters={"dataframe": frame}, result_format={
         "result_format": "COMPLETE", "unexpected_index_column_names": ["episode_id"]})
     for outcome in result.results:
