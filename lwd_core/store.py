@@ -11,6 +11,7 @@ manifest last (:meth:`ObjectStore.put_committed`); readers trust only committed 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import posixpath
 import stat
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,55 @@ class ObjectStore:
 
     def get_json(self, key: str) -> Any:
         return json.loads(self.get(key))
+
+    # -- pointers: compare and swap -----------------------------------------------------------------
+    def get_json_versioned(self, key: str) -> tuple[Any | None, str | None]:
+        """The object and its generation (the MD5 of its bytes, which is its S3 ETag), or (None, None)."""
+        try:
+            data = self.get(key)
+        except FileNotFoundError:
+            return None, None
+        return json.loads(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+    def put_json_if(self, key: str, obj: Any, generation: str | None) -> bool:
+        """Write only if the object is still at ``generation`` (None: only if it does not exist yet);
+        False when another writer got there first. S3 conditional writes (If-Match / If-None-Match);
+        locally an exclusive lock around the compare and the atomic rename."""
+        data = json.dumps(obj, indent=2, sort_keys=True).encode()
+        if self.protocol == "file":
+            path = self._path(key)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            lock = os.path.join(os.path.dirname(path), f"{TEMP_PREFIX}lock-{os.path.basename(path)}")
+            with open(lock, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    if self.get_json_versioned(key)[1] != generation:
+                        return False
+                    self.put_atomic(key, data)
+                    return True
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        bucket, _, name = self._path(key).partition("/")
+        condition = {"IfMatch": f'"{generation}"'} if generation else {"IfNoneMatch": "*"}
+        try:
+            self.fs.call_s3("put_object", Bucket=bucket, Key=name, Body=data, **condition)
+        except OSError as exc:  # s3fs wraps the S3 error; its code says whether the condition failed
+            code = getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def update_json(self, key: str, change: Callable[[Any | None], Any], attempts: int = 50) -> Any:
+        """Read-modify-write that never loses a concurrent update: ``change`` (of the current object,
+        None if absent) is retried on the newer object until its write lands."""
+        for _ in range(attempts):
+            current, generation = self.get_json_versioned(key)
+            new = change(current)
+            if self.put_json_if(key, new, generation):
+                return new
+            time.sleep(0.01)
+        raise StoreError(f"{key!r}: gave up after {attempts} concurrent updates")
 
     def move(self, src: str, dst: str) -> None:
         """Copy to ``dst`` atomically, then delete ``src``: a crash leaves a copy, never neither."""

@@ -192,3 +192,29 @@ def test_best_of_n_acts_with_the_chunk_the_critic_rates_highest(transitions):
     np.testing.assert_allclose(chosen, candidates.reshape(3, 8, -1)[np.arange(3), q.argmax(1)], atol=1e-6)
     plain = Learner(tiny_spec())
     assert set(plain.acting_params(plain.init(0))) == {"policy"}
+
+
+def test_two_training_runs_cannot_both_move_the_latest_checkpoint(transitions, local_store):
+    """Both runs start from the same pointer; the first to finish moves it, the second is refused."""
+    from types import SimpleNamespace
+
+    from lwd_core.algo.training import SnapshotTraining, run_snapshot_training
+    from lwd_core.data.layout import CHECKPOINT_LATEST_KEY, training_run_prefix
+    from lwd_core.store import StoreError
+
+    learner = Learner(tiny_spec())
+    algo = SimpleNamespace(batch_size=16, checkpoint_every=5, seed=0)
+    generation = local_store.get_json_versioned(CHECKPOINT_LATEST_KEY)[1]
+
+    def plan(name: str) -> SnapshotTraining:
+        return SnapshotTraining(snapshot_id="snap-race", stage="online", method="lwd", parent=None,
+                                pointer_generation=generation, start_step=0, steps=5,
+                                run_root=training_run_prefix("snap-race", name, 0),
+                                replay=MixedReplay(transitions, seed=0), learner=learner, state=learner.init(0),
+                                algo=algo)
+
+    first, second = plan("first"), plan("second")
+    winner = run_snapshot_training(local_store, first)
+    with pytest.raises(StoreError, match="another training run moved"):
+        run_snapshot_training(local_store, second)
+    assert local_store.get_json(CHECKPOINT_LATEST_KEY) == {"checkpoint": winner.checkpoint}

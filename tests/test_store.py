@@ -127,3 +127,28 @@ def test_polars_options_for_s3(s3_store: ObjectStore, local_store: ObjectStore):
     read = pl.read_parquet(s3_store.uri("t/frame.parquet"), storage_options=s3_store.polars_storage_options())
     assert read.equals(frame)
     assert local_store.polars_storage_options() is None
+
+
+def test_compare_and_swap_refuses_a_stale_generation(any_store: ObjectStore):
+    assert any_store.put_json_if("fleet/pointer.json", {"n": 1}, None)
+    assert not any_store.put_json_if("fleet/pointer.json", {"n": 99}, None), "it exists now"
+    value, generation = any_store.get_json_versioned("fleet/pointer.json")
+    assert value == {"n": 1}
+    assert any_store.put_json_if("fleet/pointer.json", {"n": 2}, generation)
+    assert not any_store.put_json_if("fleet/pointer.json", {"n": 3}, generation), "that generation is gone"
+    assert any_store.get_json("fleet/pointer.json") == {"n": 2}
+
+
+def test_racing_read_modify_writes_lose_no_update(any_store: ObjectStore):
+    import threading
+
+    def add(count: int) -> None:
+        for _ in range(count):
+            any_store.update_json("fleet/counter.json", lambda current: {"n": (current or {"n": 0})["n"] + 1})
+
+    racers = [threading.Thread(target=add, args=(10,)) for _ in range(2)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    assert any_store.get_json("fleet/counter.json") == {"n": 20}

@@ -27,7 +27,7 @@ from lwd_core.data.layout import (
     training_run_prefix,
 )
 from lwd_core.data.nstep import NStepSchedule, Stage, build_transitions
-from lwd_core.store import COMMIT_MANIFEST, ObjectStore
+from lwd_core.store import COMMIT_MANIFEST, ObjectStore, StoreError
 from lwd_core.suite import ACTION_DIM, OBS_DIM, TASK_INDEX, TASK_SUITE
 
 
@@ -208,11 +208,6 @@ def train_resumable(
     return TrainResult(learner, state, history, checkpoint, resumed_from)
 
 
-def latest_checkpoint(store: ObjectStore) -> str | None:
-    """The flywheel's last checkpoint, where the next online round resumes."""
-    return store.get_json(CHECKPOINT_LATEST_KEY)["checkpoint"] if store.exists(CHECKPOINT_LATEST_KEY) else None
-
-
 @dataclass
 class SnapshotTraining:
     """One training run on a snapshot, decided before any update (what a tracker logs as parameters)."""
@@ -221,6 +216,7 @@ class SnapshotTraining:
     stage: Stage
     method: str
     parent: str | None  # the checkpoint it continues (online), None offline
+    pointer_generation: str | None  # the latest-checkpoint pointer as this run found it (compare and swap)
     start_step: int
     steps: int  # updates in this run (offline: pretraining and warm-up included)
     run_root: str
@@ -250,7 +246,8 @@ def plan_snapshot_training(store: ObjectStore, manifest: dict, algo: Any, method
     """Offline (no checkpoint to resume): pretrain -> warm-up -> ``steps`` extraction updates (0: the
     config's ``offline_steps``). Online (``resume`` and a latest checkpoint): ``steps`` updates from it
     (0: :func:`online_update_budget`). ``name`` names the run's checkpoints (default: the method)."""
-    parent = latest_checkpoint(store) if resume else None
+    pointer, pointer_generation = store.get_json_versioned(CHECKPOINT_LATEST_KEY)
+    parent = pointer["checkpoint"] if resume and pointer else None
     episodes = load_snapshot_episodes(store, manifest)
     seed = algo.seed + 1_000_003 * process_index
     if parent:
@@ -265,7 +262,7 @@ def plan_snapshot_training(store: ObjectStore, manifest: dict, algo: Any, method
         steps = staging_steps(algo, method) + (steps or algo.offline_steps)
     snapshot_id = manifest["snapshot_id"]
     return SnapshotTraining(snapshot_id=snapshot_id, stage="online" if parent else "offline", method=method,
-                            parent=parent, start_step=start_step, steps=steps,
+                            parent=parent, pointer_generation=pointer_generation, start_step=start_step, steps=steps,
                             run_root=training_run_prefix(snapshot_id, name or method, start_step), replay=replay,
                             learner=learner, state=state, algo=algo, episodes=episodes)
 
@@ -273,13 +270,17 @@ def plan_snapshot_training(store: ObjectStore, manifest: dict, algo: Any, method
 def run_snapshot_training(store: ObjectStore, plan: SnapshotTraining, on_log: Callable[[int, dict[str, float]], None]
                           | None = None, mesh: Any = None, move_latest: bool = True) -> TrainResult:
     """Train to the plan's target step with committed checkpoints (a rerun resumes); on success the
-    flywheel's latest-checkpoint pointer moves to the result unless ``move_latest`` is off."""
+    flywheel's latest-checkpoint pointer moves to the result unless ``move_latest`` is off, and only if
+    no other run moved it since this one was planned (else StoreError: the checkpoint stays committed,
+    but the flywheel does not silently continue from one of two racing runs)."""
     result = train_resumable(store, plan.run_root, plan.initial_state, plan.replay, plan.target_step,
                              plan.algo.batch_size, plan.algo.checkpoint_every, mesh=mesh, on_log=on_log,
                              extra={"snapshot_id": plan.snapshot_id, "parent": plan.parent, "stage": plan.stage},
                              before_chunk=plan.before_chunk)
-    if move_latest:
-        store.put_json(CHECKPOINT_LATEST_KEY, {"checkpoint": result.checkpoint})
+    if move_latest and not store.put_json_if(CHECKPOINT_LATEST_KEY, {"checkpoint": result.checkpoint},
+                                             plan.pointer_generation):
+        raise StoreError(f"another training run moved {CHECKPOINT_LATEST_KEY} while this one trained "
+                         f"{result.checkpoint}; the pointer was left as that run set it")
     return result
 
 

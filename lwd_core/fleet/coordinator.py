@@ -13,7 +13,9 @@ do not hash to it. Timestamps are UTC microseconds so latency percentiles can be
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,40 +84,49 @@ class Coordinator:
             releases.append(desired["canary"]["release"])
         return {release["version"] for release in releases if release}
 
+    @staticmethod
+    def _empty() -> dict[str, Any]:
+        return {"revision": 0, "stable": None, "canary": None, "history": [], "updated_us": 0}
+
     def desired(self) -> dict[str, Any]:
         if not self.store.exists(FLEET_DESIRED_KEY):
-            return {"revision": 0, "stable": None, "canary": None, "history": [], "updated_us": 0}
+            return self._empty()
         return self.store.get_json(FLEET_DESIRED_KEY)
 
-    def _write(self, document: dict[str, Any]) -> dict[str, Any]:
-        document["revision"] = int(document.get("revision", 0)) + 1
-        document["updated_us"] = now_us()
-        self.store.put_json(FLEET_DESIRED_KEY, document)
-        return document
+    def _update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Apply ``change`` to the desired state as one compare-and-swap (retried on a concurrent
+        writer's newer document, never overwriting it), with the next revision."""
+        def apply(current: dict[str, Any] | None) -> dict[str, Any]:
+            document = copy.deepcopy(current) if current else self._empty()
+            change(document)
+            document["revision"] = int(document.get("revision", 0)) + 1
+            document["updated_us"] = now_us()
+            return document
+
+        return self.store.update_json(FLEET_DESIRED_KEY, apply)
 
     def publish_all(self, release: Release) -> dict[str, Any]:
         """Every robot should run ``release``; any canary ends."""
-        document = self.desired()
-        release = Release(**{**asdict(release), "published_us": now_us()})
-        if document["stable"] and document["stable"]["version"] != release.version:
-            document["history"] = ([document["stable"]] + document["history"])[:_HISTORY]
-        document["stable"], document["canary"] = asdict(release), None
-        return self._write(document)
+        release = asdict(Release(**{**asdict(release), "published_us": now_us()}))
+
+        def change(document: dict[str, Any]) -> None:
+            if document["stable"] and document["stable"]["version"] != release["version"]:
+                document["history"] = ([document["stable"]] + document["history"])[:_HISTORY]
+            document["stable"], document["canary"] = release, None
+
+        return self._update(change)
 
     def publish_canary(self, release: Release, robots: list[str]) -> dict[str, Any]:
         """Only ``robots`` should run ``release``; the rest keep the stable release."""
         if not robots:
             raise ValueError("a canary needs at least one robot")
-        document = self.desired()
-        release = Release(**{**asdict(release), "published_us": now_us()})
-        document["canary"] = {"release": asdict(release), "robots": sorted(safe_name(r, "robot id") for r in robots)}
-        return self._write(document)
+        canary = {"release": asdict(Release(**{**asdict(release), "published_us": now_us()})),
+                  "robots": sorted(safe_name(r, "robot id") for r in robots)}
+        return self._update(lambda document: document.update(canary=canary))
 
     def end_canary(self) -> dict[str, Any]:
         """Roll the canary robots back to the stable release."""
-        document = self.desired()
-        document["canary"] = None
-        return self._write(document)
+        return self._update(lambda document: document.update(canary=None))
 
     def release_for(self, robot_id: str, document: dict[str, Any] | None = None) -> Release | None:
         document = document or self.desired()
