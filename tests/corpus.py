@@ -97,4 +97,36 @@ def bad_corpus(max_steps: int) -> list[BadCase]:
                          "source not allowed"))
     cases.append(BadCase("wrong-instruction", fleet_episode(seed=108, instruction="open the vault").to_parquet_bytes(),
                          "instruction is not the task's"))
+    # Broken files and frames.
+    cases.append(BadCase("empty-file", b"", "malformed"))
+    cases.append(BadCase("random-bytes", np.random.default_rng(0).bytes(4096), "malformed"))
+    cases.append(BadCase("no-steps", _frame_bytes(good.to_frame().head(0)), "no rows"))
+    cases.append(BadCase("extra-column", _frame_bytes(good.to_frame().with_columns(pl.lit(1).alias("payload"))), "too many columns"))
+    cases.append(BadCase("null-reward", _frame_bytes(good.to_frame().with_columns(
+        pl.when(pl.col("step") == 2).then(None).otherwise(pl.col("reward")).alias("reward"))), "has nulls"))
+    ragged = good.to_frame().with_columns(pl.when(pl.col("step") == 1).then(pl.col("obs").list.slice(0, 10))
+                                          .otherwise(pl.col("obs")).alias("obs"))
+    cases.append(BadCase("ragged-observations", _frame_bytes(ragged), "different lengths"))
+    cases.append(BadCase("next-observation-dim", _frame_bytes(good.to_frame().with_columns(
+        pl.col("next_obs").list.slice(0, OBS_DIM - 2))), "next_observations must have the shape"))
+    cases.append(BadCase("negative-timestamps", good.replace(timestamps_us=good.timestamps_us - good.timestamps_us[0] - 10**9)
+                         .to_parquet_bytes(), "timestamps outside"))
+    cases.append(BadCase("unknown-source", _frame_bytes(fleet_episode(seed=109).to_frame().with_columns(
+        pl.lit("teleport").alias("source"))), "unknown source"))
+    cases.append(BadCase("unknown-outcome", _frame_bytes(good.to_frame().with_columns(pl.lit("maybe").alias("outcome"))),
+                         "unknown outcome"))
+    cases.append(BadCase("robot-path-traversal", fleet_episode(seed=110, robot_id="../robot-00").to_parquet_bytes(), "unknown robot"))
+    mixed_ids = good.to_frame().with_columns(pl.when(pl.col("step") == 0).then(pl.lit("robot-01"))
+                                             .otherwise(pl.col("robot_id")).alias("robot_id"))
+    cases.append(BadCase("robot-changes-mid-episode", _frame_bytes(mixed_ids), "one value for the whole episode"))
+    cases.append(BadCase("repeated-step-index", _frame_bytes(good.to_frame().with_columns(
+        pl.when(pl.col("step") == 1).then(0).otherwise(pl.col("step")).cast(pl.Int32).alias("step"))), "no gaps or repeats"))
+    rewards = good.rewards.copy()
+    rewards[1] = np.inf
+    cases.append(BadCase("inf-reward", good.replace(rewards=rewards).to_parquet_bytes(), "NaN or inf"))
+    cases.append(BadCase("homoglyph-instruction", fleet_episode(seed=111, instruction=good.instruction.replace("e", "\u0435"))
+                         .to_parquet_bytes(), "instruction is not the task's"))
+    obs = good.next_observations.copy()
+    obs[-1, 0] = -np.inf
+    cases.append(BadCase("inf-next-observation", good.replace(next_observations=obs).to_parquet_bytes(), "NaN or inf"))
     return cases
