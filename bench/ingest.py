@@ -25,7 +25,7 @@ from lwd_core.data.labels import label_episode, unlabelled_keys, write_labels  #
 from lwd_core.data.layout import get_episode, raw_key  # noqa: E402
 from lwd_core.data.nstep import NStepSchedule  # noqa: E402
 from lwd_core.data.validation import Expectations, validate_episodes  # noqa: E402
-from lwd_core.security import episode_signature_check, episode_signer  # noqa: E402
+from lwd_core.security import episode_signature_check, episode_signer, keyring_for  # noqa: E402
 from lwd_core.store import ObjectStore, now_us  # noqa: E402
 from lwd_core.suite import (  # noqa: E402
     ACTION_DIM,
@@ -60,7 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     store = ObjectStore(args.store or Path(tempfile.mkdtemp(prefix="lwd-bench-ingest-")).as_uri())
     config = LWDConfig(data_dir=tempfile.mkdtemp(prefix="lwd-bench-"))
-    sign = episode_signer(config.fleet)
+    keyring = keyring_for(config, [f"robot-{i:02d}" for i in range(16)])
+    sign = episode_signer(keyring)
     rng = np.random.default_rng(0)
     blobs = {}
     for index in range(args.episodes):
@@ -83,7 +84,7 @@ def main() -> None:
 
     for key, data in blobs.items():
         store.put_atomic(key, data)
-    check = episode_signature_check(config.fleet)
+    check = episode_signature_check(keyring)
     start = time.perf_counter()
     keys = pending_raw(store)
     accepted = 0

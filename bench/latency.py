@@ -48,25 +48,26 @@ def main() -> None:
     from lwd_core.config import load_config
     from lwd_core.data.ingest import ingest_batch, pending_raw
     from lwd_core.fleet.coordinator import Coordinator, release_for_checkpoint
-    from lwd_core.security import episode_signature_check, release_key
+    from lwd_core.security import episode_signature_check, keyring_for, release_signer
     from lwd_core.store import open_store
-    from lwd_core.suite import ACTION_DIM, OBS_DIM
+    from lwd_core.suite import ACTION_DIM, OBS_DIM, fleet_robot_ids
     from tasks.pipeline import expectations
 
     config = load_config()
     store = open_store(config)
-    coordinator = Coordinator(store)
+    keyring = keyring_for(config, fleet_robot_ids(config.fleet.robots))  # S3: keys from `lwd keys generate`
+    coordinator = Coordinator(store, sign_release=release_signer(keyring))
     spec = LearnerSpec(obs_dim=OBS_DIM, action_dim=ACTION_DIM, chunk=5, hidden_dims=(64, 64), critic_heads=2,
                        flow_steps=2, value_size=11)
     learner = Learner(spec)
     releases = []
     for index in range(args.releases + 1):
         save_checkpoint(store, f"checkpoints/bench-{index}", learner, learner.init(index))
-    first = release_for_checkpoint(store, "checkpoints/bench-0", "bench-0", signing_key=release_key(config.fleet))
+    first = release_for_checkpoint(store, "checkpoints/bench-0", "bench-0")
     coordinator.publish_all(first)
     robots, supervisor = fleet_supervisor(config)
     stop = supervisor.run_in_background()
-    check = episode_signature_check(config.fleet)
+    check = episode_signature_check(keyring)
     ingest_latencies: list[float] = []
     distribution: dict[str, dict] = {}
     started = time.monotonic()
@@ -82,8 +83,7 @@ def main() -> None:
             if released < args.releases and time.monotonic() >= next_release \
                     and coordinator.running(f"bench-{released}", robots):
                 released += 1
-                release = release_for_checkpoint(store, f"checkpoints/bench-{released}", f"bench-{released}",
-                                                 signing_key=release_key(config.fleet))
+                release = release_for_checkpoint(store, f"checkpoints/bench-{released}", f"bench-{released}")
                 coordinator.publish_all(release)  # approval -> publication is immediate here
                 releases.append(release.version)
                 next_release = time.monotonic() + args.seconds / (args.releases + 1)

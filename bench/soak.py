@@ -51,9 +51,9 @@ def main() -> None:
     from lwd_core.data.layout import buffer_prefix
     from lwd_core.fleet.coordinator import Coordinator, release_for_checkpoint
     from lwd_core.fleet.edge import EdgeClient
-    from lwd_core.security import episode_signature_check, release_key
+    from lwd_core.security import episode_signature_check, keyring_for, release_signer
     from lwd_core.store import open_store
-    from lwd_core.suite import ACTION_DIM, OBS_DIM
+    from lwd_core.suite import ACTION_DIM, OBS_DIM, fleet_robot_ids
     from tasks.pipeline import expectations
 
     config = load_config()
@@ -63,11 +63,12 @@ def main() -> None:
     learner = Learner(LearnerSpec(obs_dim=OBS_DIM, action_dim=ACTION_DIM, chunk=5, hidden_dims=(64, 64),
                                   critic_heads=2, flow_steps=2, value_size=11))
     save_checkpoint(store, "checkpoints/soak", learner, learner.init(0))
-    Coordinator(store).publish_all(release_for_checkpoint(store, "checkpoints/soak", "soak",
-                                                          signing_key=release_key(config.fleet)))
+    keyring = keyring_for(config, fleet_robot_ids(config.fleet.robots))  # S3: keys from `lwd keys generate`
+    Coordinator(store, sign_release=release_signer(keyring)).publish_all(
+        release_for_checkpoint(store, "checkpoints/soak", "soak"))
     robots, supervisor = fleet_supervisor(config)
     supervisor.backoff_s, supervisor.max_restarts = 0.5, 10_000
-    check = episode_signature_check(config.fleet)
+    check = episode_signature_check(keyring)
     counts: Counter = Counter()
     latencies: list[float] = []
     rng = random.Random(0)

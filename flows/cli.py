@@ -29,6 +29,8 @@ app = typer.Typer(
 )
 fleet_app = typer.Typer(help="Simulated robot fleet: start actors, show versions per robot.", no_args_is_help=True)
 app.add_typer(fleet_app, name="fleet")
+keys_app = typer.Typer(help="Ed25519 keys: one per robot, and the release key.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 ConfigOption = Annotated[
     Path | None,
@@ -185,6 +187,27 @@ def fleet_status(config: ConfigOption = None) -> None:
     from flows.fleet import fleet_status
 
     _run(_load(config), fleet_status)
+
+
+@keys_app.command("generate")
+def keys_generate(
+    config: ConfigOption = None,
+    robots: Annotated[int, typer.Option(help="Robots robot-00.. to make keys for (default: fleet.robots).")] = 0,
+    rotate: Annotated[bool, typer.Option("--rotate", help="Replace existing keys instead of keeping them.")] = False,
+    release: Annotated[bool, typer.Option(help="Also the release key (the rollout side's).")] = True,
+) -> None:
+    """Make the missing key pairs in fleet.keys_dir (default <data_dir>/keys); --rotate replaces them.
+    Give each robot only its own .key file, ingestion the robots' .pub files, actors release.pub."""
+    from lwd_core.security import RELEASE, keyring_for
+    from lwd_core.suite import fleet_robot_ids
+
+    settings = _load(config)
+    keyring = keyring_for(settings, generate=False)
+    names = fleet_robot_ids(robots or settings.fleet.robots)
+    written = keyring.generate(names, release=release, rotate=rotate)
+    typer.echo(json.dumps({"keys_dir": str(keyring.root), "written": written,
+                           "fingerprints": {name: keyring.fingerprint(name)
+                                            for name in [*names, *([RELEASE] if release else [])]}}, indent=2))
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from lwd_core.config import LWDConfig, load_config
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.fleet.supervisor import Child, Supervisor
+from lwd_core.security import keyring_for
 from lwd_core.store import open_store
 from lwd_core.suite import fleet_robot_ids, select_tasks
 
@@ -53,6 +54,7 @@ def fleet_supervisor(config: LWDConfig, robots: int = 0, episodes: int = 0) -> t
     """Actor processes for ``robots`` robots (``episodes`` per robot, 0: until stopped), not started.
     They load exactly this config (written for them), not whatever their environment says."""
     ids = fleet_robot_ids(robots or config.fleet.robots)
+    keyring_for(config, ids)  # on a file:// store, missing robot keys are made here, before any actor starts
     settings = write_child_config(config)
     children = []
     for index, group in enumerate(plan_processes(ids, config.fleet.robots_per_process)):
@@ -119,7 +121,7 @@ def actor_main(argv: list[str] | None = None) -> int:
     """Process entry: run the named robots until done or SIGTERM, then drain uploads."""
     from lwd_core.fleet.actor import Actor, assign_tasks
     from lwd_core.fleet.edge import EdgeClient
-    from lwd_core.security import episode_signer, release_key
+    from lwd_core.security import episode_signer, release_verifier
     from tasks.events import emit_episode_uploaded, flush_events
 
     parser = argparse.ArgumentParser(prog="python -m flows.fleet actor")
@@ -138,13 +140,14 @@ def actor_main(argv: list[str] | None = None) -> int:
     fleet = fleet_robot_ids(max(args.fleet_size, 1)) if args.fleet_size else mine
     tasks = {robot: spec for robot, spec in assign_tasks(fleet, suite).items() if robot in mine}
 
-    edge = EdgeClient(args.spool, store, notify=emit_episode_uploaded, sign=episode_signer(config.fleet))
+    keyring = keyring_for(config, generate=False)  # its robots' private keys, the release's public one
+    edge = EdgeClient(args.spool, store, notify=emit_episode_uploaded, sign=episode_signer(keyring))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     actor = Actor(store, edge, tasks, intervene=config.fleet.intervention, seed=config.algo.seed,
                   max_steps=config.fleet.max_episode_steps or None, poll_s=config.fleet.poll_seconds,
-                  release_key=release_key(config.fleet), realtime_factor=config.fleet.realtime_factor)
+                  verify_release=release_verifier(keyring), realtime_factor=config.fleet.realtime_factor)
     edge.flush()  # whatever a previous incarnation left behind goes first
     edge.start()
     try:

@@ -22,10 +22,10 @@ from lwd_core.fleet.coordinator import (
     Release,
     choose_canary,
     now_us,
-    signed_release,
+    release_for_checkpoint,
 )
 from lwd_core.gating import canary_decision
-from lwd_core.security import release_key
+from lwd_core.security import keyring_for, release_signer
 from lwd_core.store import open_store
 from tasks import tracking
 
@@ -44,11 +44,15 @@ def wait_until(predicate, timeout_s: float, poll_s: float = 1.0) -> bool:
     return True
 
 
-def release_of(config, version: str) -> Release:
-    """The signed release for a registry version (actors verify the signature, then the sha256)."""
+def release_of(config, store, version: str) -> Release:
+    """The release for a registry version, pinned to its checkpoint's manifest (the coordinator signs it
+    when it publishes; actors verify the signature, then every hash)."""
     tags = tracking.version_tags(config, version)
-    return signed_release(tracking.release_name(version), tags["checkpoint"], tags["policy_sha256"],
-                          release_key(config.fleet), approved_us=int(tags.get("approved_us") or now_us()))
+    release = release_for_checkpoint(store, tags["checkpoint"], tracking.release_name(version),
+                                     approved_us=int(tags.get("approved_us") or now_us()))
+    if release.policy_sha256 != tags["policy_sha256"]:
+        raise PermissionError(f"v{version}: the checkpoint's policy hash differs from the registered one")
+    return release
 
 
 @flow(name="rollout")
@@ -60,8 +64,9 @@ def rollout(model_version: str = "", config: LWDConfig | None = None) -> dict:
         raise ValueError("no champion to roll out: approve a model version first")
     if tracking.alias_version(config, tracking.CHAMPION) != version:
         raise PermissionError(f"v{version} is not the approved champion; approve it before rolling out")
-    coordinator = Coordinator(open_store(config))
-    release = release_of(config, version)
+    store = open_store(config)
+    coordinator = Coordinator(store, sign_release=release_signer(keyring_for(config)))
+    release = release_of(config, store, version)
     stable = coordinator.desired().get("stable")
     if stable and stable["version"] == release.version:
         return {"version": version, "status": "already-deployed"}

@@ -89,10 +89,9 @@ class FleetConfig(_Section):
     # Task ids the fleet runs; empty means the whole suite.
     tasks: list[str] = Field(default_factory=list)
     episodes_per_round: int = Field(default=16, ge=1)
-    # Per-robot HMAC keys are derived from this secret unless given per robot.
-    signing_secret: SecretStr = SecretStr("lwd-dev-secret-change-me")
-    # Explicit per-robot keys (robot id -> key); robots not listed use keys derived from signing_secret.
-    robot_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    # Ed25519 keyring (lwd_core.security): robots' and the release key pairs; empty: <data_dir>/keys.
+    # On a robot, only its own private key need be there; ingestion needs only the public keys.
+    keys_dir: str = ""
     # Ingestion quarantines episodes without their robot's valid signature.
     require_signatures: bool = True
     # The scripted human takes over stalled or drifting rollouts (steps flagged as interventions).
@@ -291,10 +290,9 @@ class LWDConfig(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """Settings with secrets masked, for logs and MLflow params."""
         data = self.model_dump(mode="json")
-        for section, key in (("storage", "secret"), ("storage", "key"), ("fleet", "signing_secret")):
+        for section, key in (("storage", "secret"), ("storage", "key")):
             if data[section].get(key):
                 data[section][key] = "***"
-        data["fleet"]["robot_keys"] = {robot: "***" for robot in data["fleet"]["robot_keys"]}
         return data
 
     def private_json(self) -> str:

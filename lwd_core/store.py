@@ -277,12 +277,16 @@ class ObjectStore:
     def is_committed(self, prefix: str) -> bool:
         return self.exists(f"{prefix.strip('/')}/{COMMIT_MANIFEST}")
 
-    def get_committed(self, prefix: str, name: str) -> bytes:
-        """Read one object of a committed artifact, checking its sha256 against the manifest."""
+    def get_committed(self, prefix: str, name: str, manifest_sha256: str | None = None) -> bytes:
+        """Read one object of a committed artifact, checking its sha256 against the manifest (and the
+        manifest's own bytes against ``manifest_sha256`` when a signed release names it)."""
         prefix = prefix.strip("/")
         if not self.is_committed(prefix):
             raise StoreError(f"{prefix!r} has no {COMMIT_MANIFEST}: not committed (partial write?)")
-        manifest = self.get_json(f"{prefix}/{COMMIT_MANIFEST}")
+        manifest_bytes = self.get(f"{prefix}/{COMMIT_MANIFEST}")
+        if manifest_sha256 is not None and sha256_hex(manifest_bytes) != manifest_sha256:
+            raise IntegrityError(f"{prefix}/{COMMIT_MANIFEST} does not match the signed release's manifest sha256")
+        manifest = json.loads(manifest_bytes)
         if name not in manifest["files"]:
             raise StoreError(f"{name!r} is not part of committed artifact {prefix!r}")
         data = self.get(f"{prefix}/{name}")

@@ -14,7 +14,7 @@ from lwd_core.data.layout import get_episode
 from lwd_core.data.snapshot import build_snapshot, load_snapshot
 from lwd_core.data.validation import Expectations
 from lwd_core.fleet.coordinator import Coordinator
-from lwd_core.security import episode_signature_check
+from lwd_core.security import episode_signature_check, keyring_for
 from lwd_core.sim.evaluate import evaluate_checkpoint
 from lwd_core.store import open_store
 from lwd_core.suite import fleet_robot_ids, select_tasks
@@ -36,7 +36,8 @@ def list_uploaded(config: LWDConfig, limit: int = 0) -> list[str]:
 @task(retries=3, retry_delay_seconds=[1, 5, 20], task_run_name="ingest-batch-{index}")
 def ingest_micro_batch(config: LWDConfig, keys: list[str], index: int) -> dict:
     store = open_store(config)
-    check = episode_signature_check(config.fleet) if config.fleet.require_signatures else None
+    keyring = keyring_for(config, fleet_robot_ids(config.fleet.robots))
+    check = episode_signature_check(keyring) if config.fleet.require_signatures else None
     report = ingest_batch(store, keys, expectations(config), check_signature=check)
     log_key = write_ingest_log(store, report, f"batch{index}")
     return {"summary": report.summary(), "log": log_key,

@@ -65,6 +65,28 @@ def make_episode(
     return Episode(**fields)
 
 
+def make_keyring(root, robots: int = 8):
+    """Key pairs for robot-00.. and the release, as `lwd keys generate` makes them."""
+    from lwd_core.security import Keyring
+
+    keyring = Keyring(root)
+    keyring.generate([f"robot-{index:02d}" for index in range(robots)])
+    return keyring
+
+
+@pytest.fixture
+def keyring(tmp_path):
+    return make_keyring(tmp_path / "keys")
+
+
+def publisher(store, keyring):
+    """A coordinator that can publish: it holds the release key, as the rollout flow does."""
+    from lwd_core.fleet.coordinator import Coordinator
+    from lwd_core.security import release_signer
+
+    return Coordinator(store, sign_release=release_signer(keyring))
+
+
 @pytest.fixture
 def episode_factory():
     return make_episode

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 STAGES = ["ingest", "label-rewards", "snapshot", "train", "evaluate", "promote", "approve", "rollout",
-          "flywheel", "fleet", "generate-offline", "experiment", "config"]
+          "flywheel", "fleet", "generate-offline", "experiment", "config", "keys"]
 
 
 def _lwd(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def test_config_command_prints_effective_settings(tmp_path, monkeypatch):
     result = _lwd("config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
-    assert shown["fleet"]["robots"] == 5 and shown["fleet"]["signing_secret"] == "***"
+    assert shown["fleet"]["robots"] == 5 and shown["storage"]["secret"] is None
 
 
 def test_config_option_is_read_without_touching_the_environment(tmp_path):
@@ -43,3 +43,15 @@ def test_config_option_is_read_without_touching_the_environment(tmp_path):
     result = _lwd("config", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["fleet"]["robots"] == 7
+
+
+def test_keys_generate_makes_private_and_public_keys(tmp_path):
+    (tmp_path / "lwd.yaml").write_text(f"data_dir: {tmp_path / 'data'}\n")
+    result = _lwd("keys", "generate", "--robots", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert sorted(shown["written"]) == ["release", "robot-00", "robot-01"]
+    keys = tmp_path / "data" / "keys"
+    assert (keys / "robots" / "robot-01.key").stat().st_mode & 0o777 == 0o600 and (keys / "release.pub").is_file()
+    again = json.loads(_lwd("keys", "generate", "--robots", "2", cwd=tmp_path).stdout)
+    assert again["written"] == [] and again["fingerprints"] == shown["fingerprints"]

@@ -69,7 +69,6 @@ def test_secrets_masked_in_public_dict():
     config = load_config(storage={"url": "s3://b/p", "key": "AKIA", "secret": "shh"})
     public = config.public_dict()
     assert public["storage"]["secret"] == "***" and public["storage"]["key"] == "***"
-    assert public["fleet"]["signing_secret"] == "***"
     assert config.storage.secret.get_secret_value() == "shh"
     assert "shh" not in repr(config) and "shh" not in config.model_dump_json()
 
@@ -77,12 +76,12 @@ def test_secrets_masked_in_public_dict():
 def test_config_file_argument_and_private_json_round_trip(tmp_path, monkeypatch):
     monkeypatch.delenv("LWD_CONFIG", raising=False)
     path = tmp_path / "chosen.yaml"
-    path.write_text("fleet:\n  robots: 9\n  signing_secret: from-file\n")
+    path.write_text("fleet:\n  robots: 9\nstorage:\n  secret: from-file\n")
     config = load_config(path)
     assert config.fleet.robots == 9
     assert load_config().fleet.robots != 9, "the file applies to that one load only"
     child = LWDConfig.from_private_json(config.private_json())
-    assert child == config and child.fleet.signing_secret.get_secret_value() == "from-file"
+    assert child == config and child.storage.secret.get_secret_value() == "from-file"
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml")
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_keyring, publisher
 from test_fleet import tiny_policy_checkpoint
 
 from lwd_core.algo.training import latest_committed_checkpoint
@@ -27,7 +28,7 @@ from lwd_core.data.layout import buffer_prefix
 from lwd_core.data.snapshot import build_snapshot
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.fleet.edge import EdgeClient
-from lwd_core.security import episode_signature_check
+from lwd_core.security import episode_signature_check, keyring_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FAULTS = 21
@@ -38,10 +39,10 @@ INGEST = """
 import sys, time
 from lwd_core.config import load_config
 from lwd_core.data.ingest import ingest_batch, pending_raw
-from lwd_core.security import episode_signature_check
+from lwd_core.security import episode_signature_check, keyring_for
 from lwd_core.store import open_store
 from tasks.pipeline import expectations
-config = load_config(); store = open_store(config); check = episode_signature_check(config.fleet)
+config = load_config(); store = open_store(config); check = episode_signature_check(keyring_for(config))
 while True:
     keys = pending_raw(store, 256)
     if keys:
@@ -112,7 +113,8 @@ def test_random_kills_lose_nothing_duplicate_nothing_and_end_on_one_approved_rel
     from tasks.pipeline import expectations
 
     config, store, rng = fleet_env, s3_store, random.Random(20261124)
-    coordinator = Coordinator(store)
+    # An S3 deployment's keys come from `lwd keys generate`; the actors read them from <data_dir>/keys.
+    coordinator = publisher(store, make_keyring(Path(config.data_dir) / "keys", robots=config.fleet.robots))
     coordinator.publish_all(tiny_policy_checkpoint(store, "checkpoints/v1", 0))
     robots, supervisor = fleet_supervisor(config)
     supervisor.backoff_s, supervisor.max_restarts = 0.2, 100
@@ -121,7 +123,8 @@ def test_random_kills_lose_nothing_duplicate_nothing_and_end_on_one_approved_rel
     try:
         # Some data first, so the learner has a snapshot to train on.
         _wait(lambda: len(pending_raw(store)) >= 4, 600, "first uploads")
-        ingest_batch(store, pending_raw(store), expectations(config), check_signature=episode_signature_check(config.fleet))
+        ingest_batch(store, pending_raw(store), expectations(config),
+                     check_signature=episode_signature_check(keyring_for(config)))
         build_snapshot(store)
 
         ingester = learner = None

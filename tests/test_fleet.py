@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_episode
+from conftest import make_episode, make_keyring, publisher
 
 from lwd_core.algo.checkpoint import save_checkpoint
 from lwd_core.algo.learner import Learner, LearnerSpec
@@ -26,7 +26,6 @@ from lwd_core.fleet.coordinator import (
     release_for_checkpoint,
 )
 from lwd_core.fleet.edge import JOURNAL, EdgeClient
-from lwd_core.security import release_key
 from lwd_core.sim.dataset import (
     DatasetReport,
     OfflineMix,
@@ -44,9 +43,8 @@ def tiny_policy_checkpoint(store, prefix: str, seed: int) -> Release:
                        flow_steps=2, value_size=11)
     learner = Learner(spec)
     save_checkpoint(store, prefix, learner, learner.init(seed))
-    # Signed with the default fleet secret, as the rollout flow would (actor processes verify it).
-    return release_for_checkpoint(store, prefix, version=prefix.rsplit("/", 1)[-1],
-                                  signing_key=release_key(LWDConfig().fleet))
+    # Pinned to the checkpoint's manifest; the coordinator signs it when it publishes.
+    return release_for_checkpoint(store, prefix, version=prefix.rsplit("/", 1)[-1])
 
 
 # -- offline dataset --------------------------------------------------------------------------------
@@ -86,8 +84,8 @@ def test_offline_generation_records_each_kind(local_store):
 
 
 # -- coordinator ------------------------------------------------------------------------------------
-def test_coordinator_canary_then_promote(local_store):
-    coordinator = Coordinator(local_store)
+def test_coordinator_canary_then_promote(local_store, keyring):
+    coordinator = publisher(local_store, keyring)
     v1 = tiny_policy_checkpoint(local_store, "checkpoints/v1", 0)
     v2 = tiny_policy_checkpoint(local_store, "checkpoints/v2", 1)
     assert v1.policy_sha256 != v2.policy_sha256
@@ -118,9 +116,9 @@ def _run_actor(store, tmp_path, robots, events, episodes, **kwargs):
     return edge, actor
 
 
-def test_actor_and_edge_client_write_valid_episodes(any_store, tmp_path):
+def test_actor_and_edge_client_write_valid_episodes(any_store, tmp_path, keyring):
     release = tiny_policy_checkpoint(any_store, "checkpoints/v1", 0)
-    Coordinator(any_store).publish_all(release)
+    publisher(any_store, keyring).publish_all(release)
     robots = assign_tasks(["robot-00", "robot-01"], (SHORT, LONG))
     events: list[dict] = []
     edge, _ = _run_actor(any_store, tmp_path, robots, events, episodes=4)
@@ -142,8 +140,8 @@ def test_actor_and_edge_client_write_valid_episodes(any_store, tmp_path):
     assert all(row["running"] == "v1" and row["in_sync"] and row["episodes"] == 2 for row in status.values())
 
 
-def test_actor_hot_swaps_only_verified_weights_between_episodes(local_store, tmp_path):
-    coordinator = Coordinator(local_store)
+def test_actor_hot_swaps_only_verified_weights_between_episodes(local_store, tmp_path, keyring):
+    coordinator = publisher(local_store, keyring)
     v1 = tiny_policy_checkpoint(local_store, "checkpoints/v1", 0)
     v2 = tiny_policy_checkpoint(local_store, "checkpoints/v2", 1)
     coordinator.publish_all(v1)
@@ -263,7 +261,9 @@ def test_fleet_up_runs_robots_as_processes_and_status_shows_versions(tmp_path):
     from lwd_core.store import open_store
 
     store = open_store(LWDConfig(data_dir=str(tmp_path / "data")))
-    Coordinator(store).publish_all(tiny_policy_checkpoint(store, "checkpoints/v1", 0))
+    # The actors find the keys where `lwd fleet up` makes them on a file:// store: <data_dir>/keys.
+    publisher(store, make_keyring(tmp_path / "data" / "keys")).publish_all(
+        tiny_policy_checkpoint(store, "checkpoints/v1", 0))
     lwd = [sys.executable, "-m", "flows.cli"]
     up = subprocess.run([*lwd, "fleet", "up", "--robots", "3", "--episodes", "1"], env=env, capture_output=True,
                         text=True, timeout=300)

@@ -20,7 +20,7 @@ from lwd_core.data.layout import buffer_prefix, get_episode
 from lwd_core.fleet.actor import Actor, assign_tasks
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.fleet.edge import EdgeClient
-from lwd_core.security import episode_signer, release_key
+from lwd_core.security import episode_signer, keyring_for, release_verifier
 from lwd_core.store import open_store
 from lwd_core.suite import select_tasks
 
@@ -168,9 +168,11 @@ def test_rollout_rolls_back_when_the_canary_regresses(stack):
 
     stop = threading.Event()
     robots = assign_tasks(["robot-00"], select_tasks(config.fleet.tasks))
-    edge = EdgeClient(Path(config.data_dir) / "spool" / "canary-test", store, sign=episode_signer(config.fleet))
+    keyring = keyring_for(config, ["robot-00"])
+    edge = EdgeClient(Path(config.data_dir) / "spool" / "canary-test", store, sign=episode_signer(keyring))
     # No teleoperator: the canary's own (untrained) policy decides, so it regresses.
-    actor = Actor(store, edge, robots, intervene=False, max_steps=30, poll_s=0.2, release_key=release_key(config.fleet))
+    actor = Actor(store, edge, robots, intervene=False, max_steps=30, poll_s=0.2,
+                  verify_release=release_verifier(keyring))
     thread = threading.Thread(target=actor.run, kwargs={"stop": stop}, daemon=True)
     thread.start()
     try:

@@ -69,15 +69,13 @@ def _signed_with(episode, signature: str) -> bytes:
     return episode.to_parquet_bytes({SIGNATURE_KEY: signature, SIGNER_KEY: episode.robot_id})
 
 
-def test_one_hostile_object_never_stops_the_batch_or_later_ones(local_store):
+def test_one_hostile_object_never_stops_the_batch_or_later_ones(local_store, keyring):
     """Each of these failed the whole batch, and every later one, before objects were isolated."""
-    from lwd_core.config import LWDConfig
     from lwd_core.security import episode_signature_check, episode_signer
 
-    fleet = LWDConfig().fleet
     good = [fleet_episode(seed=40 + i) for i in range(3)]
     for episode in good:
-        local_store.put_atomic(raw_key(ROBOT, episode.episode_id), episode.to_parquet_bytes(episode_signer(fleet)(episode)))
+        local_store.put_atomic(raw_key(ROBOT, episode.episode_id), episode.to_parquet_bytes(episode_signer(keyring)(episode)))
     hostile = fleet_episode(seed=50)
     upload(local_store, "non-ascii-signature", _signed_with(hostile, "sïgnature-ünicode"))
     root = local_store.root
@@ -90,7 +88,7 @@ def test_one_hostile_object_never_stops_the_batch_or_later_ones(local_store):
     with open(os.path.join(day, "c\\back\\slash.parquet"), "wb") as handle:
         handle.write(fleet_episode(seed=52).to_parquet_bytes())
 
-    report = ingest_batch(local_store, pending_raw(local_store), EXPECT, check_signature=episode_signature_check(fleet))
+    report = ingest_batch(local_store, pending_raw(local_store), EXPECT, check_signature=episode_signature_check(keyring))
     assert sorted(buffer_ids(local_store)) == sorted(e.episode_id for e in good)
     reasons = {o.raw_key.rsplit("/", 1)[1]: " ".join(o.reasons) for o in report.outcomes if o.status == "quarantined"}
     assert "unauthenticated" in reasons["non-ascii-signature.parquet"]

@@ -7,15 +7,16 @@ import threading
 import time
 import uuid
 
+import numpy as np
 import pytest
-from conftest import _free_port
+from conftest import _free_port, make_keyring, publisher
 from corpus import VERSION, fleet_episode
 
 from lwd_core.config import LWDConfig, StorageConfig
-from lwd_core.fleet.coordinator import Coordinator, Release
+from lwd_core.fleet.coordinator import Release
 from lwd_core.fleet.edge import EdgeClient
 from lwd_core.security import episode_signer
-from lwd_core.store import ObjectStore
+from lwd_core.store import ObjectStore, now_us
 
 
 @pytest.fixture
@@ -75,12 +76,13 @@ def test_ingest_flow_retries_through_an_outage(flaky_s3, prefect_server, tmp_pat
     store = flaky_s3["store"]
     monkeypatch.delenv("LWD_CONFIG", raising=False)
     config = LWDConfig(data_dir=tmp_path / "data", storage=flaky_s3["config"])
-    fleet = config.fleet
-    Coordinator(store).publish_all(Release(version=VERSION, checkpoint="checkpoints/none", policy_sha256="0" * 64))
-    episodes = [fleet_episode(seed=20 + i) for i in range(4)]
+    keyring = make_keyring(tmp_path / "data" / "keys")  # an S3 deployment's keys come from `lwd keys generate`
+    publisher(store, keyring).publish_all(Release(version=VERSION, checkpoint="checkpoints/none", policy_sha256="0" * 64))
+    recent = now_us() - 10**8 + np.arange(20) * 50_000  # inside ingestion's timestamp window
+    episodes = [fleet_episode(seed=20 + i, timestamps_us=recent) for i in range(4)]
     for episode in episodes:
         store.put_atomic(f"raw/2026-11-24/robot-00/{episode.episode_id}.parquet",
-                         episode.to_parquet_bytes(episode_signer(fleet)(episode)))
+                         episode.to_parquet_bytes(episode_signer(keyring)(episode)))
 
     from flows.ingest import ingest
 

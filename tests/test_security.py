@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
+from conftest import make_keyring, publisher
 from corpus import ROBOT, fleet_episode
 from test_fleet import tiny_policy_checkpoint
 from test_ingest import EXPECT, upload
@@ -13,71 +15,117 @@ from test_ingest import EXPECT, upload
 from lwd_core.config import LWDConfig
 from lwd_core.data.ingest import ingest_batch, pending_raw
 from lwd_core.fleet.actor import Actor, assign_tasks
-from lwd_core.fleet.coordinator import Coordinator, Release
 from lwd_core.fleet.edge import EdgeClient
 from lwd_core.security import (
     SIGNATURE_KEY,
     SIGNER_KEY,
+    Keyring,
+    MissingKeyError,
     episode_signature_check,
     episode_signer,
-    release_key,
+    keyring_for,
+    release_message,
+    release_signer,
+    release_verifier,
 )
+from lwd_core.store import sha256_hex
 from lwd_core.suite import get_task
 
 ROOT = Path(__file__).resolve().parent.parent
-FLEET = LWDConfig(fleet={"signing_secret": "fleet-secret", "robot_keys": {"robot-01": "robot-01-own-key"}}).fleet
 
 
-def signed_bytes(episode, fleet=FLEET, **override) -> bytes:
-    metadata = episode_signer(fleet)(episode) | override
-    return episode.to_parquet_bytes(metadata)
+def signed_bytes(episode, keyring, **override) -> bytes:
+    return episode.to_parquet_bytes(episode_signer(keyring)(episode) | override)
 
 
-def test_only_episodes_signed_by_their_own_robot_are_accepted(local_store):
+def test_only_episodes_signed_by_their_own_robot_are_accepted(local_store, keyring, tmp_path):
+    other_fleet = make_keyring(tmp_path / "other-keys")
     good = fleet_episode(seed=1)
+    as_other_robot = fleet_episode(seed=4)
     cases = {
-        "valid": signed_bytes(good),
+        "valid": signed_bytes(good, keyring),
         "unsigned": fleet_episode(seed=2).to_parquet_bytes(),
-        "wrong-secret": signed_bytes(fleet_episode(seed=3), LWDConfig(fleet={"signing_secret": "guess"}).fleet),
-        "forged-signer": signed_bytes(fleet_episode(seed=4), **{SIGNER_KEY: "robot-01"}),
-        "signature-of-other-episode": signed_bytes(fleet_episode(seed=5), **{
-            SIGNATURE_KEY: episode_signer(FLEET)(good)[SIGNATURE_KEY]}),
+        "another-fleets-key": signed_bytes(fleet_episode(seed=3), other_fleet),
+        # robot-01 signs an episode of robot-00 with its own key and claims to be robot-00.
+        "cross-robot": as_other_robot.to_parquet_bytes({
+            SIGNATURE_KEY: keyring.private("robot-01").sign(f"lwd/episode:{as_other_robot.episode_id}".encode()).hex(),
+            SIGNER_KEY: ROBOT}),
+        "forged-signer": signed_bytes(fleet_episode(seed=5), keyring, **{SIGNER_KEY: "robot-01"}),
+        "signature-of-other-episode": signed_bytes(fleet_episode(seed=6), keyring, **{
+            SIGNATURE_KEY: episode_signer(keyring)(good)[SIGNATURE_KEY]}),
+        "not-hex": signed_bytes(fleet_episode(seed=7), keyring, **{SIGNATURE_KEY: "zz" * 64}),
     }
     keys = {upload(local_store, name, data): name for name, data in cases.items()}
-    report = ingest_batch(local_store, pending_raw(local_store), EXPECT, check_signature=episode_signature_check(FLEET))
+    public_only = Keyring(tmp_path / "public")  # ingestion holds public keys only
+    for robot in (ROBOT, "robot-01"):
+        (public_only.root / "robots").mkdir(parents=True, exist_ok=True)
+        (public_only.root / "robots" / f"{robot}.pub").write_bytes((keyring.root / "robots" / f"{robot}.pub").read_bytes())
+    report = ingest_batch(local_store, pending_raw(local_store), EXPECT, check_signature=episode_signature_check(public_only))
     status = {keys[o.raw_key]: (o.status, " ".join(o.reasons)) for o in report.outcomes}
     assert status.pop("valid") == ("accepted", "")
-    assert status["unsigned"] == ("quarantined", "unauthenticated: unsigned episode")
-    assert status["wrong-secret"] == ("quarantined", "unauthenticated: bad signature")
-    assert status["forged-signer"][0] == "quarantined" and "not by its robot" in status["forged-signer"][1]
-    assert status["signature-of-other-episode"] == ("quarantined", "unauthenticated: bad signature")
+    assert status.pop("unsigned") == ("quarantined", "unauthenticated: unsigned episode")
+    assert status.pop("forged-signer")[1].endswith(f"not by its robot {ROBOT!r}")
+    assert status == {name: ("quarantined", "unauthenticated: bad signature") for name in status}
 
 
-def test_explicit_robot_keys_are_used_instead_of_derived_ones():
-    episode = fleet_episode(seed=6, robot_id="robot-01")
-    derived = LWDConfig(fleet={"signing_secret": "fleet-secret"}).fleet
-    assert episode_signer(FLEET)(episode) != episode_signer(derived)(episode)
-    metadata = episode_signer(FLEET)(episode)
-    assert episode_signature_check(FLEET)(episode, metadata) is None
-    assert episode_signature_check(derived)(episode, metadata) == "bad signature"
-
-
-def test_actor_loads_only_releases_with_a_valid_signature(local_store, tmp_path):
-    coordinator = Coordinator(local_store)
-    genuine = tiny_policy_checkpoint(local_store, "checkpoints/v1", 0)  # signed with the default secret
-    default_key = release_key(LWDConfig().fleet)
+def test_actor_accepts_only_signed_current_releases(local_store, keyring, tmp_path):
+    """Unsigned, robot-signed, rewritten-spec and replayed releases are all refused; a genuine one runs."""
+    coordinator = publisher(local_store, keyring)
     robots = assign_tasks([ROBOT], (get_task("restock-horizontal"),))
-    actor = Actor(local_store, EdgeClient(tmp_path / "spool", local_store), robots, max_steps=5, poll_s=0.0,
-                  release_key=default_key)
-    unsigned = Release(version="v1", checkpoint=genuine.checkpoint, policy_sha256=genuine.policy_sha256)
-    coordinator.publish_all(unsigned)
-    actor.run(max_episodes=1, duration_s=3)  # refused: nothing to run, so it only waits
-    state = coordinator.actor(ROBOT)
-    assert state["running_version"] is None and "signature does not verify" in state["last_error"]
-    coordinator.publish_all(genuine)
-    actor.run(max_episodes=1)
-    actor.close()
+    actor = Actor(local_store, EdgeClient(tmp_path / "spool", local_store, sign=episode_signer(keyring)), robots,
+                  max_steps=5, poll_s=0.0, verify_release=release_verifier(keyring))
+
+    def refused(document: dict, why: str) -> None:
+        local_store.put_json("fleet/desired.json", document)  # what an attacker with write access could do
+        actor.run(max_episodes=1, duration_s=2)
+        assert why in coordinator.actor(ROBOT)["last_error"], coordinator.actor(ROBOT)["last_error"]
+
+    v1 = tiny_policy_checkpoint(local_store, "checkpoints/v1", 0)
+    genuine = coordinator.publish_all(v1)
+    signed_v1 = dict(genuine["stable"])
+    refused(genuine | {"stable": signed_v1 | {"signature": ""}}, "signature does not verify")
+    by_robot = signed_v1 | {"signature": keyring.private(ROBOT).sign(release_message(signed_v1)).hex()}
+    refused(genuine | {"stable": by_robot}, "signature does not verify")
+    # The spec rewritten in the store, its manifest entry updated to match: the signed manifest hash
+    # no longer does.
+    spec, manifest = local_store.get("checkpoints/v1/spec.json"), local_store.get("checkpoints/v1/_MANIFEST.json")
+    rewritten = spec.replace(b'"flow_steps": 2', b'"flow_steps": 3')
+    forged_manifest = json.loads(manifest)
+    forged_manifest["files"]["spec.json"] = {"sha256": sha256_hex(rewritten), "bytes": len(rewritten)}
+    local_store.put_atomic("checkpoints/v1/spec.json", rewritten)
+    local_store.put_json("checkpoints/v1/_MANIFEST.json", forged_manifest)
+    refused(genuine, "does not match the signed release's manifest")
+    local_store.put_atomic("checkpoints/v1/spec.json", spec)
+    local_store.put_atomic("checkpoints/v1/_MANIFEST.json", manifest)
+
+    republished = coordinator.publish_all(v1)  # a new revision: the actor looks at it afresh
+    actor.run(max_episodes=1, duration_s=120)
     assert coordinator.actor(ROBOT)["running_version"] == "v1"
+    assert actor.accepted_revision == republished["revision"]
+    v2 = coordinator.publish_all(tiny_policy_checkpoint(local_store, "checkpoints/v2", 1))
+    actor.run(max_episodes=1, duration_s=120)
+    assert coordinator.actor(ROBOT)["running_version"] == "v2"
+    # An old signed release published again (a lower revision than the accepted one) is refused.
+    refused(v2 | {"stable": signed_v1}, "replayed release")
+    actor.close()
+    assert coordinator.actor(ROBOT)["running_version"] == "v2"
+
+
+def test_keys_are_private_to_their_owner_and_rotate(tmp_path):
+    keyring = make_keyring(tmp_path / "keys", robots=2)
+    for name in ("robots/robot-00.key", "release.key"):
+        assert (keyring.root / name).stat().st_mode & 0o777 == 0o600
+    before = keyring.fingerprint("robot-00")
+    assert keyring.generate(["robot-00"], release=False) == []  # existing keys are kept
+    assert keyring.generate(["robot-00"], release=False, rotate=True) == ["robot-00"]
+    assert keyring.fingerprint("robot-00") != before
+
+
+def test_a_store_other_than_file_never_generates_keys(tmp_path):
+    config = LWDConfig(data_dir=tmp_path, storage={"url": "s3://bucket/prefix"})
+    keyring = keyring_for(config, ["robot-00"])
+    with pytest.raises(MissingKeyError, match="lwd keys generate"):
+        release_signer(keyring)
 
 
 FORBIDDEN_CALLS = {("pickle", "load"), ("pickle", "loads"), ("cloudpickle", "load"), ("cloudpickle", "loads"),

@@ -36,12 +36,13 @@ def load_checkpoint(store: ObjectStore, prefix: str) -> tuple[Learner, TrainStat
     return learner, state, manifest
 
 
-def load_policy(store: ObjectStore, prefix: str, expected_sha256: str | None = None) -> tuple[Learner, Any]:
-    """Acting parameters (:meth:`Learner.acting_params`); ``expected_sha256`` pins the file to a
-    coordinator's manifest."""
-    spec = LearnerSpec.from_json(store.get_committed(prefix, SPEC_FILE).decode())
+def load_policy(store: ObjectStore, prefix: str, expected_sha256: str | None = None,
+                manifest_sha256: str | None = None) -> tuple[Learner, Any]:
+    """Acting parameters (:meth:`Learner.acting_params`); ``expected_sha256`` pins the policy file and
+    ``manifest_sha256`` the whole checkpoint (spec included) to a signed release."""
+    spec = LearnerSpec.from_json(store.get_committed(prefix, SPEC_FILE, manifest_sha256).decode())
     learner = Learner(spec)
-    data = store.get_committed(prefix, POLICY_FILE)
+    data = store.get_committed(prefix, POLICY_FILE, manifest_sha256)
     if expected_sha256 is not None and sha256_hex(data) != expected_sha256:
         raise IntegrityError(f"{prefix}/{POLICY_FILE} does not match the expected sha256 {expected_sha256}")
     return learner, acting_params_from_bytes(learner, data)

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,6 @@ import numpy as np
 from lwd_core.algo.text import tokenize
 from lwd_core.fleet.coordinator import Coordinator, Release, now_us
 from lwd_core.fleet.edge import EdgeClient
-from lwd_core.security import verify_release
 from lwd_core.sim.rollout import EpisodeRunner, make_env
 from lwd_core.sim.teleop import InterventionMonitor, Teleoperator
 from lwd_core.store import ObjectStore
@@ -53,7 +52,8 @@ class PolicyCache:
 
         cache_key = f"{release.version}:{release.policy_sha256}"
         if cache_key not in self._entries:
-            self._entries[cache_key] = load_policy(self.store, release.checkpoint, release.policy_sha256)
+            self._entries[cache_key] = load_policy(self.store, release.checkpoint, release.policy_sha256,
+                                                   release.manifest_sha256 or None)
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
         self._entries.move_to_end(cache_key)
@@ -95,11 +95,12 @@ class Actor:
         seed: int = 0,
         poll_s: float = 1.0,
         clock: Callable[[], int] | None = None,
-        release_key: bytes | None = None,
+        verify_release: Callable[[dict[str, Any]], bool] | None = None,
         realtime_factor: float = 0.0,
     ):
-        """``release_key``: verify each release's signature before trusting its sha256 (production
-        actors always pass it; None skips only that check, never the sha256 one). ``realtime_factor``:
+        """``verify_release``: the release key's verifier (lwd_core.security.release_verifier); each
+        release must verify and be no older than the last one accepted before its hashes are trusted
+        (production actors always pass it; None skips only that check, never the hash checks). ``realtime_factor``:
         pace control steps at that multiple of the robots' 20 Hz (1.0: real time); 0: as fast as the
         simulator goes."""
         import jax
@@ -119,7 +120,8 @@ class Actor:
         self.poll_s = poll_s
         self.clock = clock
         self.policies = PolicyCache(store)
-        self.release_key = release_key
+        self.verify_release = verify_release
+        self.accepted_revision = 0
         self.step_period_s = CONTROL_PERIOD_S / realtime_factor if realtime_factor > 0 else 0.0
         self._next_step = 0.0
         self._rng = jax.random.PRNGKey(seed)
@@ -158,9 +160,12 @@ class Actor:
         if desired == robot.rejected:
             return  # already refused this exact release; wait for a different one
         try:
-            if self.release_key is not None and not verify_release(
-                    self.release_key, desired.version, desired.checkpoint, desired.policy_sha256, desired.signature):
-                raise PermissionError("release signature does not verify")
+            if self.verify_release is not None:
+                if not self.verify_release(asdict(desired)):
+                    raise PermissionError("release signature does not verify")
+                if desired.revision < self.accepted_revision:
+                    raise PermissionError(f"revision {desired.revision} is older than the accepted "
+                                          f"{self.accepted_revision}: a replayed release")
             self.policies.get(desired)
         except Exception as exc:  # bad signature, integrity, missing checkpoint: keep what we have
             robot.rejected = desired
@@ -169,6 +174,7 @@ class Actor:
             self.report(robot, "rejected-release")
             return
         robot.release, robot.rejected, robot.last_error = desired, None, None
+        self.accepted_revision = max(self.accepted_revision, desired.revision)
         robot.swaps = ([{"version": desired.version, "approved_us": desired.approved_us,
                          "published_us": desired.published_us, "swapped_us": now_us()}] + robot.swaps)[:_SWAPS_KEPT]
         self.report(robot, "running")

@@ -7,13 +7,16 @@ State lives in the object store so every actor, flow and dashboard reads one sou
     fleet/actors/<robot>.json   written by that robot's actor only: running version, heartbeats,
                                 per-version episode/success counts, recent swap timestamps
 
-A release names a committed checkpoint and the sha256 of its policy file; actors refuse weights that
-do not hash to it. Timestamps are UTC microseconds so latency percentiles can be computed afterwards.
+A release names a committed checkpoint, the sha256 of its policy file and of its whole manifest, and
+carries the release key's signature with the revision it was published at (lwd_core.security);
+actors refuse releases that do not verify, that are older than one they accepted, or whose files do
+not hash to what the signed manifest says. Timestamps are UTC microseconds so latency percentiles can be computed afterwards.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,8 +29,7 @@ from lwd_core.data.layout import (
     actor_status_key,
     safe_name,
 )
-from lwd_core.security import sign_release
-from lwd_core.store import COMMIT_MANIFEST, ObjectStore, now_us
+from lwd_core.store import COMMIT_MANIFEST, ObjectStore, now_us, sha256_hex
 
 _HISTORY = 20
 
@@ -40,7 +42,11 @@ class Release:
     published_us: int = 0
     # When the model became eligible (registered/approved): the start of distribution latency.
     approved_us: int = 0
-    # HMAC over version|checkpoint|sha256 by the rollout flow (lwd_core.security); actors verify it.
+    # sha256 of the checkpoint's _MANIFEST.json: every file the release consists of, spec included.
+    manifest_sha256: str = ""
+    # The desired-state revision it was published at, and the release key's signature over all of
+    # the above (lwd_core.security.release_message); both set by the coordinator when it publishes.
+    revision: int = 0
     signature: str = ""
 
     @classmethod
@@ -48,19 +54,14 @@ class Release:
         return cls(**data) if data else None
 
 
-def signed_release(version: str, checkpoint: str, policy_sha256: str, signing_key: bytes | None,
-                   approved_us: int | None = None) -> Release:
+def release_for_checkpoint(store: ObjectStore, checkpoint: str, version: str, approved_us: int | None = None) -> Release:
+    """A release pinned to the checkpoint's commit manifest: the policy's sha256 it records, and the
+    manifest's own sha256 (which covers every file)."""
     checkpoint = checkpoint.strip("/")
-    signature = sign_release(signing_key, version, checkpoint, policy_sha256) if signing_key else ""
-    return Release(version=safe_name(version, "model version"), checkpoint=checkpoint, policy_sha256=policy_sha256,
-                   approved_us=approved_us or now_us(), signature=signature)
-
-
-def release_for_checkpoint(store: ObjectStore, checkpoint: str, version: str, signing_key: bytes | None = None,
-                           approved_us: int | None = None) -> Release:
-    """A release pinned to the policy hash recorded in the checkpoint's commit manifest."""
-    manifest = store.get_json(f"{checkpoint.strip('/')}/{COMMIT_MANIFEST}")
-    return signed_release(version, checkpoint, manifest["files"][POLICY_FILE]["sha256"], signing_key, approved_us)
+    manifest = store.get(f"{checkpoint}/{COMMIT_MANIFEST}")
+    return Release(version=safe_name(version, "model version"), checkpoint=checkpoint,
+                   policy_sha256=json.loads(manifest)["files"][POLICY_FILE]["sha256"],
+                   manifest_sha256=sha256_hex(manifest), approved_us=approved_us or now_us())
 
 
 def choose_canary(robot_ids: list[str], fraction: float) -> list[str]:
@@ -72,8 +73,11 @@ def choose_canary(robot_ids: list[str], fraction: float) -> list[str]:
 
 
 class Coordinator:
-    def __init__(self, store: ObjectStore):
+    def __init__(self, store: ObjectStore, sign_release: Callable[[dict[str, Any]], str] | None = None):
+        """``sign_release``: the release key's signer (lwd_core.security.release_signer), needed to
+        publish; actors and status readers need none."""
         self.store = store
+        self.sign_release = sign_release
 
     # -- desired state (rollout flow) ----------------------------------------------------------
     def published_versions(self) -> set[str]:
@@ -96,11 +100,19 @@ class Coordinator:
     def _update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Apply ``change`` to the desired state as one compare-and-swap (retried on a concurrent
         writer's newer document, never overwriting it), with the next revision."""
+        if self.sign_release is None:
+            raise PermissionError("publishing needs the release key (Coordinator(store, sign_release=...))")
+
         def apply(current: dict[str, Any] | None) -> dict[str, Any]:
             document = copy.deepcopy(current) if current else self._empty()
             change(document)
             document["revision"] = int(document.get("revision", 0)) + 1
             document["updated_us"] = now_us()
+            # Every release a robot may be told to run carries this revision under a fresh signature.
+            for release in (document["stable"], (document["canary"] or {}).get("release")):
+                if release:
+                    release["revision"] = document["revision"]
+                    release["signature"] = self.sign_release(release)
             return document
 
         return self.store.update_json(FLEET_DESIRED_KEY, apply)
