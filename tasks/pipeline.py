@@ -4,6 +4,8 @@ never arrays, so retries and the UI stay cheap."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prefect import get_run_logger, task
 
@@ -65,12 +67,32 @@ def take_snapshot(config: LWDConfig) -> dict:
         "episodes": len(manifest["episodes"])}
 
 
+# A Prefect global concurrency limit of 1: one learner at a time, whichever flow or deployment starts it.
+LEARNER_LIMIT = "lwd-learner"
+
+
+@contextmanager
+def learner_slot() -> Iterator[None]:
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.upsert_global_concurrency_limit_by_name(LEARNER_LIMIT, 1)
+        except ObjectAlreadyExists:
+            pass  # created at the same moment by another run
+    with concurrency(LEARNER_LIMIT, occupy=1, strict=True):
+        yield
+
+
 @task(retries=1, retry_delay_seconds=5, timeout_seconds=6 * 3600)
 def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: str, resume: bool) -> dict:
     """Train on a snapshot from the last checkpoint (:mod:`lwd_core.algo.training`); an MLflow run with
     the metrics as they come, the checkpoint, and a registered model version.
 
-    Multi-host: every learner process runs this; all train, process 0 alone logs and checkpoints.
+    One learner at a time (:func:`learner_slot`). Multi-host: every learner process runs this; all
+    train, process 0 alone holds the slot, logs and checkpoints.
     """
     import jax
 
@@ -84,15 +106,20 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
     distributed.initialize_from_env()  # no-op unless LWD_JAX_COORDINATOR is set
     mesh = distributed.data_mesh() if jax.device_count() > 1 else None
     store = open_store(config)
-    plan = plan_snapshot_training(store, load_snapshot(store, snapshot_id), config.algo, method, resume, steps,
-                                  process_index=jax.process_index())
+
+    def make_plan():
+        return plan_snapshot_training(store, load_snapshot(store, snapshot_id), config.algo, method, resume, steps,
+                                      process_index=jax.process_index())
+
     if jax.process_index() != 0:
-        follow_snapshot_training(plan, mesh)
-        return {"stage": plan.stage, "snapshot_id": plan.snapshot_id, "process": jax.process_index()}
-    with tracking.training_run(config, plan) as log_metrics:
-        start = time.monotonic()
-        result = run_snapshot_training(store, plan, on_log=log_metrics, mesh=mesh)
-        trained = tracking.finish_training_run(config, store, plan, result, time.monotonic() - start)
+        follow_snapshot_training(make_plan(), mesh)
+        return {"snapshot_id": snapshot_id, "process": jax.process_index()}
+    with learner_slot():  # planned inside the slot: it resumes from whatever the previous learner left
+        plan = make_plan()
+        with tracking.training_run(config, plan) as log_metrics:
+            start = time.monotonic()
+            result = run_snapshot_training(store, plan, on_log=log_metrics, mesh=mesh)
+            trained = tracking.finish_training_run(config, store, plan, result, time.monotonic() - start)
     get_run_logger().info("trained %d steps (%s) on %s in %.0fs -> %s (model version %s)", plan.steps, plan.stage,
                           plan.snapshot_id, trained["seconds"], trained["checkpoint"], trained["model_version"])
     return trained

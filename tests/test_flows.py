@@ -123,6 +123,14 @@ def test_flywheel_runs_every_stage_and_reports_where_to_look(stack, prefect_serv
             "rollout", "generate-offline"} <= names
     assert all(state == "COMPLETED" for _, state in states), states
 
+    async def learner_limit():
+        async with get_client() as client:
+            return await client.read_global_concurrency_limit_by_name("lwd-learner")
+
+    with temporary_settings({PREFECT_API_URL: prefect_server["url"]}):
+        limit = asyncio.run(learner_limit())
+    assert limit.limit == 1 and limit.active_slots == 0, "one learner at a time, and the slot was released"
+
 
 def test_candidate_needs_a_reviewer_before_reaching_the_fleet(stack):
     env, config = stack["env"], stack["config"]

@@ -28,3 +28,21 @@ def test_canary_rolls_back_on_regression_or_timeout():
     assert not late.promote and late.reason == "canary timeout"
     # No baseline episodes yet: any canary result is accepted.
     assert canary_decision(2, 0, 0, 0, finished_in_time=True, tolerance=0.25).promote
+
+
+def test_checkpoint_evaluation_is_cached_and_paired_without_prefect(local_store):
+    from test_fleet import tiny_policy_checkpoint
+
+    from lwd_core.sim.evaluate import evaluate_checkpoint, paired_comparison
+    from lwd_core.suite import get_task
+
+    release = tiny_policy_checkpoint(local_store, "checkpoints/v1", 0)
+    suite = [get_task("restock-horizontal")]
+    first = evaluate_checkpoint(local_store, release.checkpoint, release.policy_sha256, suite, 2, seed=3, max_steps=5)
+    assert first["tasks"]["restock-horizontal"]["episodes"] == 2
+    assert len(first["tasks"]["restock-horizontal"]["outcomes"]) == 2
+    assert local_store.list("evals", ".json"), "the summary is cached in the store"
+    again = evaluate_checkpoint(local_store, release.checkpoint, release.policy_sha256, suite, 2, seed=3, max_steps=5)
+    assert again == first
+    assert paired_comparison(first, again)["change"] == 0.0
+    assert gate_decision(first, again, tolerance=0.05, min_success=0.0).passed
