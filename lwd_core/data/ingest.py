@@ -109,14 +109,13 @@ def quarantine(store: ObjectStore, raw: str, data: bytes | None, reasons: list[s
     """Park the object (``data`` None: too big or unreadable, only the reason is kept) and remove the raw
     copy, which is what keeps a bad object from being seen again."""
     name = episode_id or f"unparsed-{sha256_hex(data if data is not None else raw.encode(errors='replace'))}"
-    key = quarantine_key(name)
     if data is not None:
-        store.put_atomic(key, data)
-    store.put_json(quarantine_reason_key(name), {"raw_key": raw, "reasons": bounded(reasons),
-                                                  "bytes": None if data is None else len(data),
-                                                  "quarantined_us": now_us()})
+        store.put_atomic(quarantine_key(name), data)
+    reason_key = quarantine_reason_key(name)
+    store.put_json(reason_key, {"raw_key": raw, "reasons": bounded(reasons),
+                                "bytes": None if data is None else len(data), "quarantined_us": now_us()})
     store.discard(raw)
-    return key
+    return quarantine_key(name) if data is not None else reason_key
 
 
 def _quarantined(store: ObjectStore, raw: str, data: bytes | None, reasons: list[str],
