@@ -39,8 +39,34 @@ ConfigOption = Annotated[
 
 
 def _load(config_file: Path | None) -> LWDConfig:
-    """The one place the CLI reads settings: the file named here, else $LWD_CONFIG or ./lwd.yaml."""
-    return load_config(config_file)
+    """The one place the CLI reads settings: the file named here, else $LWD_CONFIG or ./lwd.yaml.
+    A bad setting or file is one readable line on stderr and exit code 2, not a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return load_config(config_file)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(part) for part in error['loc']) or 'config'}: {error['msg']}"
+                             for error in exc.errors())
+        message = f"config error: {problems}"
+    except (OSError, ValueError) as exc:  # a missing file, unreadable YAML
+        message = f"config error: {type(exc).__name__}: {exc}".splitlines()[0]
+    typer.secho(message, fg="red", err=True)
+    raise typer.Exit(code=2)
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        typer.echo(f"lwd-flywheel {version('lwd-flywheel')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                   help="Print the version and exit.")] = False) -> None:
+    """LWD Flywheel: learning while deploying."""
 
 
 def _run(config: LWDConfig, stage: Callable[..., Any], **params: Any) -> Any:
@@ -100,11 +126,17 @@ def snapshot(config: ConfigOption = None) -> None:
 
 
 @app.command()
-def train(config: ConfigOption = None, snapshot_id: str = "", steps: int = 0) -> None:
-    """Train DIVL + QAM on a snapshot (latest if omitted), from the last checkpoint."""
+def train(
+    config: ConfigOption = None,
+    snapshot_id: str = "",
+    steps: int = 0,
+    method: Annotated[str, typer.Option(help="Learning method (an agent: lwd, bc, hgdagger, recap).")] = "lwd",
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint (--no-resume: from scratch).")] = True,
+) -> None:
+    """Train DIVL + QAM (or another method) on a snapshot (latest if omitted), from the last checkpoint."""
     from flows.train import train
 
-    _run(_load(config), train, snapshot_id=snapshot_id, steps=steps)
+    _run(_load(config), train, snapshot_id=snapshot_id, steps=steps, method=method, resume=resume)
 
 
 @app.command()
@@ -116,11 +148,15 @@ def evaluate(config: ConfigOption = None, model_version: str = "", episodes_per_
 
 
 @app.command()
-def promote(config: ConfigOption = None, model_version: str = "") -> None:
+def promote(
+    config: ConfigOption = None,
+    model_version: str = "",
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a reviewer (default: the config's).")] = -1.0,
+) -> None:
     """Give a passing candidate the `challenger` alias and wait for a reviewer."""
     from flows.promote import promote
 
-    _run(_load(config), promote, model_version=model_version)
+    _run(_load(config), promote, model_version=model_version, wait_seconds=wait)
 
 
 @app.command()

@@ -55,3 +55,18 @@ def test_keys_generate_makes_private_and_public_keys(tmp_path):
     assert (keys / "robots" / "robot-01.key").stat().st_mode & 0o777 == 0o600 and (keys / "release.pub").is_file()
     again = json.loads(_lwd("keys", "generate", "--robots", "2", cwd=tmp_path).stdout)
     assert again["written"] == [] and again["fingerprints"] == shown["fingerprints"]
+
+
+def test_a_bad_config_is_one_readable_line_and_exit_code_2(tmp_path):
+    (tmp_path / "lwd.yaml").write_text("fleet:\n  robots: -3\n  robotz: 1\n")
+    result = _lwd("config", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith("config error:") and "fleet.robots" in line and "fleet.robotz" in line
+    missing = _lwd("config", "--config", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.strip().startswith("config error: FileNotFoundError")
+
+
+def test_version_option():
+    result = _lwd("--version")
+    assert result.returncode == 0 and result.stdout.startswith("lwd-flywheel ")

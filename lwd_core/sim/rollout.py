@@ -10,6 +10,7 @@ Who acts at each step:
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,10 @@ ChunkPolicy = Callable[[np.ndarray, TaskSpec], np.ndarray]
 
 def make_env(task: TaskSpec):
     """A fresh simulator for the task. Nothing is downloaded (env_only)."""
+    # Known and harmless here: no display (state observations never render) and OGBench's float64
+    # Box spaces. Every process that builds a simulator comes through here (CLI, actors, pool workers).
+    warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
     import ogbench
 
     return ogbench.make_env_and_datasets(task.env_name, env_only=True)
