@@ -168,6 +168,45 @@ def approve(model_version: str, config: ConfigOption = None, reviewer: str = "cl
 
 
 @app.command()
+def reject(
+    model_version: str,
+    reason: Annotated[str, typer.Option(help="Why (stored on the model version).")],
+    config: ConfigOption = None,
+    reviewer: str = "cli",
+) -> None:
+    """Reviewer rejection: MODEL_VERSION leaves `challenger`; reviewer and reason become version tags."""
+    from flows.promote import reject
+
+    _run(_load(config), reject, model_version=model_version, reason=reason, reviewer=reviewer)
+
+
+@app.command()
+def status(config: ConfigOption = None) -> None:
+    """Where things stand: champion and challenger, the fleet's desired and running versions, the
+    upload backlog, and the latest snapshot and checkpoint."""
+    from lwd_core.data.ingest import pending_raw
+    from lwd_core.data.layout import CHECKPOINT_LATEST_KEY, SNAPSHOT_LATEST_KEY
+    from lwd_core.fleet.coordinator import Coordinator
+    from lwd_core.store import open_store
+    from tasks import tracking
+
+    settings = _load(config)
+    store = open_store(settings)
+    coordinator = Coordinator(store)
+    desired = coordinator.desired()
+    typer.echo(json.dumps({
+        "champion": tracking.alias_version(settings, tracking.CHAMPION),
+        "challenger": tracking.alias_version(settings, tracking.CHALLENGER),
+        "fleet": {"revision": desired["revision"], "stable": (desired.get("stable") or {}).get("version"),
+                  "canary": (desired.get("canary") or {}).get("release", {}).get("version"),
+                  "running": {row["robot_id"]: row["running"] for row in coordinator.status()}},
+        "backlog_episodes": len(pending_raw(store)),
+        "latest_snapshot": (store.get_json(SNAPSHOT_LATEST_KEY) if store.exists(SNAPSHOT_LATEST_KEY) else {}).get("snapshot_id"),
+        "latest_checkpoint": (store.get_json(CHECKPOINT_LATEST_KEY) if store.exists(CHECKPOINT_LATEST_KEY) else {}).get("checkpoint"),
+    }, indent=2))
+
+
+@app.command()
 def rollout(config: ConfigOption = None, model_version: str = "") -> None:
     """Staged rollout of the champion: canary robots, watch success, then all; roll back on regression."""
     from flows.rollout import rollout

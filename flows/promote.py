@@ -36,6 +36,21 @@ def approve(model_version: str, reviewer: str = "cli", config: LWDConfig | None 
     return {"champion": model_version, "previous": previous, "approved_by": reviewer}
 
 
+@flow(name="reject")
+def reject(model_version: str, reason: str, reviewer: str = "cli", config: LWDConfig | None = None) -> dict:
+    """A reviewer turns a candidate down: it leaves ``challenger`` and carries who and why as tags."""
+    config = config or load_config()
+    if not reason.strip():
+        raise ValueError("say why: a rejection needs a reason")
+    if tracking.alias_version(config, tracking.CHAMPION) == model_version:
+        raise ValueError(f"v{model_version} is the champion: approve another version to replace it")
+    tracking.set_version_tags(config, model_version, {"approval": "rejected", "rejected_by": reviewer,
+                                                      "rejection_reason": reason[:500], "rejected_us": now_us()})
+    if tracking.alias_version(config, tracking.CHALLENGER) == model_version:
+        tracking.delete_alias(config, tracking.CHALLENGER)
+    return {"version": model_version, "approval": "rejected", "rejected_by": reviewer, "reason": reason[:500]}
+
+
 def is_approved(config, version: str) -> bool:
     return tracking.alias_version(config, tracking.CHAMPION) == version
 

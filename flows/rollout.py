@@ -64,6 +64,8 @@ def rollout(model_version: str = "", config: LWDConfig | None = None) -> dict:
         raise ValueError("no champion to roll out: approve a model version first")
     if tracking.alias_version(config, tracking.CHAMPION) != version:
         raise PermissionError(f"v{version} is not the approved champion; approve it before rolling out")
+    if tracking.version_tags(config, version).get("gate") != "pass":
+        raise PermissionError(f"v{version} has not passed the evaluation gate: it is never rolled out")
     store = open_store(config)
     coordinator = Coordinator(store, sign_release=release_signer(keyring_for(config)))
     release = release_of(config, store, version)

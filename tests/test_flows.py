@@ -158,6 +158,14 @@ def test_approve_refuses_a_version_that_failed_the_gate(stack):
     registry(config).set_model_version_tag(config.tracking.registered_model, version, "gate", "fail")
     refused = lwd(env, "approve", version)
     assert refused.returncode != 0 and "only versions that passed the gate" in refused.stderr
+    rejected = lwd(env, "reject", version, "--reason", "drops the cube on restock-back", "--reviewer", "carol")
+    assert rejected.returncode == 0, rejected.stderr[-2000:]
+    tags = versions(config)[version]
+    assert (tags["approval"], tags["rejected_by"], tags["rejection_reason"]) == (
+        "rejected", "carol", "drops the cube on restock-back")
+    status = json.loads(lwd(env, "status").stdout)
+    assert status["champion"] == champion(config) and status["challenger"] != version
+    assert status["fleet"]["stable"] == f"policy-v{champion(config)}" and status["backlog_episodes"] >= 0
 
 
 def test_rollout_rolls_back_when_the_canary_regresses(stack):
