@@ -50,8 +50,8 @@ class Keyring:
 
     # -- files -------------------------------------------------------------------------------------
     def _path(self, name: str, private: bool) -> Path:
-        base = self.root / ("robots" if name != RELEASE else "") / name
-        return base.with_suffix(".key" if private else ".pub")
+        # Appended, not with_suffix: robot ids may hold dots ("cell.3") and must not share a file.
+        return self.root / ("robots" if name != RELEASE else "") / f"{name}{'.key' if private else '.pub'}"
 
     def _write(self, path: Path, data: bytes, private: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
