@@ -201,8 +201,8 @@ def status(config: ConfigOption = None) -> None:
                   "canary": (desired.get("canary") or {}).get("release", {}).get("version"),
                   "running": {row["robot_id"]: row["running"] for row in coordinator.status()}},
         "backlog_episodes": len(pending_raw(store)),
-        "latest_snapshot": (store.get_json(SNAPSHOT_LATEST_KEY) if store.exists(SNAPSHOT_LATEST_KEY) else {}).get("snapshot_id"),
-        "latest_checkpoint": (store.get_json(CHECKPOINT_LATEST_KEY) if store.exists(CHECKPOINT_LATEST_KEY) else {}).get("checkpoint"),
+        "latest_snapshot": (store.get_json_versioned(SNAPSHOT_LATEST_KEY)[0] or {}).get("snapshot_id"),
+        "latest_checkpoint": (store.get_json_versioned(CHECKPOINT_LATEST_KEY)[0] or {}).get("checkpoint"),
     }, indent=2))
 
 
