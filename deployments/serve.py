@@ -1,5 +1,5 @@
 """Serve every deployment in prefect.yaml from one local process, with the same parameters,
-schedules and event triggers, without a work pool: ``python -m deployments.serve``.
+schedules and event triggers, without a work pool: ``python -m deployments.serve [NAME ...]``.
 
 prefect.yaml stays the single source of truth; this reads it.
 """
@@ -46,10 +46,15 @@ def to_deployments(specs: list[dict[str, Any]]):
     return deployments
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """``python -m deployments.serve [NAME ...]``: every deployment, or only those named."""
     from prefect import serve
 
-    serve(*to_deployments(load_specs()))
+    names = set(sys.argv[1:] if argv is None else argv)
+    specs = [spec for spec in load_specs() if not names or spec["name"] in names]
+    if names - {spec["name"] for spec in specs}:
+        raise SystemExit(f"no such deployment in prefect.yaml: {', '.join(sorted(names - {s['name'] for s in specs}))}")
+    serve(*to_deployments(specs))
 
 
 if __name__ == "__main__":

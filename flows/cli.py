@@ -76,8 +76,13 @@ def _run(config: LWDConfig, stage: Callable[..., Any], **params: Any) -> Any:
 
     api = {} if PREFECT_API_URL.value() or not config.orchestration.prefect_api_url else {
         PREFECT_API_URL: config.orchestration.prefect_api_url}
+    from tasks.events import flush_events
+
     with temporary_settings(updates=api):
-        result = stage(config=config, **params)
+        try:
+            result = stage(config=config, **params)
+        finally:
+            flush_events()  # review and rollout events reach the server before this process exits
     if result is not None:
         typer.echo(json.dumps(result, indent=2, default=str) if isinstance(result, dict | list) else str(result))
     return result
@@ -160,11 +165,17 @@ def promote(
 
 
 @app.command()
-def approve(model_version: str, config: ConfigOption = None, reviewer: str = "cli") -> None:
-    """Reviewer approval: move alias `champion` to MODEL_VERSION (same as doing it in the MLflow UI)."""
+def approve(
+    model_version: str,
+    config: ConfigOption = None,
+    reviewer: str = "cli",
+    comment: Annotated[str, typer.Option(help="Why (stored on the model version).")] = "",
+) -> None:
+    """Reviewer approval: alias `champion` moves to MODEL_VERSION and the approval is recorded; a review
+    run waiting for it is answered and rolls it out."""
     from flows.promote import approve
 
-    _run(_load(config), approve, model_version=model_version, reviewer=reviewer)
+    _run(_load(config), approve, model_version=model_version, reviewer=reviewer, comment=comment)
 
 
 @app.command()
@@ -178,6 +189,15 @@ def reject(
     from flows.promote import reject
 
     _run(_load(config), reject, model_version=model_version, reason=reason, reviewer=reviewer)
+
+
+@app.command("watch-champion")
+def watch_champion(config: ConfigOption = None) -> None:
+    """Ship a champion a reviewer set in the MLflow UI (what the scheduled deployment runs), or refuse it
+    when its gate did not pass."""
+    from flows.promote import watch_champion
+
+    _run(_load(config), watch_champion)
 
 
 @app.command()
@@ -249,11 +269,12 @@ def fleet_up(
     robots: Annotated[int, typer.Option(help="Robots to start (default: fleet.robots).")] = 0,
     episodes: Annotated[int, typer.Option(help="Episodes per robot, then stop (0: until Ctrl-C).")] = 0,
     duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: no limit).")] = 0.0,
+    host: Annotated[str, typer.Option(help="This machine's name in fleet.hosts: start only its robots.")] = "",
 ) -> None:
     """Start N simulated robots as supervised actor processes with their edge clients."""
     from flows.fleet import fleet_up
 
-    _run(_load(config), fleet_up, robots=robots, episodes=episodes, duration=duration)
+    _run(_load(config), fleet_up, robots=robots, episodes=episodes, duration=duration, host=host)
 
 
 @fleet_app.command("status")
@@ -278,7 +299,7 @@ def keys_generate(
 
     settings = _load(config)
     keyring = keyring_for(settings, generate=False)
-    names = fleet_robot_ids(robots or settings.fleet.robots)
+    names = fleet_robot_ids(robots or settings.fleet.robots, settings.fleet.hosts)
     written = keyring.generate(names, release=release, rotate=rotate)
     typer.echo(json.dumps({"keys_dir": str(keyring.root), "written": written,
                            "fingerprints": {name: keyring.fingerprint(name)

@@ -46,6 +46,7 @@ def evaluate_gate(model_version: str = "", episodes_per_task: int = 0, config: L
         if champ:
             mlflow.log_metric("champion_mean_success", champ["all"]["success_rate"])
         mlflow.log_dict(decision, "gate.json")
+        tracking.log_gate_evidence(config, candidate, decision, verdict)
     tracking.set_version_tags(config, candidate, {"gate": "pass" if passed else "fail",
                                                   "gate_mean_success": f"{candidate_mean:.3f}"})
     rows = [{"task": t, "candidate": r["success_rate"], "candidate_ci": f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]",

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from lwd_core.fleet.supervisor import Child, Supervisor
 from lwd_core.security import keyring_for
 from lwd_core.store import open_store
 from lwd_core.suite import fleet_robot_ids, select_tasks
+from tasks.progress import progress
 
 log = logging.getLogger("lwd.fleet")
 
@@ -50,10 +52,15 @@ def write_child_config(config: LWDConfig) -> Path:
     return path
 
 
-def fleet_supervisor(config: LWDConfig, robots: int = 0, episodes: int = 0) -> tuple[list[str], Supervisor]:
-    """Actor processes for ``robots`` robots (``episodes`` per robot, 0: until stopped), not started.
-    They load exactly this config (written for them), not whatever their environment says."""
-    ids = fleet_robot_ids(robots or config.fleet.robots)
+def fleet_supervisor(config: LWDConfig, robots: int = 0, episodes: int = 0,
+                     host: str = "") -> tuple[list[str], Supervisor]:
+    """Actor processes for ``robots`` robots per host (``episodes`` per robot, 0: until stopped), not
+    started: every host's of ``fleet.hosts``, or only ``host``'s. They load exactly this config
+    (written for them), not whatever their environment says."""
+    if host and host not in config.fleet.hosts:
+        raise ValueError(f"host {host!r} is not one of fleet.hosts {config.fleet.hosts}")
+    per_host = robots or config.fleet.robots
+    ids = fleet_robot_ids(per_host, [host] if host else config.fleet.hosts)
     keyring_for(config, ids)  # on a file:// store, missing robot keys are made here, before any actor starts
     settings = write_child_config(config)
     children = []
@@ -61,20 +68,38 @@ def fleet_supervisor(config: LWDConfig, robots: int = 0, episodes: int = 0) -> t
         name = f"actor-{index}"
         argv = [sys.executable, "-m", "flows.fleet", "actor", "--robots", ",".join(group),
                 "--spool", str(spool_dir(config, name)), "--episodes", str(episodes * len(group)),
-                "--fleet-size", str(len(ids)), "--config-json", str(settings)]
+                "--fleet-size", str(per_host), "--config-json", str(settings)]
         log_path = Path(config.data_dir).resolve() / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         children.append(Child(name=name, argv=argv, env=dict(os.environ), log_path=str(log_path)))
     return ids, Supervisor(children)
 
 
-def fleet_up(robots: int = 0, episodes: int = 0, duration: float = 0.0, config: LWDConfig | None = None) -> dict:
+def wait_for_fleet(config: LWDConfig, ids: list[str], since_us: int) -> int:
+    """Until every robot reported since ``since_us`` (or ``rollout.timeout_seconds``), with a progress
+    bar: how many did."""
+    coordinator = Coordinator(open_store(config))
+    deadline = time.monotonic() + config.rollout.timeout_seconds
+    wanted = set(ids)
+    with progress(f"starting {len(ids)} robots", len(ids), key="fleet-start") as advance:
+        while True:
+            up = sum(1 for robot, state in coordinator.actors().items()
+                     if robot in wanted and state["heartbeat_us"] >= since_us)
+            advance(up)
+            if up == len(ids) or time.monotonic() > deadline:
+                return up
+            time.sleep(1.0)
+
+
+def fleet_up(robots: int = 0, episodes: int = 0, duration: float = 0.0, host: str = "",
+             config: LWDConfig | None = None) -> dict:
     """Start the fleet as supervised actor processes; returns when every actor is done or stopped.
 
-    ``episodes`` is per robot (0: run until stopped or ``duration`` seconds pass).
+    ``episodes`` is per robot (0: run until stopped or ``duration`` seconds pass); ``host``: this
+    machine's name in ``fleet.hosts`` (only its robots start here).
     """
     config = config or load_config()
-    ids, supervisor = fleet_supervisor(config, robots, episodes)
+    ids, supervisor = fleet_supervisor(config, robots, episodes, host)
     stop = threading.Event()
 
     def on_signal(_signum, _frame):
@@ -129,7 +154,7 @@ def actor_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spool", required=True)
     parser.add_argument("--episodes", type=int, default=0, help="episodes to finish (0: until stopped)")
     parser.add_argument("--duration", type=float, default=0.0)
-    parser.add_argument("--fleet-size", type=int, default=0, help="robots in the whole fleet (task assignment)")
+    parser.add_argument("--fleet-size", type=int, default=0, help="robots per fleet host (task assignment)")
     parser.add_argument("--config-json", default="", help="settings written by the supervisor (default: load them)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -137,7 +162,7 @@ def actor_main(argv: list[str] | None = None) -> int:
     store = open_store(config)
     suite = select_tasks(config.fleet.tasks)
     mine = args.robots.split(",")
-    fleet = fleet_robot_ids(max(args.fleet_size, 1)) if args.fleet_size else mine
+    fleet = fleet_robot_ids(args.fleet_size, config.fleet.hosts) if args.fleet_size else mine
     tasks = {robot: spec for robot, spec in assign_tasks(fleet, suite).items() if robot in mine}
 
     keyring = keyring_for(config, generate=False)  # its robots' private keys, the release's public one

@@ -1,10 +1,10 @@
 """The parent flywheel: offline stage, then K online rounds while the simulated fleet is deployed.
 
 Round 0 (once): generate the offline dataset if the buffer has none -> label -> snapshot -> train
-(offline n-step) -> gate -> promote -> (approval) -> first release to every robot.
+(offline n-step) -> gate -> review (a reviewer, or auto-approve) -> first release to every robot.
 Rounds 1..K: the fleet keeps running the champion; when ``fleet.episodes_per_round`` new episodes
 have been uploaded: ingest -> label -> snapshot -> train (online, from the last checkpoint) -> gate
--> promote -> (approval) -> staged rollout (canary, then all, or rollback).
+-> review -> staged rollout (canary, then all, or rollback).
 """
 
 from __future__ import annotations
@@ -12,37 +12,46 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from flows.evaluate_gate import evaluate_gate
-from flows.fleet import fleet_supervisor
+from flows.fleet import fleet_supervisor, wait_for_fleet
 from flows.generate_offline import generate_offline
 from flows.ingest import ingest
 from flows.label_rewards import label_rewards
-from flows.promote import promote
-from flows.rollout import rollout
+from flows.promote import review, watch_champion
 from flows.snapshot_buffer import snapshot_buffer
 from flows.train import train
 from lwd_core.config import LWDConfig, load_config
 from lwd_core.data.ingest import pending_raw
 from lwd_core.data.layout import buffer_prefix
 from lwd_core.sim.evaluate import paired_comparison
-from lwd_core.store import open_store
+from lwd_core.store import now_us, open_store
 from tasks import tracking
 from tasks.pipeline import evaluate_version
 
+REVIEW_DEPLOYMENT = "review/review"  # flow name / deployment name in prefect.yaml
 
-def _deploy(config: LWDConfig, version: str | None, gate: dict, logger) -> dict:
-    """Gate -> promote -> rollout for one candidate; what happened, for the round table."""
+
+def _deploy(config: LWDConfig, version: str | None, gate: dict) -> dict:
+    """Gate -> review -> rollout for one candidate; what happened, for the round table.
+
+    In a deployment run the review is its own deployment run (it suspends until a reviewer answers,
+    then ships); here, on embedded Prefect, it waits ``promotion.approval_timeout_seconds`` in process.
+    """
+    from prefect.deployments import run_deployment
+    from prefect.runtime import deployment
+
     if version is None or not gate["passed"]:
         return {"promoted": False, "approved": False, "rollout": "-"}
-    promotion = promote(version, config=config)
-    if not promotion["approved"]:
-        logger.info("v%s awaits a reviewer: the fleet keeps the current champion", version)
-        return {"promoted": promotion["promoted"], "approved": False, "rollout": "awaiting approval"}
-    deployed = rollout(version, config=config)
-    return {"promoted": True, "approved": True, "rollout": deployed["status"],
+    if deployment.id and not config.promotion.auto_approve:
+        waiting = run_deployment(REVIEW_DEPLOYMENT, parameters={"model_version": version}, timeout=0)
+        return {"promoted": True, "approved": False, "rollout": f"awaiting review (flow run {waiting.name})"}
+    reviewed = review(version, config=config)
+    deployed = reviewed.get("rollout") or {}
+    return {"promoted": reviewed["status"] != "refused", "approved": reviewed["status"] == "approved",
+            "rollout": deployed.get("status", reviewed["status"]),
             "distribution_latency_p50_s": deployed.get("distribution_latency_p50_s")}
 
 
@@ -65,7 +74,6 @@ def flywheel(rounds: int = 1, robots: int = 0, method: str = "lwd", gate_episode
         config.fleet.robots = robots
     if gate_episodes_per_task:
         config.gate.episodes_per_task = gate_episodes_per_task
-    logger = get_run_logger()
     store = open_store(config)
     table: list[dict] = []
 
@@ -76,16 +84,18 @@ def flywheel(rounds: int = 1, robots: int = 0, method: str = "lwd", gate_episode
         snapshot = snapshot_buffer(config=config)
         trained = train(snapshot_id=snapshot["snapshot_id"], method=method, resume=False, config=config)
         gate = evaluate_gate(trained["model_version"], config=config)
-        table.append(_row(0, trained, gate, _deploy(config, trained["model_version"], gate, logger), {}))
+        table.append(_row(0, trained, gate, _deploy(config, trained["model_version"], gate), {}))
         print(f"round 0 (offline): {table[-1]}")
     if tracking.alias_version(config, tracking.CHAMPION) is None:
         raise RuntimeError("no approved champion: approve one (MLflow UI or `lwd approve`) and run again")
 
     starting_champion = tracking.alias_version(config, tracking.CHAMPION)
     ids, supervisor = fleet_supervisor(config)
+    started_us = now_us()
     stop_fleet = supervisor.run_in_background()
-    print(f"fleet: {len(ids)} robots running the champion (logs in {Path(config.data_dir) / 'logs'})")
     try:
+        up = wait_for_fleet(config, ids, started_us)
+        print(f"fleet: {up}/{len(ids)} robots running the champion (logs in {Path(config.data_dir) / 'logs'})")
         for round_index in range(1, rounds + 1):
             wanted, started = config.fleet.episodes_per_round, time.monotonic()
             while len(pending_raw(store)) < wanted:
@@ -93,6 +103,8 @@ def flywheel(rounds: int = 1, robots: int = 0, method: str = "lwd", gate_episode
                     raise TimeoutError(f"the fleet uploaded fewer than {wanted} episodes in "
                                        f"{config.rollout.timeout_seconds:.0f}s; see the actor logs")
                 time.sleep(2.0)
+            if not config.promotion.auto_approve:
+                watch_champion(config=config)  # a reviewer may have moved alias champion in the MLflow UI
             table.append(flywheel_round(round_index, method=method, config=config))
             print(f"round {round_index}: {table[-1]}")
     finally:
@@ -115,10 +127,9 @@ def flywheel(rounds: int = 1, robots: int = 0, method: str = "lwd", gate_episode
 @flow(name="flywheel-round")
 def flywheel_round(round_index: int = 0, method: str = "lwd", config: LWDConfig | None = None) -> dict:
     """One online round over whatever the deployed fleet uploaded: ingest -> label -> snapshot ->
-    train -> gate -> promote -> rollout. What the retrain trigger runs when the fleet is managed
+    train -> gate -> review -> rollout. What the retrain trigger runs when the fleet is managed
     elsewhere (``lwd fleet up``, robots)."""
     config = config or load_config()
-    logger = get_run_logger()
     ingested = ingest(config=config)
     labels = label_rewards(config=config)["online"]
     snapshot = snapshot_buffer(config=config)
@@ -128,7 +139,7 @@ def flywheel_round(round_index: int = 0, method: str = "lwd", config: LWDConfig 
              "quarantined": ingested["quarantined"],
              "fleet_success": round(labels["successes"] / labels["labelled"], 3) if labels["labelled"] else None,
              "intervention_steps": labels["intervention_steps"]}
-    return _row(round_index, trained, gate, _deploy(config, trained["model_version"], gate, logger), fleet)
+    return _row(round_index, trained, gate, _deploy(config, trained["model_version"], gate), fleet)
 
 
 def learning(config, start_version: str | None, last_version: str | None) -> dict | None:

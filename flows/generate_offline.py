@@ -9,6 +9,7 @@ from lwd_core.config import LWDConfig, load_config
 from lwd_core.sim.dataset import DatasetReport, plan_allocations
 from lwd_core.suite import select_tasks
 from tasks.dataset import generate_offline_allocation, offline_mix, write_offline_report
+from tasks.progress import progress
 
 
 @flow(name="generate-offline")
@@ -22,8 +23,10 @@ def generate_offline(total_steps: int = 0, seed: int = -1, config: LWDConfig | N
     plan = plan_allocations(suite, total_steps, offline_mix(config))
     futures = [generate_offline_allocation.submit(config, a.task_id, a.kind, a.steps, seed) for a in plan]
     report = DatasetReport(total_steps_planned=total_steps, mix={})
-    for future in futures:
-        report.merge(future.result())
+    with progress(f"generating {total_steps} offline steps", len(futures), key="offline-dataset-progress") as advance:
+        for done, future in enumerate(futures, start=1):
+            report.merge(future.result())
+            advance(done)
     document = write_offline_report(config, report)
     achieved = document["achieved"]
     create_table_artifact(

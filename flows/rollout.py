@@ -7,6 +7,9 @@
    (or a timeout) rolls the canaries back and returns alias ``champion`` to the previous version;
    otherwise every robot gets it.
 3. Wait until every live robot runs it; record distribution latencies (approval -> running).
+
+Only the champion with a passed gate and a recorded approval ships (:func:`lwd_core.gating.rollout_refusal`).
+Events ``lwd.rollout.completed`` and ``lwd.rollout.rolled-back`` tell whoever subscribed.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from lwd_core.fleet.coordinator import (
     now_us,
     release_for_checkpoint,
 )
-from lwd_core.gating import canary_decision
+from lwd_core.gating import canary_decision, rollout_refusal
 from lwd_core.security import keyring_for, release_signer
 from lwd_core.store import open_store
 from tasks import tracking
+from tasks.events import ROLLOUT_COMPLETED, ROLLOUT_ROLLED_BACK, emit_model_event
 
 
 def live_robots(coordinator: Coordinator, heartbeat_timeout_s: float) -> list[str]:
@@ -62,16 +66,17 @@ def rollout(model_version: str = "", config: LWDConfig | None = None) -> dict:
     version = model_version or tracking.alias_version(config, tracking.CHAMPION)
     if not version:
         raise ValueError("no champion to roll out: approve a model version first")
-    if tracking.alias_version(config, tracking.CHAMPION) != version:
-        raise PermissionError(f"v{version} is not the approved champion; approve it before rolling out")
-    if tracking.version_tags(config, version).get("gate") != "pass":
-        raise PermissionError(f"v{version} has not passed the evaluation gate: it is never rolled out")
+    refusal = rollout_refusal(version, tracking.version_tags(config, version),
+                              tracking.alias_version(config, tracking.CHAMPION))
+    if refusal:
+        raise PermissionError(refusal)
     store = open_store(config)
     coordinator = Coordinator(store, sign_release=release_signer(keyring_for(config)))
     release = release_of(config, store, version)
     stable = coordinator.desired().get("stable")
     if stable and stable["version"] == release.version:
         return {"version": version, "status": "already-deployed"}
+    tracking.set_version_tags(config, version, {"rollout": "started", "rollout_started_us": now_us()})
     robots = live_robots(coordinator, config.rollout.heartbeat_timeout_seconds)
     timeout = config.rollout.timeout_seconds
     result: dict = {"version": version, "release": release.version, "live_robots": robots}
@@ -94,7 +99,10 @@ def rollout(model_version: str = "", config: LWDConfig | None = None) -> dict:
             previous = tracking.version_tags(config, version).get("previous_champion")
             if previous:
                 tracking.set_alias(config, tracking.CHAMPION, previous)
-            tracking.set_version_tags(config, version, {"approval": "rolled-back", "rollback_reason": verdict.reason})
+            tracking.set_version_tags(config, version, {"approval": "rolled-back", "rollout": "rolled-back",
+                                                        "rollback_reason": verdict.reason})
+            emit_model_event(ROLLOUT_ROLLED_BACK, config.tracking.registered_model, version,
+                             {"reason": verdict.reason, "champion": previous or "", **result["canary"]})
             logger.warning("rolled back v%s: %s", version, result["canary"])
             return result | {"status": "rolled-back", "champion": previous}
     coordinator.publish_all(release)
@@ -105,5 +113,7 @@ def rollout(model_version: str = "", config: LWDConfig | None = None) -> dict:
         result["distribution_latency_p50_s"] = float(np.percentile(latencies, 50))
         result["distribution_latency_p99_s"] = float(np.percentile(latencies, 99))
     tracking.set_version_tags(config, version, {"deployed_us": now_us(), "rollout": result["status"]})
+    emit_model_event(ROLLOUT_COMPLETED, config.tracking.registered_model, version,
+                     {k: v for k, v in result.items() if k != "distribution_latency_s"})
     logger.info("rollout v%s: %s", version, {k: v for k, v in result.items() if k != "distribution_latency_s"})
     return result

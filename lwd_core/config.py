@@ -14,13 +14,14 @@ import json
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
+    StringConstraints,
     field_validator,
     model_validator,
 )
@@ -75,6 +76,11 @@ class TrackingConfig(_Section):
     # Where a new experiment keeps run and model artifacts; empty: the server's default, or
     # <data_dir>/mlartifacts with the embedded sqlite store (not ./mlruns of whatever the cwd is).
     artifact_location: str = ""
+    # The MLflow UI reviewers open (links in notifications and version descriptions).
+    ui_url: str = "http://127.0.0.1:5000"
+
+    def version_page(self, version: str) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/models/{self.registered_model}/versions/{version}"
 
 
 class OrchestrationConfig(_Section):
@@ -84,7 +90,11 @@ class OrchestrationConfig(_Section):
 
 
 class FleetConfig(_Section):
+    # Robots per fleet host (one host unless `hosts` names several).
     robots: int = Field(default=4, ge=1, le=1024)
+    # Machines that run robots (`lwd fleet up --host NAME`), each with `robots` robots named
+    # <host>-robot-NN so hosts never collide; empty: one host, robot-NN.
+    hosts: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]] = Field(default_factory=list)
     canary_fraction: float = Field(default=0.25, gt=0.0, le=1.0)
     # Task ids the fleet runs; empty means the whole suite.
     tasks: list[str] = Field(default_factory=list)
@@ -228,6 +238,8 @@ class PromotionConfig(_Section):
     auto_approve: bool = False
     # How long `promote` waits for a reviewer before returning "awaiting approval" (0: do not wait).
     approval_timeout_seconds: float = Field(default=0.0, ge=0.0)
+    # How long a suspended review (a deployment run waiting on its form) waits before it fails.
+    review_timeout_seconds: int = Field(default=7 * 24 * 3600, gt=0)
 
 
 class RolloutConfig(_Section):

@@ -55,3 +55,43 @@ def canary_decision(canary_episodes: int, canary_successes: int, baseline_episod
                               baseline_rate)
     return CanaryDecision(True, f"canary {canary_rate:.2f} >= baseline {baseline_rate:.2f} - {tolerance}",
                           canary_rate, baseline_rate)
+
+
+def rollout_refusal(version: str, tags: dict[str, str], champion: str | None) -> str | None:
+    """Why a registry version must not reach the fleet, or None: it has to be the champion, have
+    passed its evaluation gate, and carry a recorded approval. Moving the alias alone is not enough."""
+    if tags.get("gate") != "pass":
+        return f"v{version} has gate={tags.get('gate')!r}: only versions that passed the evaluation gate ship"
+    if champion != version:
+        return f"v{version} is not the approved champion (champion: {champion or 'none'}); approve it first"
+    if tags.get("approval") != "approved":
+        return f"v{version} has approval={tags.get('approval')!r}: no reviewer's approval is recorded"
+    return None
+
+
+def gate_report_markdown(candidate: str, candidate_eval: dict, champion: str | None, champion_eval: dict | None,
+                         decision: GateDecision, gate_run_url: str = "") -> str:
+    """What a reviewer reads on the model version page: per-task success of the candidate against the
+    champion on the same episodes, with 95% Wilson intervals, and the decision."""
+
+    def cell(row: dict | None) -> str:
+        if row is None:
+            return "-"
+        return f"{row['success_rate']:.0%} [{row['ci_low']:.0%}, {row['ci_high']:.0%}] (n={row['episodes']})"
+
+    versus = f"champion v{champion}" if champion_eval is not None else "no champion"
+    lines = [f"### Evaluation gate: {'PASS' if decision.passed else 'FAIL'} (v{candidate} vs {versus})", "",
+             f"Rule: {decision.rule}. Success rate, 95% Wilson interval, episodes; same seeds for both.", "",
+             f"| task | v{candidate} | {'v' + champion if champion_eval is not None else 'champion'} | change |",
+             "|---|---|---|---|"]
+    for group, title in (("tasks", None), ("short", "**short tasks**"), ("long", "**long tasks**"), ("all", "**mean**")):
+        rows = candidate_eval[group].items() if group == "tasks" else (
+            [(title, candidate_eval[group])] if group in candidate_eval else [])
+        for name, row in rows:
+            other = (champion_eval or {}).get("tasks", {}).get(name) if group == "tasks" else (
+                (champion_eval or {}).get(group))
+            change = f"{100 * (row['success_rate'] - other['success_rate']):+.0f} pts" if other else "-"
+            lines.append(f"| {name} | {cell(row)} | {cell(other)} | {change} |")
+    if gate_run_url:
+        lines += ["", f"Gate run (plot, per-episode outcomes): {gate_run_url}"]
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ Reward is sparse from the simulator's own success flag: 0 on success, -1 otherwi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -104,6 +105,8 @@ def sparse_rewards(successes: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(successes, dtype=bool), sparse_reward(True), sparse_reward(False)).astype(np.float32)
 
 
-def fleet_robot_ids(count: int) -> list[str]:
-    """Robot naming: ``robot-00`` ... for a fleet of ``count``."""
-    return [f"robot-{index:02d}" for index in range(count)]
+def fleet_robot_ids(count: int, hosts: Sequence[str] = ()) -> list[str]:
+    """Robot naming: ``robot-00`` ... for ``count`` robots on one host; with several fleet hosts,
+    ``count`` on each, named ``<host>-robot-00`` ..., so hosts never share an id."""
+    names = [f"robot-{index:02d}" for index in range(count)]
+    return [f"{host}-{name}" for host in hosts for name in names] if hosts else names

@@ -1,14 +1,34 @@
-"""Prefect custom events emitted by the fleet. Deployment triggers match on these names."""
+"""Prefect custom events: the fleet's uploads (deployment triggers match on them) and the review and
+rollout milestones that automations turn into notifications (deployments/notifications.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 EPISODE_UPLOADED = "lwd.episode.uploaded"
+AWAITING_REVIEW = "lwd.model.awaiting-review"
+ROLLOUT_COMPLETED = "lwd.rollout.completed"
+ROLLOUT_ROLLED_BACK = "lwd.rollout.rolled-back"
+ROLLOUT_REFUSED = "lwd.rollout.refused"
+MODEL_EVENTS = (AWAITING_REVIEW, ROLLOUT_COMPLETED, ROLLOUT_ROLLED_BACK, ROLLOUT_REFUSED)
 
 
 def robot_resource(robot_id: str) -> dict[str, str]:
     return {"prefect.resource.id": f"lwd.robot.{robot_id}", "prefect.resource.name": robot_id}
+
+
+def model_resource(registered_model: str, version: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"lwd.model.{registered_model}.v{version}",
+            "prefect.resource.name": f"{registered_model} v{version}"}
+
+
+def emit_model_event(event: str, registered_model: str, version: str, payload: dict[str, Any]) -> None:
+    """From inside a flow run (which always has an API to send to): the version is the resource, the
+    payload carries what a notification shows (links, rates, reasons)."""
+    from prefect.events import emit_event
+
+    emit_event(event=event, resource=model_resource(registered_model, version),
+               payload={"version": version, **payload})
 
 
 def emit_episode_uploaded(upload: dict[str, Any]) -> None:

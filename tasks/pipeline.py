@@ -12,7 +12,7 @@ from prefect import get_run_logger, task
 from lwd_core.config import LWDConfig
 from lwd_core.data.ingest import ingest_batch, pending_raw, write_ingest_log
 from lwd_core.data.labels import label_episode, unlabelled_keys, write_labels
-from lwd_core.data.layout import get_episode
+from lwd_core.data.layout import get_episode, snapshot_key
 from lwd_core.data.snapshot import build_snapshot, load_snapshot
 from lwd_core.data.validation import Expectations
 from lwd_core.fleet.coordinator import Coordinator
@@ -21,11 +21,12 @@ from lwd_core.sim.evaluate import evaluate_checkpoint
 from lwd_core.store import open_store
 from lwd_core.suite import fleet_robot_ids, select_tasks
 from tasks import tracking
+from tasks.progress import progress
 
 
 def expectations(config: LWDConfig) -> Expectations:
     """The suite's parameters now: known tasks, robots, and every version the coordinator published."""
-    return Expectations.for_suite(select_tasks(config.fleet.tasks), fleet_robot_ids(config.fleet.robots),
+    return Expectations.for_suite(select_tasks(config.fleet.tasks), fleet_robot_ids(config.fleet.robots, config.fleet.hosts),
                                   Coordinator(open_store(config)).published_versions())
 
 
@@ -38,7 +39,7 @@ def list_uploaded(config: LWDConfig, limit: int = 0) -> list[str]:
 @task(retries=3, retry_delay_seconds=[1, 5, 20], task_run_name="ingest-batch-{index}")
 def ingest_micro_batch(config: LWDConfig, keys: list[str], index: int) -> dict:
     store = open_store(config)
-    keyring = keyring_for(config, fleet_robot_ids(config.fleet.robots))
+    keyring = keyring_for(config, fleet_robot_ids(config.fleet.robots, config.fleet.hosts))
     check = episode_signature_check(keyring) if config.fleet.require_signatures else None
     report = ingest_batch(store, keys, expectations(config), check_signature=check)
     log_key = write_ingest_log(store, report, f"batch{index}")
@@ -103,7 +104,7 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
         run_snapshot_training,
     )
 
-    distributed.initialize_from_env()  # no-op unless LWD_JAX_COORDINATOR is set
+    distributed.initialize_from_env()  # no-op unless a multi-host launcher set it up
     mesh = distributed.data_mesh() if jax.device_count() > 1 else None
     store = open_store(config)
 
@@ -116,9 +117,15 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
         return {"snapshot_id": snapshot_id, "process": jax.process_index()}
     with learner_slot():  # planned inside the slot: it resumes from whatever the previous learner left
         plan = make_plan()
-        with tracking.training_run(config, plan) as log_metrics:
+        with (tracking.training_run(config, plan, store.uri(snapshot_key(plan.snapshot_id))) as log_metrics,
+              progress(f"training {plan.stage} on {plan.snapshot_id}", plan.steps, key="training-progress") as advance):
+            def on_log(step: int, metrics: dict[str, float]) -> None:
+                log_metrics(step, metrics)
+                advance(step - plan.start_step)
+
             start = time.monotonic()
-            result = run_snapshot_training(store, plan, on_log=log_metrics, mesh=mesh)
+            result = run_snapshot_training(store, plan, on_log=on_log, mesh=mesh)
+            advance(plan.steps)
             trained = tracking.finish_training_run(config, store, plan, result, time.monotonic() - start)
     get_run_logger().info("trained %d steps (%s) on %s in %.0fs -> %s (model version %s)", plan.steps, plan.stage,
                           plan.snapshot_id, trained["seconds"], trained["checkpoint"], trained["model_version"])
@@ -129,6 +136,11 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
 def evaluate_version(config: LWDConfig, version: str, episodes_per_task: int, seed: int) -> dict:
     """Sim-suite success of a registered version (same seeds for every version)."""
     tags = tracking.version_tags(config, version)
-    return evaluate_checkpoint(open_store(config), tags["checkpoint"], tags["policy_sha256"],
-                               select_tasks(config.fleet.tasks), episodes_per_task, seed, config.gate.max_steps,
-                               tracking.release_name(version)) | {"version": version}
+    suite = select_tasks(config.fleet.tasks)
+    total = len(suite) * episodes_per_task
+    with progress(f"evaluating v{version}", total, key="evaluation-progress") as advance:
+        summary = evaluate_checkpoint(open_store(config), tags["checkpoint"], tags["policy_sha256"], suite,
+                                      episodes_per_task, seed, config.gate.max_steps, tracking.release_name(version),
+                                      on_progress=lambda done, _total: advance(done))
+        advance(total)  # also when the evaluation came from the cache
+    return summary | {"version": version}

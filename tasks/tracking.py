@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,8 +49,46 @@ def client(config: LWDConfig):
     return MlflowClient(tracking_uri=config.tracking.mlflow_uri)
 
 
+# What the pyfunc model imports: pinned to this environment's versions so it loads elsewhere.
+MODEL_REQUIREMENTS = ("jax", "jaxlib", "flax", "optax", "numpy", "pandas", "pydantic", "pydantic-settings", "pyyaml",
+                      "fsspec", "polars", "msgpack")
+
+
+def policy_signature():
+    """Input: padded observations and instructions; output: one flattened action chunk per row;
+    parameter ``seed`` for the flow's noise."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import (
+        Array,
+        ColSpec,
+        DataType,
+        ParamSchema,
+        ParamSpec,
+        Schema,
+    )
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(Array(DataType.double), "obs"), ColSpec(DataType.string, "instruction")]),
+        outputs=Schema([ColSpec(Array(DataType.double))]),
+        params=ParamSchema([ParamSpec("seed", DataType.long, 0)]))
+
+
+def policy_input_example():
+    import pandas as pd
+
+    from lwd_core.suite import OBS_DIM, TASK_SUITE
+
+    return pd.DataFrame({"obs": [[0.0] * OBS_DIM], "instruction": [TASK_SUITE[0].instruction]})
+
+
 def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, tags: dict[str, str]) -> str:
-    """Log the checkpoint's policy as a pyfunc model in the active run and register a version."""
+    """Log the checkpoint's policy as a pyfunc model (a LoggedModel) in the active run and register a
+    version. The model carries ``lwd_core`` as code, a signature and an input example: it loads with
+    ``mlflow.pyfunc.load_model("models:/<name>@champion")`` outside this repository."""
+    from importlib.metadata import version as installed
+
+    import lwd_core
+
     name = config.tracking.registered_model
     mlflow = mlflow_setup(config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,12 +97,17 @@ def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, tags
             path = Path(tmp) / file
             path.write_bytes(store.get_committed(checkpoint, file))
             artifacts[artifact] = str(path)
-        info = mlflow.pyfunc.log_model(name="policy", python_model=MODEL_CODE, artifacts=artifacts,
-                                       pip_requirements=["jax", "flax", "numpy", "pandas"],
-                                       registered_model_name=name)
+        info = mlflow.pyfunc.log_model(
+            name="policy", python_model=MODEL_CODE, artifacts=artifacts,
+            code_paths=[str(Path(lwd_core.__file__).parent)], signature=policy_signature(),
+            input_example=policy_input_example(),
+            pip_requirements=[f"{package}=={installed(package)}" for package in MODEL_REQUIREMENTS],
+            registered_model_name=name, model_type="flow-policy",
+            params={"checkpoint": checkpoint, "policy_sha256": tags["policy_sha256"]},
+            tags={"snapshot_id": tags["snapshot_id"], "stage": tags["stage"]})
     version = str(info.registered_model_version)
     mlflow_client = client(config)
-    for key, value in {**tags, "gate": "pending", "approval": "pending"}.items():
+    for key, value in {**tags, "gate": "pending", "approval": "pending", "model_id": info.model_id}.items():
         mlflow_client.set_model_version_tag(name, version, key, str(value))
     return version
 
@@ -105,12 +149,19 @@ def release_name(version: str) -> str:
     return f"policy-v{version}"
 
 
+def version_of_release(release: str | None) -> str | None:
+    """The registry version a release name stands for (the inverse of :func:`release_name`)."""
+    return release.removeprefix("policy-v") if release and release.startswith("policy-v") else None
+
+
 @contextmanager
-def training_run(config: LWDConfig, plan: Any) -> Iterator[Callable[[int, dict[str, float]], None]]:
+def training_run(config: LWDConfig, plan: Any, store_uri: str = "") -> Iterator[Callable[[int, dict[str, float]], None]]:
     """An MLflow run for one :class:`~lwd_core.algo.training.SnapshotTraining`: its plan as parameters
-    and tags; yields the metric logger the training loop calls."""
+    and tags, the snapshot as its input dataset (``store_uri``: the snapshot manifest's address), CPU/GPU
+    and memory as system metrics; yields the metric logger the training loop calls."""
     mlflow = mlflow_setup(config)
-    with mlflow.start_run(run_name=f"train-{plan.stage}-{plan.snapshot_id}"):
+    with mlflow.start_run(run_name=f"train-{plan.stage}-{plan.snapshot_id}", log_system_metrics=True):
+        log_snapshot_input(mlflow, store_uri, plan.snapshot_id)
         mlflow.set_tags({"stage": plan.stage, "snapshot_id": plan.snapshot_id, "parent_checkpoint": plan.parent or "",
                          "method": plan.method, "run_root": plan.run_root})
         mlflow.log_params({"snapshot_id": plan.snapshot_id, "stage": plan.stage, "steps": plan.steps,
@@ -118,6 +169,68 @@ def training_run(config: LWDConfig, plan: Any) -> Iterator[Callable[[int, dict[s
                            "online_transitions": plan.replay.sizes["online"],
                            **{f"algo.{k}": v for k, v in config.algo.model_dump().items()}})
         yield lambda step, metrics: mlflow.log_metrics(metrics, step=step)
+
+
+def log_snapshot_input(mlflow, store_uri: str, snapshot_id: str) -> None:
+    """The snapshot a run trained on, as its MLflow input dataset (lineage in the UI). Snapshot ids are
+    content digests, so the id is the dataset's digest too."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    if not store_uri:
+        return
+    with warnings.catch_warnings():  # file:// matches two equivalent local source classes; either is right
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(store_uri)
+    if source is not None:
+        mlflow.log_input(MetaDataset(source=source, name=snapshot_id, digest=snapshot_id.removeprefix("snap-")[:16]),
+                         context="training")
+
+
+def log_gate_evidence(config: LWDConfig, candidate: str, decision: dict, verdict: Any) -> None:
+    """Inside the gate's run: the per-task bar plot with intervals, and the reviewer's table as the
+    model version's description, linking back to this run."""
+    import mlflow
+
+    from lwd_core.gating import gate_report_markdown
+
+    run = mlflow.active_run()
+    mlflow.log_figure(gate_plot(candidate, decision["candidate_eval"], decision["champion"],
+                                decision["champion_eval"]), "gate_success_by_task.png")
+    run_url = f"{config.tracking.ui_url.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    report = gate_report_markdown(candidate, decision["candidate_eval"], decision["champion"],
+                                  decision["champion_eval"], verdict, run_url)
+    client(config).update_model_version(config.tracking.registered_model, candidate, description=report)
+    set_version_tags(config, candidate, {"gate_run_id": run.info.run_id})
+
+
+def gate_plot(candidate: str, candidate_eval: dict, champion: str | None, champion_eval: dict | None):
+    """Success per task, candidate beside champion, with 95% Wilson intervals as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = list(candidate_eval["tasks"])
+    series = [(f"v{candidate} (candidate)", candidate_eval)]
+    if champion_eval is not None:
+        series.append((f"v{champion} (champion)", champion_eval))
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.1 * len(tasks) + 2), 4))
+    width = 0.8 / len(series)
+    for index, (label, evaluation) in enumerate(series):
+        rows = [evaluation["tasks"][t] for t in tasks]
+        rates = np.array([r["success_rate"] for r in rows])
+        errors = np.array([[r["success_rate"] - r["ci_low"] for r in rows], [r["ci_high"] - r["success_rate"] for r in rows]])
+        axis.bar(np.arange(len(tasks)) + (index - (len(series) - 1) / 2) * width, rates, width, yerr=errors,
+                 capsize=3, label=label)
+    axis.set_xticks(np.arange(len(tasks)), tasks, rotation=30, ha="right")
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel("success rate (95% CI)")
+    axis.legend()
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
 
 
 def finish_training_run(config: LWDConfig, store: ObjectStore, plan: Any, result: Any, seconds: float) -> dict:

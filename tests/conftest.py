@@ -65,6 +65,23 @@ def make_episode(
     return Episode(**fields)
 
 
+def lwd(env: dict, *args: str, timeout: float = 900):
+    """``lwd ARGS`` in a fresh process from the repository root, as an operator runs it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=Path(__file__).resolve().parent.parent)
+
+
+def last_json(stdout: str):
+    """The JSON document a command printed last."""
+    import json
+
+    return json.loads(stdout[stdout.rindex("\n{") + 1 :] if "\n{" in stdout else stdout[stdout.index("{"):])
+
+
 def make_keyring(root, robots: int = 8):
     """Key pairs for robot-00.. and the release, as `lwd keys generate` makes them."""
     from lwd_core.security import Keyring

@@ -280,3 +280,21 @@ def test_fleet_up_runs_robots_as_processes_and_status_shows_versions(tmp_path):
     lines = [line.split() for line in status.stdout.splitlines() if line.startswith("robot-")]
     assert [(row[0], row[2], row[3], row[4]) for row in lines] == [
         (f"robot-0{i}", "v1", "v1", "yes") for i in range(3)]
+
+
+def test_fleet_hosts_never_share_robot_ids_and_ingestion_knows_every_hosts_robots(tmp_path):
+    from pydantic import ValidationError
+
+    from flows.fleet import fleet_supervisor
+    from tasks.pipeline import expectations
+
+    config = LWDConfig(data_dir=str(tmp_path), fleet={"robots": 2, "hosts": ["lab-a", "lab-b"]})
+    lab_a, _ = fleet_supervisor(config, host="lab-a")
+    lab_b, supervisor = fleet_supervisor(config, host="lab-b")
+    assert lab_a == ["lab-a-robot-00", "lab-a-robot-01"] and lab_b == ["lab-b-robot-00", "lab-b-robot-01"]
+    assert "--fleet-size" in supervisor.children[0].argv
+    assert expectations(config).robots == frozenset(lab_a + lab_b)
+    with pytest.raises(ValueError, match="not one of fleet.hosts"):
+        fleet_supervisor(config, host="lab-c")
+    with pytest.raises(ValidationError):
+        LWDConfig(data_dir=str(tmp_path), fleet={"hosts": ["Lab A"]})

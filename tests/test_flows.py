@@ -11,10 +11,13 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
+from conftest import last_json, lwd
 
+from flows.rollout import live_robots
 from lwd_core.config import LWDConfig
 from lwd_core.data.layout import buffer_prefix, get_episode
 from lwd_core.fleet.actor import Actor, assign_tasks
@@ -22,19 +25,11 @@ from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.fleet.edge import EdgeClient
 from lwd_core.security import episode_signer, keyring_for, release_verifier
 from lwd_core.store import open_store
-from lwd_core.suite import select_tasks
+from lwd_core.suite import ACTION_DIM, select_tasks
+from tasks.events import model_resource
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
-
-
-def lwd(env: dict, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
-
-
-def last_json(stdout: str):
-    return json.loads(stdout[stdout.rindex("\n{") + 1 :] if "\n{" in stdout else stdout[stdout.index("{"):])
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +126,40 @@ def test_flywheel_runs_every_stage_and_reports_where_to_look(stack, prefect_serv
         limit = asyncio.run(learner_limit())
     assert limit.limit == 1 and limit.active_slots == 0, "one learner at a time, and the slot was released"
 
+    # Progress on the flow runs' pages: training, evaluation, generation and fleet start-up, all finished.
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-def test_candidate_needs_a_reviewer_before_reaching_the_fleet(stack):
+    keys = ["training-progress", "evaluation-progress", "offline-dataset-progress", "fleet-start"]
+    with temporary_settings({PREFECT_API_URL: prefect_server["url"]}), get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    assert {a.key for a in artifacts} == set(keys)
+    assert all(a.type == "progress" and float(a.data) == 100.0 for a in artifacts if a.key != "fleet-start")
+
+
+def model_event_fired(prefect_server, config, version: str, event: str, timeout: float = 180) -> bool:
+    """Whether the server recorded ``event`` for a model version (events are stored asynchronously:
+    wait for it, with a generous deadline)."""
+    from prefect import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    wanted = EventFilter(event=EventNameFilter(name=[event]),
+                         resource=EventResourceFilter(id=[model_resource(config.tracking.registered_model, version)[
+                             "prefect.resource.id"]]))
+    deadline = time.monotonic() + timeout
+    with temporary_settings({PREFECT_API_URL: prefect_server["url"]}), get_client(sync_client=True) as client:
+        while not client.read_events(wanted, limit=1).events:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1)
+    return True
+
+
+def deployed_release(config) -> str:
+    return Coordinator(open_store(config)).desired()["stable"]["version"]
+
+
+def test_an_alias_moved_in_mlflow_ships_once_the_approval_is_recorded(stack):
     env, config = stack["env"], stack["config"]
     trained = last_json(lwd(env, "train").stdout)
     version = trained["model_version"]
@@ -141,23 +168,44 @@ def test_candidate_needs_a_reviewer_before_reaching_the_fleet(stack):
     assert last_json(gate.stdout)["passed"] is True
     before = champion(config)
     promoted = last_json(lwd(env, "promote", "--model-version", version).stdout)
-    assert promoted == {"version": version, "promoted": True, "approved": False}
+    assert promoted == {"version": version, "promoted": True, "approved": False, "approval": "pending"}
     client = registry(config)
     assert str(client.get_model_version_by_alias(config.tracking.registered_model, "challenger").version) == version
     assert champion(config) == before, "promotion alone must not change the champion"
     refused = lwd(env, "rollout", "--model-version", version)
     assert refused.returncode != 0 and "not the approved champion" in refused.stderr
-    approved = lwd(env, "approve", version, "--reviewer", "alice")
-    assert approved.returncode == 0, approved.stderr[-2000:]
-    assert champion(config) == version and versions(config)[version]["approved_by"] == "alice"
+
+    # The reviewer moves alias champion in the MLflow UI (here through its API). The alias alone does
+    # not ship: rollout wants a recorded approval, which the watcher records, then it ships.
+    client.set_registered_model_alias(config.tracking.registered_model, "champion", version)
+    refused = lwd(env, "rollout", "--model-version", version)
+    assert refused.returncode != 0 and "no reviewer's approval" in refused.stderr
+    watched = lwd(env, "watch-champion")
+    assert watched.returncode == 0, watched.stderr[-3000:]
+    outcome = last_json(watched.stdout)
+    assert outcome["status"] == "shipped" and outcome["rollout"]["status"] == "deployed", outcome
+    tags = versions(config)[version]
+    assert (tags["approval"], tags["approved_by"], tags["previous_champion"]) == ("approved", "mlflow-ui", before)
+    assert deployed_release(config) == f"policy-v{version}"
+    assert last_json(lwd(env, "watch-champion").stdout)["status"] == "nothing to ship"
 
 
-def test_approve_refuses_a_version_that_failed_the_gate(stack):
+def test_a_version_that_failed_its_gate_is_refused_even_with_the_alias_moved(stack, prefect_server):
     env, config = stack["env"], stack["config"]
     version = last_json(lwd(env, "train").stdout)["model_version"]
     registry(config).set_model_version_tag(config.tracking.registered_model, version, "gate", "fail")
     refused = lwd(env, "approve", version)
     assert refused.returncode != 0 and "only versions that passed the gate" in refused.stderr
+
+    before, fleet = champion(config), deployed_release(config)
+    registry(config).set_registered_model_alias(config.tracking.registered_model, "champion", version)
+    refused = lwd(env, "rollout", "--model-version", version)
+    assert refused.returncode != 0 and "only versions that passed the evaluation gate ship" in refused.stderr
+    watched = last_json(lwd(env, "watch-champion").stdout)
+    assert watched["status"] == "refused" and champion(config) == before and deployed_release(config) == fleet
+    assert versions(config)[version]["approval"] == "refused"
+    assert model_event_fired(prefect_server, config, version, "lwd.rollout.refused")
+
     rejected = lwd(env, "reject", version, "--reason", "drops the cube on restock-back", "--reviewer", "carol")
     assert rejected.returncode == 0, rejected.stderr[-2000:]
     tags = versions(config)[version]
@@ -165,12 +213,63 @@ def test_approve_refuses_a_version_that_failed_the_gate(stack):
         "rejected", "carol", "drops the cube on restock-back")
     status = json.loads(lwd(env, "status").stdout)
     assert status["champion"] == champion(config) and status["challenger"] != version
-    # The champion approved by the previous test is not rolled out yet: status shows what the fleet runs.
-    deployed = Coordinator(open_store(config)).desired()["stable"]["version"]
-    assert status["fleet"]["stable"] == deployed and status["backlog_episodes"] >= 0
+    assert status["fleet"]["stable"] == deployed_release(config) and status["backlog_episodes"] >= 0
 
 
-def test_rollout_rolls_back_when_the_canary_regresses(stack):
+def test_a_reviewer_approves_in_the_suspended_review_form_and_it_ships(stack, prefect_server):
+    from prefect import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+    from prefect.flow_runs import resume_flow_run
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    env, config = stack["env"], stack["config"]
+    # The review deployment served from prefect.yaml, as a worker would run it.
+    serve = subprocess.Popen([sys.executable, "-m", "deployments.serve", "review"], env=env, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        version = last_json(lwd(env, "train").stdout)["model_version"]
+        assert last_json(lwd(env, "evaluate", "--model-version", version).stdout)["passed"]
+        previous = champion(config)
+        with temporary_settings({PREFECT_API_URL: prefect_server["url"]}):
+            def state_of(run_id):
+                with get_client(sync_client=True) as client:
+                    return client.read_flow_run(run_id).state
+
+            def wait_for(predicate, what: str, timeout: float = 600):
+                deadline = time.monotonic() + timeout
+                while not predicate():
+                    assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                    time.sleep(1)
+
+            def served():
+                with get_client(sync_client=True) as client:
+                    try:
+                        return client.read_deployment_by_name("review/review") is not None
+                    except Exception:
+                        return False
+
+            wait_for(served, "the review deployment")
+            run = run_deployment("review/review", parameters={"model_version": version}, timeout=0)
+            wait_for(lambda: state_of(run.id).type == StateType.PAUSED, "the review to suspend")
+            assert state_of(run.id).name == "Suspended"
+            assert model_event_fired(prefect_server, config, version, "lwd.model.awaiting-review")
+            assert champion(config) == previous and versions(config)[version]["approval"] == "pending"
+
+            # What the Prefect UI's form sends when the reviewer presses Resume.
+            resume_flow_run(run.id, run_input={"approve": True, "reviewer": "dana", "comment": "better on swap-pair"})
+            wait_for(lambda: state_of(run.id).is_final(), "the resumed review to finish")
+            assert state_of(run.id).type == StateType.COMPLETED, state_of(run.id)
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+    tags = versions(config)[version]
+    assert (tags["approval"], tags["approved_by"], tags["approval_comment"]) == ("approved", "dana", "better on swap-pair")
+    assert champion(config) == version and deployed_release(config) == f"policy-v{version}"
+    assert tags["rollout"] == "deployed" and model_event_fired(prefect_server, config, version, "lwd.rollout.completed")
+
+
+def test_rollout_rolls_back_when_the_canary_regresses(stack, prefect_server):
     env, config = stack["env"], stack["config"]
     store = open_store(config)
     coordinator = Coordinator(store)
@@ -194,6 +293,11 @@ def test_rollout_rolls_back_when_the_canary_regresses(stack):
     thread = threading.Thread(target=actor.run, kwargs={"stop": stop}, daemon=True)
     thread.start()
     try:
+        # The rollout picks canaries among live robots: wait for the actor's first heartbeat.
+        deadline = time.monotonic() + 300
+        while "robot-00" not in live_robots(coordinator, config.rollout.heartbeat_timeout_seconds):
+            assert time.monotonic() < deadline and thread.is_alive(), "the actor never reported"
+            time.sleep(0.5)
         result = lwd(env, "rollout", "--model-version", candidate)
     finally:
         stop.set()
@@ -205,3 +309,31 @@ def test_rollout_rolls_back_when_the_canary_regresses(stack):
     assert champion(config) == previous_champion
     assert versions(config)[candidate]["approval"] == "rolled-back"
     assert coordinator.desired()["canary"] is None and coordinator.desired()["stable"]["version"] == stable
+    assert model_event_fired(prefect_server, config, candidate, "lwd.rollout.rolled-back")
+
+
+def test_the_champion_loads_as_an_mlflow_model_outside_the_repository(stack, tmp_path):
+    env, config = stack["env"], stack["config"]
+    # A fresh interpreter, started elsewhere, with this checkout taken off its import path: the model
+    # must bring its own code (code_paths), signature and input example.
+    script = f"""
+import json, sys
+from pathlib import Path
+root = Path({str(ROOT)!r}).resolve()
+sys.path[:] = [p for p in sys.path if Path(p or '.').resolve() != root]
+import mlflow, numpy as np
+mlflow.set_tracking_uri({config.tracking.mlflow_uri!r})
+model = mlflow.pyfunc.load_model("models:/{config.tracking.registered_model}@champion")
+import lwd_core
+actions = np.asarray(model.predict(model.input_example, params={{"seed": 3}}))
+print(json.dumps({{"shape": list(actions.shape), "finite": bool(np.isfinite(actions).all()),
+                  "code": lwd_core.__file__, "inputs": model.metadata.get_input_schema().input_names()}}))
+"""
+    clean_env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "LWD_CONFIG")}
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=clean_env, capture_output=True,
+                            text=True, timeout=600)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    result = last_json(loaded.stdout)
+    assert ROOT not in Path(result["code"]).resolve().parents, "lwd_core came from the checkout, not the model"
+    assert result["inputs"] == ["obs", "instruction"] and result["finite"]
+    assert result["shape"][0] == 1 and result["shape"][1] == config.algo.action_chunk * ACTION_DIM, result

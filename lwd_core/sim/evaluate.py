@@ -109,17 +109,19 @@ def evaluate_policy(
     max_steps: int | None = None,
     policy_version: str = "eval",
     pool: SimPool | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[TaskResult]:
-    """``pool``: where the episodes run (None: a temporary inline pool, closed on return)."""
+    """``pool``: where the episodes run (None: a temporary inline pool, closed on return);
+    ``on_progress(finished, total)`` as episodes finish."""
     tasks = list(tasks)
     requests = [EpisodeRequest(task.task_id, eval_seed(seed, task.task_id, index), robot_id="eval",
                                policy_version=policy_version, max_steps=max_steps)
                 for task in tasks for index in range(episodes_per_task)]
     if pool is None:
         with SimPool(1) as temporary:
-            episodes = temporary.run(requests, policy)
+            episodes = temporary.run(requests, policy, on_progress)
     else:
-        episodes = pool.run(requests, policy)
+        episodes = pool.run(requests, policy, on_progress)
     results = []
     for task in tasks:
         task_episodes = [e for e in episodes if e.task_id == task.task_id]
@@ -152,7 +154,8 @@ def learner_policy(learner, params, seed: int = 0, batch_size: int | None = None
 
 
 def evaluate_checkpoint(store: ObjectStore, checkpoint: str, policy_sha256: str | None, suite: Iterable[TaskSpec],
-                        episodes_per_task: int, seed: int, max_steps: int = 0, name: str = "eval") -> dict:
+                        episodes_per_task: int, seed: int, max_steps: int = 0, name: str = "eval",
+                        on_progress: Callable[[int, int], None] | None = None) -> dict:
     """:func:`summarize` of a committed checkpoint's policy on ``suite`` (``max_steps`` 0: each task's
     limit), cached in the store per (checkpoint, episodes, seed, limit, tasks): a version is evaluated
     once however many gates compare against it."""
@@ -168,7 +171,8 @@ def evaluate_checkpoint(store: ObjectStore, checkpoint: str, policy_sha256: str 
     with SimPool(1) as pool:
         batch = min(len(suite) * episodes_per_task, pool.max_batch)  # pad to one compiled shape
         results = evaluate_policy(learner_policy(learner, params, seed, batch_size=batch), suite, episodes_per_task,
-                                  seed=seed, max_steps=max_steps or None, policy_version=name, pool=pool)
+                                  seed=seed, max_steps=max_steps or None, policy_version=name, pool=pool,
+                                  on_progress=on_progress)
     summary = summarize(results) | {"checkpoint": checkpoint, "episodes_per_task": episodes_per_task, "seed": seed}
     store.put_json(cache, summary)
     return summary

@@ -25,7 +25,7 @@ import signal
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -248,9 +248,11 @@ class SimPool:
         return sum(worker.envs_created for worker in self._workers)
 
     # -- running -------------------------------------------------------------------------------
-    def run(self, requests: list[EpisodeRequest], policy: BatchPolicy) -> list[Episode]:
+    def run(self, requests: list[EpisodeRequest], policy: BatchPolicy,
+            on_progress: Callable[[int, int], None] | None = None) -> list[Episode]:
         """Run every request to the end with one batched ``policy`` call per round; episodes in request
-        order. Raises SimPoolError naming the task and seed if an episode fails."""
+        order; ``on_progress(finished, total)`` after each round that finished some. Raises SimPoolError
+        naming the task and seed if an episode fails."""
         if self._closed:
             raise SimPoolError("the pool is closed")
         requests = list(requests)
@@ -277,6 +279,7 @@ class SimPool:
         chunks: dict[int, dict[int, np.ndarray]] = {shard: {} for shard in range(shards)}
         episodes: list[Episode | None] = [None] * len(requests)
         active = set(range(shards))
+        done = 0
         try:
             while active:
                 replies = self._round({shard: (new.get(shard, []), chunks.get(shard, {})) for shard in active})
@@ -285,6 +288,9 @@ class SimPool:
                 for shard, (needs, finished) in replies.items():
                     for index, episode in finished:
                         episodes[index] = episode
+                    done += len(finished)
+                    if finished and on_progress:
+                        on_progress(done, len(requests))
                     needing.extend((index, shard, obs) for index, obs in needs)
                     new[shard] = admit(shard, self.max_concurrent - len(needs))
                     if not needs and not new[shard]:  # every episode of the shard is done
