@@ -20,17 +20,24 @@ DATA_AXIS = "data"
 
 
 def initialize_from_env() -> bool:
-    """``jax.distributed.initialize`` when LWD_JAX_COORDINATOR is set (multi-host); returns whether it ran.
+    """Join a multi-host learner, as the process's launcher set it up; returns whether it did.
 
-    LWD_JAX_COORDINATOR=host:port, LWD_JAX_NUM_PROCESSES=N, LWD_JAX_PROCESS_ID=i (as the Kubernetes
-    job template in infra/ sets them from the pod index).
+    - ``LWD_JAX_DISTRIBUTED=auto`` (the Kubernetes template in infra/ sets it on learner pods):
+      ``jax.distributed.initialize()`` finds its peers itself (an Indexed Job behind a headless
+      service, SLURM, Open MPI, Cloud TPU).
+    - ``LWD_JAX_COORDINATOR=host:port``, ``LWD_JAX_NUM_PROCESSES``, ``LWD_JAX_PROCESS_ID``: explicit,
+      for launchers JAX does not detect.
+    - neither: one host (no-op).
     """
     address = os.environ.get("LWD_JAX_COORDINATOR")
-    if not address:
-        return False
-    jax.distributed.initialize(coordinator_address=address, num_processes=int(os.environ["LWD_JAX_NUM_PROCESSES"]),
-                               process_id=int(os.environ["LWD_JAX_PROCESS_ID"]))
-    return True
+    if address:
+        jax.distributed.initialize(coordinator_address=address, num_processes=int(os.environ["LWD_JAX_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["LWD_JAX_PROCESS_ID"]))
+        return True
+    if os.environ.get("LWD_JAX_DISTRIBUTED") == "auto":
+        jax.distributed.initialize()
+        return True
+    return False
 
 
 def data_mesh(devices: list | None = None) -> Mesh:
