@@ -77,7 +77,7 @@ def gate_report_markdown(candidate: str, candidate_eval: dict, champion: str | N
     def cell(row: dict | None) -> str:
         if row is None:
             return "-"
-        return f"{row['success_rate']:.0%} [{row['ci_low']:.0%}, {row['ci_high']:.0%}] (n={row['episodes']})"
+        return f"{row['success_rate']:.0%} ({row['ci_low']:.0%} to {row['ci_high']:.0%}, n={row['episodes']})"
 
     versus = f"champion v{champion}" if champion_eval is not None else "no champion"
     lines = [f"### Evaluation gate: {'PASS' if decision.passed else 'FAIL'} (v{candidate} vs {versus})", "",

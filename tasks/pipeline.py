@@ -124,7 +124,8 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
                 advance(step - plan.start_step)
 
             start = time.monotonic()
-            result = run_snapshot_training(store, plan, on_log=on_log, mesh=mesh)
+            result = run_snapshot_training(store, plan, on_log=on_log, mesh=mesh,
+                                           on_checkpoint=tracking.checkpoint_logger(store, plan))
             advance(plan.steps)
             trained = tracking.finish_training_run(config, store, plan, result, time.monotonic() - start)
     get_run_logger().info("trained %d steps (%s) on %s in %.0fs -> %s (model version %s)", plan.steps, plan.stage,

@@ -233,6 +233,24 @@ def gate_plot(candidate: str, candidate_eval: dict, champion: str | None, champi
     return figure
 
 
+def checkpoint_logger(store: ObjectStore, plan: Any) -> Callable[[str, int], None]:
+    """Inside :func:`training_run`: each committed checkpoint becomes a LoggedModel of the run (an
+    external one: the bytes stay in the object store, named by key and policy hash). The final
+    checkpoint is logged as the pyfunc model :func:`register_policy` registers instead."""
+    import mlflow
+
+    def log(checkpoint: str, step: int) -> None:
+        if step >= plan.target_step:
+            return
+        manifest = store.get_json(f"{checkpoint}/{COMMIT_MANIFEST}")
+        mlflow.create_external_model(
+            name=f"checkpoint-{step}", source_run_id=mlflow.active_run().info.run_id, model_type="flow-policy-checkpoint",
+            params={"checkpoint": store.uri(checkpoint), "policy_sha256": manifest["files"][POLICY_FILE]["sha256"]},
+            tags={"step": str(step), "snapshot_id": plan.snapshot_id, "stage": plan.stage})
+
+    return log
+
+
 def finish_training_run(config: LWDConfig, store: ObjectStore, plan: Any, result: Any, seconds: float) -> dict:
     """Inside :func:`training_run`: per-task values, throughput, the checkpoint manifest, and a registered
     model version for the checkpoint. Returns what the flows pass on."""

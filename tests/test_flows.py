@@ -37,7 +37,9 @@ def stack(prefect_server, tmp_path_factory):
     data = tmp_path_factory.mktemp("flywheel")
     # A loaded machine makes the SQLite-backed test server answer 503 for a while: retry longer than the default.
     env = {**os.environ, "LWD_DATA_DIR": str(data), "LWD_CONFIG": str(TINY), "PREFECT_API_URL": prefect_server["url"],
-           "PREFECT_HOME": prefect_server["home"], "PREFECT_CLIENT_MAX_RETRIES": "15"}
+           "PREFECT_HOME": prefect_server["home"], "PREFECT_CLIENT_MAX_RETRIES": "15",
+           # Several committed checkpoints per training run, and system metrics within its seconds.
+           "LWD_ALGO__CHECKPOINT_EVERY": "20", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
     result = lwd(env, "flywheel", "--rounds", "1", "--auto-approve", timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     os.environ["LWD_CONFIG"], previous = str(TINY), os.environ.get("LWD_CONFIG")
@@ -82,6 +84,23 @@ def test_flywheel_runs_every_stage_and_reports_where_to_look(stack, prefect_serv
     assert {"offline", "online", "gate"} <= kinds
     train_run = next(r for r in runs if r.data.tags.get("stage") == "online")
     assert "critic_loss" in train_run.data.metrics and train_run.data.params["snapshot_id"] == tags["2"]["snapshot_id"]
+
+    # The reviewer's evidence: the gate table as the version's description, linked to a gate run with
+    # its plot; the snapshot as the training run's input; system metrics; a LoggedModel per checkpoint.
+    client = registry(config)
+    description = client.get_model_version(config.tracking.registered_model, "2").description
+    assert description.startswith("### Evaluation gate: PASS (v2 vs champion v1)") and "| **mean** |" in description
+    gate_run = tags["2"]["gate_run_id"]
+    assert gate_run in description and "gate_success_by_task.png" in {a.path for a in client.list_artifacts(gate_run)}
+    assert [d.dataset.name for d in train_run.inputs.dataset_inputs] == [tags["2"]["snapshot_id"]]
+    assert any(key.startswith("system/") for key in client.get_run(train_run.info.run_id).data.metrics)
+    import mlflow
+
+    mlflow.set_tracking_uri(config.tracking.mlflow_uri)
+    models = mlflow.search_logged_models(experiment_ids=[train_run.info.experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{train_run.info.run_id}'")
+    names = sorted(m.name for m in models)
+    assert "policy" in names and any(name.startswith("checkpoint-") for name in names), names
 
     # The fleet ends on the approved champion; the online buffer holds each fleet episode once.
     store = open_store(config)
@@ -220,11 +239,19 @@ def test_a_reviewer_approves_in_the_suspended_review_form_and_it_ships(stack, pr
     from prefect import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
     from prefect.flow_runs import resume_flow_run
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     env, config = stack["env"], stack["config"]
-    # The review deployment served from prefect.yaml, as a worker would run it.
+    # The review deployment served from prefect.yaml, as a worker would run it. The session's server may
+    # hold a `review` deployment on a work pool nobody works (tests/test_deployments.py): drop it, so
+    # the run below goes to the served one.
+    with temporary_settings({PREFECT_API_URL: prefect_server["url"]}), get_client(sync_client=True) as client:
+        try:
+            client.delete_deployment(client.read_deployment_by_name("review/review").id)
+        except ObjectNotFound:
+            pass
     serve = subprocess.Popen([sys.executable, "-m", "deployments.serve", "review"], env=env, cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -245,8 +272,8 @@ def test_a_reviewer_approves_in_the_suspended_review_form_and_it_ships(stack, pr
             def served():
                 with get_client(sync_client=True) as client:
                     try:
-                        return client.read_deployment_by_name("review/review") is not None
-                    except Exception:
+                        return client.read_deployment_by_name("review/review").work_pool_name is None
+                    except ObjectNotFound:
                         return False
 
             wait_for(served, "the review deployment")

@@ -70,7 +70,7 @@ def test_the_gate_report_shows_each_task_against_the_champion_with_intervals():
     decision = gate_decision(candidate, champion, tolerance=0.05, min_success=0.0, champion="3")
     report = gate_report_markdown("4", candidate, "3", champion, decision, "http://mlflow/#/runs/abc")
     assert "PASS (v4 vs champion v3)" in report and "| task | v4 | v3 | change |" in report
-    assert "| swap-pair | 80% [40%, 90%] (n=20) | 60% [30%, 80%] (n=20) | +20 pts |" in report
+    assert "| swap-pair | 80% (40% to 90%, n=20) | 60% (30% to 80%, n=20) | +20 pts |" in report
     assert "| **mean** |" in report and report.endswith("http://mlflow/#/runs/abc")
     first = gate_report_markdown("1", candidate, None, None, gate_decision(candidate, None, 0.05, 0.2))
-    assert "vs no champion" in first and "| swap-pair | 80% [40%, 90%] (n=20) | - | - |" in first
+    assert "vs no champion" in first and "| swap-pair | 80% (40% to 90%, n=20) | - | - |" in first

@@ -185,10 +185,12 @@ def train_resumable(
     mesh: Any = None,
     extra: dict[str, Any] | None = None,
     before_chunk: Callable[[Learner, TrainState], None] | None = None,
+    on_checkpoint: Callable[[str, int], None] | None = None,
 ) -> TrainResult:
     """Train until the learner's step reaches ``total_steps``, committing a checkpoint every
-    ``checkpoint_every`` updates under ``run_root``. A rerun after a crash (same ``run_root``) resumes
-    from the last committed checkpoint, replay sampler included, instead of starting over."""
+    ``checkpoint_every`` updates under ``run_root`` (``on_checkpoint(key, step)`` after each commit). A
+    rerun after a crash (same ``run_root``) resumes from the last committed checkpoint, replay sampler
+    included, instead of starting over."""
     latest = latest_committed_checkpoint(store, run_root)
     if latest:
         learner, state, manifest = load_checkpoint(store, latest)
@@ -205,6 +207,8 @@ def train_resumable(
         checkpoint = checkpoint_key(run_root, int(state.step))
         save_checkpoint(store, checkpoint, learner, state,
                         extra={"replay": replay.state_dict(), "resumed_from": resumed_from, **(extra or {})})
+        if on_checkpoint is not None:
+            on_checkpoint(checkpoint, int(state.step))
     return TrainResult(learner, state, history, checkpoint, resumed_from)
 
 
@@ -268,7 +272,8 @@ def plan_snapshot_training(store: ObjectStore, manifest: dict, algo: Any, method
 
 
 def run_snapshot_training(store: ObjectStore, plan: SnapshotTraining, on_log: Callable[[int, dict[str, float]], None]
-                          | None = None, mesh: Any = None, move_latest: bool = True) -> TrainResult:
+                          | None = None, mesh: Any = None, move_latest: bool = True,
+                          on_checkpoint: Callable[[str, int], None] | None = None) -> TrainResult:
     """Train to the plan's target step with committed checkpoints (a rerun resumes); on success the
     flywheel's latest-checkpoint pointer moves to the result unless ``move_latest`` is off, and only if
     no other run moved it since this one was planned (else StoreError: the checkpoint stays committed,
@@ -276,7 +281,7 @@ def run_snapshot_training(store: ObjectStore, plan: SnapshotTraining, on_log: Ca
     result = train_resumable(store, plan.run_root, plan.initial_state, plan.replay, plan.target_step,
                              plan.algo.batch_size, plan.algo.checkpoint_every, mesh=mesh, on_log=on_log,
                              extra={"snapshot_id": plan.snapshot_id, "parent": plan.parent, "stage": plan.stage},
-                             before_chunk=plan.before_chunk)
+                             before_chunk=plan.before_chunk, on_checkpoint=on_checkpoint)
     if move_latest and not store.put_json_if(CHECKPOINT_LATEST_KEY, {"checkpoint": result.checkpoint},
                                              plan.pointer_generation):
         raise StoreError(f"another training run moved {CHECKPOINT_LATEST_KEY} while this one trained "
