@@ -46,7 +46,9 @@ def _deploy(config: LWDConfig, version: str | None, gate: dict) -> dict:
     if version is None or not gate["passed"]:
         return {"promoted": False, "approved": False, "rollout": "-"}
     if deployment.id and not config.promotion.auto_approve:
-        waiting = run_deployment(REVIEW_DEPLOYMENT, parameters={"model_version": version}, timeout=0)
+        # Not linked as a subflow: Prefect suspends only top-level runs, and the review outlives this round.
+        waiting = run_deployment(REVIEW_DEPLOYMENT, parameters={"model_version": version}, timeout=0,
+                                 as_subflow=False)
         return {"promoted": True, "approved": False, "rollout": f"awaiting review (flow run {waiting.name})"}
     reviewed = review(version, config=config)
     deployed = reviewed.get("rollout") or {}

@@ -235,7 +235,7 @@ def test_a_version_that_failed_its_gate_is_refused_even_with_the_alias_moved(sta
     assert status["fleet"]["stable"] == deployed_release(config) and status["backlog_episodes"] >= 0
 
 
-def test_a_reviewer_approves_in_the_suspended_review_form_and_it_ships(stack, prefect_server):
+def test_a_round_waits_for_the_reviewer_in_the_suspended_review_form_then_ships(stack, prefect_server):
     from prefect import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
@@ -244,52 +244,67 @@ def test_a_reviewer_approves_in_the_suspended_review_form_and_it_ships(stack, pr
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     env, config = stack["env"], stack["config"]
-    # The review deployment served from prefect.yaml, as a worker would run it. The session's server may
-    # hold a `review` deployment on a work pool nobody works (tests/test_deployments.py): drop it, so
-    # the run below goes to the served one.
-    with temporary_settings({PREFECT_API_URL: prefect_server["url"]}), get_client(sync_client=True) as client:
+    deployments = ["flywheel-round/flywheel-round", "review/review"]
+    with temporary_settings({PREFECT_API_URL: prefect_server["url"]}):
+        def client():
+            return get_client(sync_client=True)
+
+        def wait_for(predicate, what: str, timeout: float = 900):
+            deadline = time.monotonic() + timeout
+            while not predicate():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                time.sleep(1)
+
+        def state_of(run_id):
+            with client() as api:
+                return api.read_flow_run(run_id).state
+
+        def served() -> bool:
+            with client() as api:
+                try:
+                    return all(api.read_deployment_by_name(name).work_pool_name is None for name in deployments)
+                except ObjectNotFound:
+                    return False
+
+        # The session's server may hold these deployments on a work pool nobody works
+        # (tests/test_deployments.py): drop them, so the runs go to the ones served here from prefect.yaml,
+        # as a worker would run them.
+        with client() as api:
+            for name in deployments:
+                try:
+                    api.delete_deployment(api.read_deployment_by_name(name).id)
+                except ObjectNotFound:
+                    pass
+        serve = subprocess.Popen([sys.executable, "-m", "deployments.serve", "flywheel-round", "review"], env=env,
+                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            client.delete_deployment(client.read_deployment_by_name("review/review").id)
-        except ObjectNotFound:
-            pass
-    serve = subprocess.Popen([sys.executable, "-m", "deployments.serve", "review"], env=env, cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        version = last_json(lwd(env, "train").stdout)["model_version"]
-        assert last_json(lwd(env, "evaluate", "--model-version", version).stdout)["passed"]
-        previous = champion(config)
-        with temporary_settings({PREFECT_API_URL: prefect_server["url"]}):
-            def state_of(run_id):
-                with get_client(sync_client=True) as client:
-                    return client.read_flow_run(run_id).state
-
-            def wait_for(predicate, what: str, timeout: float = 600):
-                deadline = time.monotonic() + timeout
-                while not predicate():
-                    assert time.monotonic() < deadline, f"timed out waiting for {what}"
-                    time.sleep(1)
-
-            def served():
-                with get_client(sync_client=True) as client:
-                    try:
-                        return client.read_deployment_by_name("review/review").work_pool_name is None
-                    except ObjectNotFound:
-                        return False
-
-            wait_for(served, "the review deployment")
-            run = run_deployment("review/review", parameters={"model_version": version}, timeout=0)
-            wait_for(lambda: state_of(run.id).type == StateType.PAUSED, "the review to suspend")
-            assert state_of(run.id).name == "Suspended"
+            wait_for(served, "the served deployments")
+            previous, known = champion(config), set(versions(config))
+            # What the retrain trigger starts: the round trains and gates a candidate, starts its review
+            # and finishes; the review suspends until a reviewer answers.
+            round_run = run_deployment("flywheel-round/flywheel-round", parameters={"round_index": 9}, timeout=0)
+            wait_for(lambda: state_of(round_run.id).is_final(), "the round")
+            assert state_of(round_run.id).type == StateType.COMPLETED, state_of(round_run.id)
+            (version,) = set(versions(config)) - known
+            assert versions(config)[version]["gate"] == "pass"
+            with client() as api:
+                review_deployment = api.read_deployment_by_name("review/review").id
+                reviews = [r for r in api.read_flow_runs(limit=200) if r.deployment_id == review_deployment
+                           and r.parameters.get("model_version") == version]
+            assert len(reviews) == 1, "the round started one review for its candidate"
+            review_id = reviews[0].id
+            wait_for(lambda: state_of(review_id).type == StateType.PAUSED, "the review to suspend")
+            assert state_of(review_id).name == "Suspended"
             assert model_event_fired(prefect_server, config, version, "lwd.model.awaiting-review")
             assert champion(config) == previous and versions(config)[version]["approval"] == "pending"
 
             # What the Prefect UI's form sends when the reviewer presses Resume.
-            resume_flow_run(run.id, run_input={"approve": True, "reviewer": "dana", "comment": "better on swap-pair"})
-            wait_for(lambda: state_of(run.id).is_final(), "the resumed review to finish")
-            assert state_of(run.id).type == StateType.COMPLETED, state_of(run.id)
-    finally:
-        serve.terminate()
-        serve.wait(timeout=60)
+            resume_flow_run(review_id, run_input={"approve": True, "reviewer": "dana", "comment": "better on swap-pair"})
+            wait_for(lambda: state_of(review_id).is_final(), "the resumed review")
+            assert state_of(review_id).type == StateType.COMPLETED, state_of(review_id)
+        finally:
+            serve.terminate()
+            serve.wait(timeout=60)
     tags = versions(config)[version]
     assert (tags["approval"], tags["approved_by"], tags["approval_comment"]) == ("approved", "dana", "better on swap-pair")
     assert champion(config) == version and deployed_release(config) == f"policy-v{version}"
