@@ -74,10 +74,10 @@ def _run(config: LWDConfig, stage: Callable[..., Any], **params: Any) -> Any:
     unless PREFECT_API_URL is set explicitly."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    api = {} if PREFECT_API_URL.value() or not config.orchestration.prefect_api_url else {
-        PREFECT_API_URL: config.orchestration.prefect_api_url}
     from tasks.events import flush_events
 
+    api = {} if PREFECT_API_URL.value() or not config.orchestration.prefect_api_url else {
+        PREFECT_API_URL: config.orchestration.prefect_api_url}
     with temporary_settings(updates=api):
         try:
             result = stage(config=config, **params)

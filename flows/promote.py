@@ -25,7 +25,12 @@ from lwd_core.config import LWDConfig, load_config
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.store import now_us, open_store
 from tasks import tracking
-from tasks.events import AWAITING_REVIEW, ROLLOUT_REFUSED, emit_model_event, flush_events
+from tasks.events import (
+    AWAITING_REVIEW,
+    ROLLOUT_REFUSED,
+    emit_model_event,
+    flush_events,
+)
 
 REVIEW_FLOW = "review"
 DECIDED = ("approved", "rejected", "rolled-back", "superseded", "refused")
