@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> None:
 
     names = set(sys.argv[1:] if argv is None else argv)
     specs = [spec for spec in load_specs() if not names or spec["name"] in names]
-    if names - {spec["name"] for spec in specs}:
-        raise SystemExit(f"no such deployment in prefect.yaml: {', '.join(sorted(names - {s['name'] for s in specs}))}")
+    unknown = names - {spec["name"] for spec in specs}
+    if unknown:
+        raise SystemExit(f"no such deployment in prefect.yaml: {', '.join(sorted(unknown))}")
     serve(*to_deployments(specs))
 
 

@@ -33,7 +33,9 @@ from tasks.events import (
 )
 
 REVIEW_FLOW = "review"
-DECIDED = ("approved", "rejected", "rolled-back", "superseded", "refused")
+# Approval states after which a version is never reviewed again, and every decided state.
+TURN_PASSED = ("rolled-back", "superseded", "refused")
+DECIDED = ("approved", "rejected", *TURN_PASSED)
 
 
 class ReviewDecision(RunInput):
@@ -145,7 +147,7 @@ def review(model_version: str, config: LWDConfig | None = None) -> dict:
     promoted = promote(model_version, wait_seconds=0, config=config)
     if not promoted["promoted"]:
         return {"version": model_version, "status": "refused", "reason": promoted["reason"]}
-    if promoted["approval"] in ("rolled-back", "superseded", "refused"):  # its turn has passed
+    if promoted["approval"] in TURN_PASSED:
         return {"version": model_version, "status": promoted["approval"]}
     if promoted["approved"]:  # auto-approve, or approved while this run was starting
         return {"version": model_version, "status": "approved", "rollout": rollout(model_version, config=config)}

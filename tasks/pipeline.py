@@ -24,9 +24,14 @@ from tasks import tracking
 from tasks.progress import progress
 
 
+def fleet_ids(config: LWDConfig) -> list[str]:
+    """Every robot of the configured fleet, on every fleet host."""
+    return fleet_robot_ids(config.fleet.robots, config.fleet.hosts)
+
+
 def expectations(config: LWDConfig) -> Expectations:
     """The suite's parameters now: known tasks, robots, and every version the coordinator published."""
-    return Expectations.for_suite(select_tasks(config.fleet.tasks), fleet_robot_ids(config.fleet.robots, config.fleet.hosts),
+    return Expectations.for_suite(select_tasks(config.fleet.tasks), fleet_ids(config),
                                   Coordinator(open_store(config)).published_versions())
 
 
@@ -39,7 +44,7 @@ def list_uploaded(config: LWDConfig, limit: int = 0) -> list[str]:
 @task(retries=3, retry_delay_seconds=[1, 5, 20], task_run_name="ingest-batch-{index}")
 def ingest_micro_batch(config: LWDConfig, keys: list[str], index: int) -> dict:
     store = open_store(config)
-    keyring = keyring_for(config, fleet_robot_ids(config.fleet.robots, config.fleet.hosts))
+    keyring = keyring_for(config, fleet_ids(config))
     check = episode_signature_check(keyring) if config.fleet.require_signatures else None
     report = ingest_batch(store, keys, expectations(config), check_signature=check)
     log_key = write_ingest_log(store, report, f"batch{index}")
