@@ -132,15 +132,15 @@ def flywheel_round(round_index: int = 0, method: str = "lwd", config: LWDConfig 
     train -> gate -> review -> rollout. What the retrain trigger runs when the fleet is managed
     elsewhere (``lwd fleet up``, robots)."""
     config = config or load_config()
-    ingested = ingest(config=config)
-    labels = label_rewards(config=config)["online"]
+    ingested = ingest(config=config)  # labels what it appends; the label stage catches up the rest
+    label_rewards(config=config)
     snapshot = snapshot_buffer(config=config)
     trained = train(snapshot_id=snapshot["snapshot_id"], method=method, config=config)
     gate = evaluate_gate(trained["model_version"], config=config)
     fleet = {"fleet_episodes": ingested["accepted"], "fleet_steps": ingested["transitions_accepted"],
              "quarantined": ingested["quarantined"],
-             "fleet_success": round(labels["successes"] / labels["labelled"], 3) if labels["labelled"] else None,
-             "intervention_steps": labels["intervention_steps"]}
+             "fleet_success": round(ingested["successes"] / ingested["accepted"], 3) if ingested["accepted"] else None,
+             "intervention_steps": ingested["intervention_steps"]}
     return _row(round_index, trained, gate, _deploy(config, trained["model_version"], gate), fleet)
 
 

@@ -1,5 +1,5 @@
 """Ingest uploaded episodes: validate (GX), quarantine with reasons, deduplicate, append to the online
-buffer. Triggered by ``lwd.episode.uploaded`` events (micro-batches) and by a schedule (safety net);
+buffer and label what was appended. Triggered by ``lwd.episode.uploaded`` events (micro-batches) and by a schedule (safety net);
 either way it finds its batch by listing ``raw/``, so a lost event only delays an episode."""
 
 from __future__ import annotations
@@ -12,13 +12,17 @@ from tasks.pipeline import ingest_micro_batch, list_uploaded
 
 
 @flow(name="ingest")
-def ingest(limit: int = 0, batch_size: int = 64, config: LWDConfig | None = None) -> dict:
+def ingest(limit: int = 0, batch_size: int = 64, partition: int = 0, partitions: int = 1,
+           config: LWDConfig | None = None) -> dict:
+    """With ``partitions`` > 1, this run takes only its partition of raw/ (by episode id), so that
+    several ingest workers share the uploads without ever handling the same episode."""
     config = config or load_config()
     logger = get_run_logger()
-    keys = list_uploaded(config, limit)
+    keys = list_uploaded(config, limit, partition, partitions)
     batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
     results = [ingest_micro_batch(config, batch, index) for index, batch in enumerate(batches)]
-    totals = {"seen": 0, "accepted": 0, "quarantined": 0, "duplicates": 0, "transitions_accepted": 0}
+    totals = {"seen": 0, "accepted": 0, "quarantined": 0, "duplicates": 0, "transitions_accepted": 0,
+              "successes": 0, "intervention_steps": 0}
     reasons: dict[str, int] = {}
     latencies: list[float] = []
     for result in results:

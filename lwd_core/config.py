@@ -60,6 +60,9 @@ class StorageConfig(_Section):
     key: SecretStr | None = None
     secret: SecretStr | None = None
     region: str | None = None
+    # Threads per ingest micro-batch for object reads and writes (S3 round trips overlap; a local
+    # disk gains little, so scale a local ingest out with processes: `ingest --partitions`).
+    io_workers: int = Field(default=4, ge=1, le=64)
 
     @field_validator("url")
     @classmethod

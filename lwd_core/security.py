@@ -145,7 +145,8 @@ def episode_signer(keyring: Keyring) -> Callable[[Any], dict[str, str]]:
 
 def episode_signature_check(keyring: Keyring) -> Callable[[Any, Mapping[str, str]], str | None]:
     """For ingestion (public keys only): None when the episode carries its own robot's valid
-    signature, else the reason."""
+    signature, else the reason. Public keys are read once per check (one ingest batch)."""
+    public_keys: dict[str, Ed25519PublicKey | None] = {}
 
     def check(episode: Any, metadata: Mapping[str, str]) -> str | None:
         signature = metadata.get(SIGNATURE_KEY)
@@ -153,7 +154,9 @@ def episode_signature_check(keyring: Keyring) -> Callable[[Any, Mapping[str, str
             return "unsigned episode"
         if metadata.get(SIGNER_KEY) != episode.robot_id:
             return f"signed by {metadata.get(SIGNER_KEY)!r}, not by its robot {episode.robot_id!r}"
-        key = keyring.public(episode.robot_id)
+        if episode.robot_id not in public_keys:
+            public_keys[episode.robot_id] = keyring.public(episode.robot_id)
+        key = public_keys[episode.robot_id]
         if key is None:
             return f"no public key for robot {episode.robot_id!r}"
         return None if _verify(key, signature, _episode_message(episode.episode_id)) else "bad signature"

@@ -36,17 +36,23 @@ def expectations(config: LWDConfig) -> Expectations:
 
 
 @task(retries=3, retry_delay_seconds=[1, 5, 20])
-def list_uploaded(config: LWDConfig, limit: int = 0) -> list[str]:
-    """Keys waiting in raw/ (retried: the object store may be briefly unreachable)."""
-    return pending_raw(open_store(config), limit)
+def list_uploaded(config: LWDConfig, limit: int = 0, partition: int = 0, partitions: int = 1) -> list[str]:
+    """Keys waiting in raw/ (retried: the object store may be briefly unreachable); with several
+    ingest workers, this worker's partition of them."""
+    return pending_raw(open_store(config), limit, partition, partitions)
 
 
 @task(retries=3, retry_delay_seconds=[1, 5, 20], task_run_name="ingest-batch-{index}")
 def ingest_micro_batch(config: LWDConfig, keys: list[str], index: int) -> dict:
+    from lwd_core.data.nstep import NStepSchedule
+
     store = open_store(config)
     keyring = keyring_for(config, fleet_ids(config))
     check = episode_signature_check(keyring) if config.fleet.require_signatures else None
-    report = ingest_batch(store, keys, expectations(config), check_signature=check)
+    schedule = NStepSchedule.from_config(config.algo)
+    report = ingest_batch(store, keys, expectations(config), check_signature=check,
+                          label=lambda episode: label_episode(episode, config.algo.discount, schedule),
+                          workers=config.storage.io_workers)
     log_key = write_ingest_log(store, report, f"batch{index}")
     return {"summary": report.summary(), "log": log_key,
             "quarantined": [{"raw_key": o.raw_key, "reasons": o.reasons} for o in report.outcomes

@@ -143,7 +143,7 @@ from test_ingest import EXPECT
 from lwd_core.data.ingest import ingest_batch, pending_raw
 from lwd_core.store import ObjectStore
 store = ObjectStore(os.environ["STORE_URL"], json.loads(os.environ["STORE_OPTIONS"]))
-ingest_batch(store, pending_raw(store), EXPECT)
+ingest_batch(store, pending_raw(store), EXPECT, workers=1)
 """
 
 
@@ -156,8 +156,59 @@ def test_ingest_killed_after_buffering_is_exactly_once_on_rerun(s3_store, nth):
            "LWD_FAILPOINTS": f"ingest.after_buffer_put={nth}"}
     killed = subprocess.run([sys.executable, "-c", _INGEST], env=env, timeout=300)
     assert killed.returncode == 137
-    assert len(buffer_ids(s3_store)) == nth and len(pending_raw(s3_store)) == 4 - nth + 1
+    # The batch's buffer objects are written together (group commit); nth - 1 raw copies were removed.
+    assert len(buffer_ids(s3_store)) == 4 and len(pending_raw(s3_store)) == 4 - nth + 1
     report = ingest_batch(s3_store, pending_raw(s3_store), EXPECT)
-    assert report.count("duplicate") == 1 and report.count("accepted") == 4 - nth
+    assert report.count("duplicate") == 4 - nth + 1 and report.count("accepted") == 0
     assert sorted(buffer_ids(s3_store)) == sorted(e.episode_id for e in episodes)
     assert pending_raw(s3_store) == []
+
+
+def test_ingest_labels_what_it_buffers(local_store):
+    from lwd_core.data.labels import label_episode, read_labels, unlabelled_keys
+    from lwd_core.data.nstep import NStepSchedule
+
+    episodes = [fleet_episode(seed=80 + i) for i in range(3)]
+    for episode in episodes:
+        local_store.put_atomic(raw_key(ROBOT, episode.episode_id), episode.to_parquet_bytes())
+    schedule = NStepSchedule()
+    report = ingest_batch(local_store, pending_raw(local_store), EXPECT,
+                          label=lambda episode: label_episode(episode, 0.99, schedule))
+    assert report.count("accepted") == 3 and unlabelled_keys(local_store, "online") == []
+    labels = read_labels(local_store, [report.labels_key])
+    assert sorted(labels["episode_id"]) == sorted(e.episode_id for e in episodes)
+    assert report.summary()["intervention_steps"] == sum(int(e.interventions.sum()) for e in episodes)
+
+
+_PARTITION_WORKER = """
+import json, os, sys
+sys.path.insert(0, "tests")
+from test_ingest import EXPECT
+from lwd_core.data.ingest import ingest_batch, pending_raw
+from lwd_core.store import ObjectStore
+store = ObjectStore(os.environ["STORE_URL"])
+partition = int(sys.argv[1])
+keys = pending_raw(store, partition=partition, partitions=2)
+accepted = sum(ingest_batch(store, keys[i:i + 8], EXPECT).count("accepted") for i in range(0, len(keys), 8))
+print(json.dumps({"partition": partition, "keys": keys, "accepted": accepted}))
+"""
+
+
+def test_two_ingest_workers_share_the_uploads_without_duplicates(local_store):
+    """Two worker processes, each over its partition of raw/, at the same time: every episode is
+    buffered once, including one uploaded twice (its copies share a name, so one worker has both)."""
+    episodes = [fleet_episode(seed=200 + i) for i in range(24)]
+    for episode in episodes:
+        local_store.put_atomic(raw_key(ROBOT, episode.episode_id), episode.to_parquet_bytes())
+    again = episodes[0]
+    local_store.put_atomic(f"raw/2026-11-25/{ROBOT}/{again.episode_id}.parquet", again.to_parquet_bytes())
+    env = {**os.environ, "STORE_URL": local_store.url}
+    workers = [subprocess.Popen([sys.executable, "-c", _PARTITION_WORKER, str(p)], env=env, stdout=subprocess.PIPE,
+                                text=True) for p in (0, 1)]
+    results = [json.loads(worker.communicate(timeout=600)[0].strip().splitlines()[-1]) for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers)
+    assert not set(results[0]["keys"]) & set(results[1]["keys"]), "the partitions are disjoint"
+    assert all(r["accepted"] > 0 for r in results), "both workers took a share"
+    assert sum(r["accepted"] for r in results) == 24
+    assert sorted(buffer_ids(local_store)) == sorted(e.episode_id for e in episodes)
+    assert pending_raw(local_store) == []

@@ -152,3 +152,11 @@ def test_racing_read_modify_writes_lose_no_update(any_store: ObjectStore):
     for racer in racers:
         racer.join()
     assert any_store.get_json("fleet/counter.json") == {"n": 20}
+
+
+def test_put_many_is_a_group_commit_of_whole_objects(any_store):
+    items = [(f"buffer/online/task=t/{i}.parquet", bytes([i]) * (1000 + i)) for i in range(5)]
+    any_store.put_many_atomic(items, workers=3)
+    assert [any_store.get(key) for key, _ in items] == [data for _, data in items]
+    assert any_store.list("buffer") == sorted(key for key, _ in items), "no temp file is left"
+    assert any_store.get_bounded(items[0][0], 10) == 1000 and any_store.get_bounded(items[0][0], 5000) == items[0][1]

@@ -14,14 +14,17 @@ matches its id.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-import io
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 SCHEMA_VERSION = "1"
 SOURCES = ("demo", "play", "rollout")
@@ -146,7 +149,7 @@ class Episode:
                      "chunk_pos", "timestamps_us", "next_observations"):
             array = getattr(self, name)
             digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
-            digest.update(array.tobytes())
+            digest.update(array.reshape(-1).view(np.uint8))  # the C-order bytes, without a copy
         return digest.hexdigest()
 
     def replace(self, **changes: Any) -> Episode:
@@ -154,62 +157,65 @@ class Episode:
         return dataclasses.replace(self, episode_id="", **changes)
 
     # -- tabular form ------------------------------------------------------------------------------
-    def to_frame(self) -> pl.DataFrame:
+    def to_arrow(self) -> pa.Table:
+        """Columns straight from the arrays (no per-row Python objects): the vectors become list
+        columns over one flat values buffer."""
         steps = self.num_steps
         done = np.zeros(steps, dtype=bool)
         done[-1] = True
-        columns: dict[str, Any] = {
-            "episode_id": [self.episode_id] * steps,
-            **{key: [value] * steps for key, value in self.metadata().items()},
-            "step": np.arange(steps, dtype=np.int32),
-            "obs": list(self.observations),
-            "action": list(self.actions),
-            "chunk_pos": self.chunk_pos,
-            "reward": self.rewards,
-            "success": self.successes,
-            "intervention": self.interventions,
-            "terminal": self.terminals,
-            "done": done,
-            "timestamp": self.timestamps_us,
-            "next_obs": list(self.next_observations),
-        }
-        frame = pl.DataFrame(
-            {name: columns[name] for name in EPISODE_SCHEMA},
-            schema={name: (pl.Int64() if name == "timestamp" else dtype) for name, dtype in EPISODE_SCHEMA.items()},
-        )
-        return frame.with_columns(pl.col("timestamp").cast(pl.Datetime("us", "UTC")))
+        strings = {"episode_id": self.episode_id, **self.metadata()}
+        columns: dict[str, pa.Array] = {name: pa.array([value] * steps, pa.string()) for name, value in strings.items()}
+        columns.update({
+            "step": pa.array(np.arange(steps, dtype=np.int32)),
+            "obs": _list_array(self.observations),
+            "action": _list_array(self.actions),
+            "chunk_pos": pa.array(self.chunk_pos),
+            "reward": pa.array(self.rewards),
+            "success": pa.array(self.successes),
+            "intervention": pa.array(self.interventions),
+            "terminal": pa.array(self.terminals),
+            "done": pa.array(done),
+            "timestamp": pa.array(self.timestamps_us, type=pa.timestamp("us", tz="UTC")),
+            "next_obs": _list_array(self.next_observations),
+        })
+        return pa.table({name: columns[name] for name in EPISODE_SCHEMA})
+
+    def to_frame(self) -> pl.DataFrame:
+        return pl.from_arrow(self.to_arrow())
 
     @classmethod
-    def from_frame(cls, frame: pl.DataFrame, verify_id: bool = True) -> Episode:
-        check_schema(frame)
-        if frame.height == 0:
+    def from_arrow(cls, table: pa.Table, verify_id: bool = True) -> Episode:
+        """The one decoding path (Parquet bytes and frames both come here): schema, per-episode
+        constants, step order and vector widths are checked on the column buffers, and the id is
+        recomputed from the arrays those buffers hold."""
+        check_arrow_schema(table.schema)
+        if table.num_rows == 0:
             raise EpisodeFormatError("episode has no rows")
-        meta: dict[str, str] = {}
-        for key in ("episode_id", *METADATA_KEYS):
-            values = frame[key].unique()
-            if len(values) != 1 or values[0] is None:
-                raise EpisodeFormatError(f"column {key!r} must hold one value for the whole episode")
-            meta[key] = values[0]
-        frame = frame.sort("step")
-        if not np.array_equal(frame["step"].to_numpy(), np.arange(frame.height)):
-            raise EpisodeFormatError("steps must be 0..T-1 with no gaps or repeats")
-        done = frame["done"].to_numpy()
+        meta = {key: _constant(table[key], key) for key in ("episode_id", *METADATA_KEYS)}
+        step = table["step"]
+        order = np.arange(table.num_rows)
+        steps = step.to_numpy() if not step.null_count else None
+        if steps is None or not np.array_equal(steps, order):
+            if steps is None or not np.array_equal(np.sort(steps), order):
+                raise EpisodeFormatError("steps must be 0..T-1 with no gaps or repeats")
+            table = table.take(np.argsort(steps, kind="stable"))
+        for name in ("reward", "success", "intervention", "terminal", "done", "chunk_pos", "timestamp"):
+            if table[name].null_count:
+                raise EpisodeFormatError(f"column {name!r} has nulls")
+        done = table["done"].to_numpy()
         if not done[-1] or done[:-1].any():
             raise EpisodeFormatError("'done' must be set on the last step only")
-        for name in ("reward", "success", "intervention", "terminal", "chunk_pos", "timestamp"):
-            if frame[name].null_count():
-                raise EpisodeFormatError(f"column {name!r} has nulls")
         episode = cls(
             **{key: meta[key] for key in METADATA_KEYS},
-            observations=_stack(frame["obs"], "obs"),
-            actions=_stack(frame["action"], "action"),
-            rewards=frame["reward"].to_numpy(),
-            successes=frame["success"].to_numpy(),
-            interventions=frame["intervention"].to_numpy(),
-            terminals=frame["terminal"].to_numpy(),
-            chunk_pos=frame["chunk_pos"].to_numpy(),
-            timestamps_us=frame["timestamp"].dt.epoch("us").to_numpy(),
-            next_observations=_stack(frame["next_obs"], "next_obs"),
+            observations=_stack(table["obs"], "obs"),
+            actions=_stack(table["action"], "action"),
+            rewards=table["reward"].to_numpy(),
+            successes=table["success"].to_numpy(),
+            interventions=table["intervention"].to_numpy(),
+            terminals=table["terminal"].to_numpy(),
+            chunk_pos=table["chunk_pos"].to_numpy(),
+            timestamps_us=table["timestamp"].cast(pa.int64()).to_numpy(),
+            next_observations=_stack(table["next_obs"], "next_obs"),
             episode_id=meta["episode_id"],
         )
         if verify_id and episode.content_hash() != episode.episode_id:
@@ -218,54 +224,131 @@ class Episode:
             )
         return episode
 
+    @classmethod
+    def from_frame(cls, frame: pl.DataFrame, verify_id: bool = True) -> Episode:
+        return cls.from_arrow(frame.to_arrow(), verify_id=verify_id)
+
     # -- Parquet bytes -----------------------------------------------------------------------------
     def to_parquet_bytes(self, extra_metadata: dict[str, str] | None = None) -> bytes:
-        buffer = io.BytesIO()
         metadata = {"lwd.schema_version": SCHEMA_VERSION, "lwd.episode_id": self.episode_id}
         metadata.update(extra_metadata or {})
-        self.to_frame().write_parquet(buffer, compression="zstd", metadata=metadata)
-        return buffer.getvalue()
+        table = self.to_arrow()
+        sink = pa.BufferOutputStream()
+        pq.write_table(table.replace_schema_metadata(metadata), sink, **_WRITE_OPTIONS)
+        return sink.getvalue().to_pybytes()
 
     @classmethod
     def from_parquet_bytes(cls, data: bytes, verify_id: bool = True) -> Episode:
-        return cls.from_frame(read_episode_frame(data), verify_id=verify_id)
+        return decode_episode(data, verify_id=verify_id)[0]
 
 
-def check_schema(frame: pl.DataFrame) -> None:
-    missing = [name for name in EPISODE_SCHEMA if name not in frame.columns]
+def decode_episode(data: bytes, max_rows: int | None = None, verify_id: bool = True) -> tuple[Episode, dict[str, str]]:
+    """Parquet bytes -> (episode, key-value metadata), parsing the footer once. With ``max_rows``
+    the footer's bounds (:func:`check_footer_bounds`) are checked before any data page is decoded."""
+    parquet = _open_parquet(data)
+    if max_rows is not None:
+        check_footer_bounds(parquet.metadata, max_rows)
+    metadata = _key_value_metadata(parquet.metadata)
+    try:
+        table = parquet.read(use_threads=False)
+    except Exception as exc:  # pyarrow raises several types for corrupt pages
+        raise EpisodeFormatError(f"unreadable Parquet: {type(exc).__name__}: {exc}") from exc
+    return Episode.from_arrow(table, verify_id=verify_id), metadata
+
+
+# Small files written on the hot path (robots upload, ingest re-encodes): LZ4 and dictionaries
+# only for the repeated per-episode strings cost a fraction of zstd + dictionary attempts on float
+# pages, for ~10% more bytes.
+_STRING_COLUMNS = ["episode_id", *METADATA_KEYS]
+_WRITE_OPTIONS: dict[str, Any] = {"compression": "lz4", "use_dictionary": _STRING_COLUMNS,
+                                  "write_statistics": _STRING_COLUMNS}
+
+
+def _list_array(rows: np.ndarray) -> pa.Array:
+    steps, width = rows.shape
+    offsets = pa.array(np.arange(0, (steps + 1) * width, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1)))
+
+
+def _constant(column: pa.ChunkedArray, name: str) -> str:
+    if column.null_count:
+        raise EpisodeFormatError(f"column {name!r} must hold one value for the whole episode")
+    chunks = column.chunks
+    if pa.types.is_dictionary(column.type) and len(chunks) == 1 and len(chunks[0].dictionary) == 1:
+        return chunks[0].dictionary[0].as_py()  # every row indexes the one value: nothing to compare
+    first = column[0].as_py()
+    if not pc.all(pc.equal(column, first)).as_py():
+        raise EpisodeFormatError(f"column {name!r} must hold one value for the whole episode")
+    return first
+
+
+def _arrow_type_ok(name: str, kind: pa.DataType) -> bool:
+    expected = EPISODE_SCHEMA[name]
+    if expected == pl.String():
+        if pa.types.is_dictionary(kind) and name in _STRING_COLUMNS:  # read as such (decode_episode)
+            kind = kind.value_type
+        return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+    if expected == pl.List(pl.Float32()):
+        return (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and kind.value_type == pa.float32()
+    if isinstance(expected, pl.Datetime):
+        return pa.types.is_timestamp(kind) and kind.unit == "us" and kind.tz == "UTC"
+    return kind == _ARROW_SCALARS[name]
+
+
+_ARROW_SCALARS = {"step": pa.int32(), "chunk_pos": pa.int16(), "reward": pa.float32(), "success": pa.bool_(),
+                  "intervention": pa.bool_(), "terminal": pa.bool_(), "done": pa.bool_()}
+
+
+@functools.cache
+def _canonical_schemas() -> tuple[pa.Schema, pa.Schema]:
+    one_step = Episode(robot_id="r", task_id="t", instruction="i", policy_version="v", source="rollout",
+                       outcome="failure", observations=np.zeros((1, 1)), actions=np.zeros((1, 1)), rewards=[-1.0],
+                       successes=[False], interventions=[False], terminals=[False], chunk_pos=[0], timestamps_us=[1],
+                       next_observations=np.zeros((1, 1)))
+    written = one_step.to_arrow()
+    sink = pa.BufferOutputStream()
+    pq.write_table(written, sink, **_WRITE_OPTIONS)
+    return written.schema, _open_parquet(sink.getvalue().to_pybytes()).schema_arrow
+
+
+def check_arrow_schema(schema: pa.Schema) -> None:
+    if any(schema.equals(canonical) for canonical in _canonical_schemas()):
+        return  # what this module writes, or reads back from what it writes
+    missing = [name for name in EPISODE_SCHEMA if name not in schema.names]
     if missing:
         raise EpisodeFormatError(f"missing columns: {missing}")
-    extra = [name for name in frame.columns if name not in EPISODE_SCHEMA]
+    extra = [name for name in schema.names if name not in EPISODE_SCHEMA]
     if extra:
         raise EpisodeFormatError(f"unexpected columns: {extra}")
-    wrong = {
-        name: f"{frame.schema[name]} (expected {dtype})"
-        for name, dtype in EPISODE_SCHEMA.items()
-        if frame.schema[name] != dtype
-    }
+    if len(set(schema.names)) != len(schema.names):
+        raise EpisodeFormatError("repeated column names")
+    wrong = {name: f"{schema.field(name).type} (expected {EPISODE_SCHEMA[name]})"
+             for name in EPISODE_SCHEMA if not _arrow_type_ok(name, schema.field(name).type)}
     if wrong:
         raise EpisodeFormatError(f"wrong column types: {wrong}")
 
 
-def read_episode_frame(data: bytes) -> pl.DataFrame:
-    """Parse Parquet bytes into a frame, turning any reader failure into an EpisodeFormatError."""
+def check_schema(frame: pl.DataFrame) -> None:
+    check_arrow_schema(frame.to_arrow().schema)
+
+
+def _open_parquet(data: bytes) -> pq.ParquetFile:
     try:
-        return pl.read_parquet(io.BytesIO(data))
-    except Exception as exc:  # polars raises several types for truncated/garbage input
-        raise EpisodeFormatError(f"unreadable Parquet: {type(exc).__name__}: {exc}") from exc
+        # Strings read as dictionaries: a per-episode constant is then a one-entry dictionary.
+        return pq.ParquetFile(pa.BufferReader(data), read_dictionary=_STRING_COLUMNS)
+    except Exception:  # noqa: BLE001 - a string column missing (the schema check names it), or garbage
+        pass
+    try:
+        return pq.ParquetFile(pa.BufferReader(data))
+    except Exception as exc:
+        raise EpisodeFormatError(f"unreadable Parquet footer: {type(exc).__name__}: {exc}") from exc
 
 
-def check_parquet_bounds(data: bytes, max_rows: int) -> None:
+def check_footer_bounds(meta: pq.FileMetaData, max_rows: int) -> None:
     """Reject from the footer alone, before any data page is decoded: more rows than an episode can
     have, more columns than the schema, or a column (a multi-megabyte instruction string, say) whose
     uncompressed size exceeds what that many rows can honestly take. A file that passes decodes into at
     most ``max_rows * MAX_ROW_BYTES`` plus the column allowances."""
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.ParquetFile(io.BytesIO(data)).metadata
-    except Exception as exc:
-        raise EpisodeFormatError(f"unreadable Parquet footer: {type(exc).__name__}: {exc}") from exc
     if meta.num_rows > max_rows:
         raise EpisodeFormatError(f"too many rows: {meta.num_rows} > {max_rows} (from the footer; nothing decoded)")
     if meta.num_columns > len(EPISODE_SCHEMA):
@@ -283,20 +366,31 @@ def check_parquet_bounds(data: bytes, max_rows: int) -> None:
                                      f"{meta.num_rows} rows")
 
 
-def read_parquet_metadata(data: bytes) -> dict[str, str]:
+def check_parquet_bounds(data: bytes, max_rows: int) -> None:
+    check_footer_bounds(_open_parquet(data).metadata, max_rows)
+
+
+def _key_value_metadata(meta: pq.FileMetaData) -> dict[str, str]:
     try:
-        return pl.read_parquet_metadata(io.BytesIO(data))
-    except Exception as exc:
-        raise EpisodeFormatError(f"unreadable Parquet footer: {type(exc).__name__}: {exc}") from exc
+        return {key.decode(): value.decode() for key, value in (meta.metadata or {}).items()}
+    except UnicodeDecodeError as exc:
+        raise EpisodeFormatError(f"footer metadata is not UTF-8: {exc}") from exc
 
 
-def _stack(series: pl.Series, name: str) -> np.ndarray:
-    if series.null_count():
+def read_parquet_metadata(data: bytes) -> dict[str, str]:
+    return _key_value_metadata(_open_parquet(data).metadata)
+
+
+def _stack(column: pa.ChunkedArray, name: str) -> np.ndarray:
+    """(steps, width) float32 from a list column's offsets and values, without per-row objects."""
+    if column.null_count:
         raise EpisodeFormatError(f"column {name!r} has nulls")
-    lengths = series.list.len().unique()
-    if len(lengths) != 1:
-        raise EpisodeFormatError(f"column {name!r} has rows of different lengths {sorted(lengths.to_list())}")
+    lists = column.combine_chunks()
+    lengths = np.diff(lists.offsets.to_numpy())
+    if lengths.min() != lengths.max():
+        raise EpisodeFormatError(f"column {name!r} has rows of different lengths {np.unique(lengths).tolist()}")
     width = int(lengths[0])
     if width == 0:
         raise EpisodeFormatError(f"column {name!r} has empty rows")
-    return series.explode().to_numpy().astype(np.float32).reshape(len(series), width)
+    values = lists.flatten().to_numpy(zero_copy_only=False)  # nulls inside a row become NaN (not finite)
+    return values.astype(np.float32, copy=False).reshape(len(lists), width)

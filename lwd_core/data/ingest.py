@@ -14,16 +14,15 @@ signature check (when configured) and the GX suite.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from lwd_core.data.episode import (
-    Episode,
-    EpisodeFormatError,
-    check_parquet_bounds,
-    read_parquet_metadata,
-)
+from lwd_core.data.episode import Episode, EpisodeFormatError, decode_episode
+from lwd_core.data.labels import write_labels
 from lwd_core.data.layout import (
     RAW_PREFIX,
     buffer_key,
@@ -39,6 +38,8 @@ from lwd_core.store import ObjectStore, StoreError, now_us, sha256_hex
 Status = Literal["accepted", "quarantined", "duplicate"]
 # (episode, parquet key-value metadata) -> None if trusted, else the reason it is not.
 SignatureCheck = Callable[[Episode, dict[str, str]], str | None]
+# episode -> its labels row (lwd_core.data.labels.label_episode with the learner's settings).
+Labeller = Callable[[Episode], dict]
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Outcome:
     reasons: list[str] = field(default_factory=list)
     destination: str | None = None
     steps: int = 0
+    success: bool | None = None
+    intervention_steps: int = 0
     finished_us: int | None = None
     ingested_us: int | None = None
 
@@ -64,6 +67,7 @@ class Outcome:
 @dataclass
 class IngestReport:
     outcomes: list[Outcome] = field(default_factory=list)
+    labels_key: str | None = None  # the labels table of this batch's accepted episodes
 
     def count(self, status: Status) -> int:
         return sum(o.status == status for o in self.outcomes)
@@ -74,16 +78,31 @@ class IngestReport:
             for reason in outcome.reasons:
                 head = reason.split(":")[0]
                 reasons[head] = reasons.get(head, 0) + 1
-        latencies = sorted(o.latency_s for o in self.outcomes if o.status == "accepted" and o.latency_s is not None)
+        accepted = [o for o in self.outcomes if o.status == "accepted"]
+        latencies = sorted(o.latency_s for o in accepted if o.latency_s is not None)
         return {"seen": len(self.outcomes), "accepted": self.count("accepted"),
                 "quarantined": self.count("quarantined"), "duplicates": self.count("duplicate"),
-                "transitions_accepted": sum(o.steps for o in self.outcomes if o.status == "accepted"),
+                "transitions_accepted": sum(o.steps for o in accepted),
+                "successes": sum(bool(o.success) for o in accepted),
+                "intervention_steps": sum(o.intervention_steps for o in accepted),
                 "quarantine_reasons": reasons, "latency_s": latencies}
 
 
-def pending_raw(store: ObjectStore, limit: int = 0) -> list[str]:
-    """Uploaded episodes waiting for ingestion, oldest day first."""
+def partition_of(raw: str, partitions: int) -> int:
+    """Which of ``partitions`` ingest workers owns a raw object: by its name (the episode id the
+    uploader gave), so every copy of one episode goes to the same worker and workers never race to
+    buffer the same episode; ids are hashes, so the split is even."""
+    return int.from_bytes(hashlib.blake2b(raw.rsplit("/", 1)[-1].encode(), digest_size=8).digest(), "big") % partitions
+
+
+def pending_raw(store: ObjectStore, limit: int = 0, partition: int = 0, partitions: int = 1) -> list[str]:
+    """Uploaded episodes waiting for ingestion, oldest day first; with ``partitions`` > 1, only those
+    of worker ``partition`` (:func:`partition_of`)."""
+    if not 0 <= partition < partitions:
+        raise ValueError(f"partition {partition} is not one of 0..{partitions - 1}")
     keys = store.list(RAW_PREFIX, suffix=".parquet")
+    if partitions > 1:
+        keys = [key for key in keys if partition_of(key, partitions) == partition]
     return keys[:limit] if limit else keys
 
 
@@ -139,14 +158,12 @@ def _read_one(store: ObjectStore, raw: str, max_bytes: int, max_rows: int, check
               ) -> Outcome | tuple[str, bytes, Episode, dict[str, str]]:
     """One raw object parsed and authenticated, or the outcome that settles it (quarantined). Size, then
     the Parquet footer's bounds, are checked before anything is decoded."""
-    size = store.size(raw)
-    if size > max_bytes:
+    data = store.get_bounded(raw, max_bytes)
+    if isinstance(data, int) or len(data) > max_bytes:  # grown since the size was read: still too big
+        size = data if isinstance(data, int) else len(data)
         return _quarantined(store, raw, None, [f"oversized: {size} bytes > {max_bytes}"])
-    data = store.get(raw)
     try:
-        check_parquet_bounds(data, max_rows)
-        metadata = read_parquet_metadata(data)
-        episode = Episode.from_parquet_bytes(data, verify_id=True)
+        episode, metadata = decode_episode(data, max_rows=max_rows, verify_id=True)
     except EpisodeFormatError as exc:
         return _quarantined(store, raw, data, [f"malformed: {exc}"])
     except Exception as exc:  # noqa: BLE001 - whatever a hostile file does to the decoder
@@ -159,6 +176,17 @@ def _read_one(store: ObjectStore, raw: str, max_bytes: int, max_rows: int, check
         if problem:
             return _quarantined(store, raw, data, [f"unauthenticated: {problem}"], episode)
     return raw, data, episode, metadata
+
+
+def _settle_read(store: ObjectStore, raw: str, max_bytes: int, max_rows: int, check_signature: SignatureCheck | None
+                 ) -> Outcome | tuple[str, bytes, Episode, dict[str, str]] | None:
+    try:
+        return _read_one(store, raw, max_bytes, max_rows, check_signature)
+    except FileNotFoundError:
+        return None  # taken by a concurrent ingest run
+    except (StoreError, ValueError) as exc:  # refused by the store: a pipe, a link, a key it never writes
+        return _quarantined(store, raw, None, [f"unreadable: {_error(exc)}"])
+    # Anything else (the store unreachable) propagates: the task retries, nothing is discarded.
 
 
 def _signature_fields(metadata: dict[str, str]) -> dict[str, str]:
@@ -188,48 +216,59 @@ def ingest_batch(
     *,
     max_bytes: int = 16 * 2**20,
     check_signature: SignatureCheck | None = None,
+    label: Labeller | None = None,
+    workers: int = 4,
 ) -> IngestReport:
     """Every object is settled on its own: an error while handling one quarantines that one, with the
-    reason, and the batch goes on."""
+    reason, and the batch goes on. Reads (fetch, decode, hash, signature) and writes (re-encode, put,
+    remove the raw copy) run on ``workers`` threads: the store's round trips and the Parquet codec
+    release the GIL. With ``label``, the accepted episodes' labels are written as one table for the
+    batch (what is not labelled here, after a crash say, the label stage picks up)."""
     report = IngestReport()
-    parsed: list[tuple[str, bytes, Episode, dict[str, str]]] = []
-    for raw in keys:
-        try:
-            item = _read_one(store, raw, max_bytes, expectations.max_steps, check_signature)
-        except FileNotFoundError:
-            continue  # taken by a concurrent ingest run
-        except (StoreError, ValueError) as exc:  # refused by the store: a pipe, a link, a key it never writes
-            item = _quarantined(store, raw, None, [f"unreadable: {_error(exc)}"])
-        # Anything else (the store unreachable) propagates: the task retries, nothing is discarded.
-        if isinstance(item, Outcome):
-            report.outcomes.append(item)
-        else:
-            parsed.append(item)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") if workers > 1 else nullcontext() as pool:
+        each = pool.map if pool is not None else map
+        reads = list(each(lambda raw: _settle_read(store, raw, max_bytes, expectations.max_steps, check_signature),
+                              keys))
+        parsed = [item for item in reads if isinstance(item, tuple)]
+        report.outcomes += [item for item in reads if isinstance(item, Outcome)]
+        failures = _validate([episode for _, _, episode, _ in parsed], expectations)
 
-    failures = _validate([episode for _, _, episode, _ in parsed], expectations)
-    seen: set[str] = set()
-    for raw, data, episode, metadata in parsed:
-        reasons = failures.get(episode.episode_id, [])
-        if reasons:
-            report.outcomes.append(_quarantined(store, raw, data, [f"invalid: {r}" for r in reasons], episode))
-            continue
-        outcome = Outcome(raw, "accepted", episode.episode_id, episode.task_id, episode.robot_id,
-                          steps=episode.num_steps, finished_us=int(episode.timestamps_us[-1]))
-        existing = in_buffer(store, episode.task_id, episode.episode_id)
-        if existing or episode.episode_id in seen:
-            outcome.status, outcome.destination = "duplicate", existing
-            outcome.reasons = ["duplicate: episode id already ingested"]
-            store.discard(raw)
-        else:
-            outcome.destination = buffer_key("online", episode.task_id, episode.episode_id)
-            # Re-encoded from the parsed episode: the buffer holds exactly what the id (and so the
-            # signature) covers, never extra bytes or metadata an uploader slipped in beside it.
-            store.put_atomic(outcome.destination, episode.to_parquet_bytes(_signature_fields(metadata)))
-            failpoint("ingest.after_buffer_put")
-            outcome.ingested_us = now_us()
-            store.discard(raw)
-        seen.add(episode.episode_id)
-        report.outcomes.append(outcome)
+        writes = []
+        seen: set[str] = set()
+        for raw, data, episode, metadata in parsed:
+            reasons = failures.get(episode.episode_id, [])
+            if reasons:
+                report.outcomes.append(_quarantined(store, raw, data, [f"invalid: {r}" for r in reasons], episode))
+                continue
+            outcome = Outcome(raw, "accepted", episode.episode_id, episode.task_id, episode.robot_id,
+                              steps=episode.num_steps, success=episode.outcome == "success",
+                              intervention_steps=int(episode.interventions.sum()),
+                              finished_us=int(episode.timestamps_us[-1]))
+            existing = in_buffer(store, episode.task_id, episode.episode_id)
+            if existing or episode.episode_id in seen:
+                outcome.status, outcome.destination = "duplicate", existing
+                outcome.reasons = ["duplicate: episode id already ingested"]
+                store.discard(raw)
+            else:
+                outcome.destination = buffer_key("online", episode.task_id, episode.episode_id)
+                writes.append((outcome, episode, metadata))
+            seen.add(episode.episode_id)
+            report.outcomes.append(outcome)
+        # Re-encoded from the parsed episode: the buffer holds exactly what the id (and so the
+        # signature) covers, never extra bytes or metadata an uploader slipped in beside it.
+        encoded = list(each(lambda item: item[1].to_parquet_bytes(_signature_fields(item[2])), writes))
+        store.put_many_atomic([(outcome.destination, data) for (outcome, _, _), data in zip(writes, encoded, strict=True)],
+                              workers=workers)
+        ingested = now_us()
+
+        def settle(outcome: Outcome) -> None:
+            failpoint("ingest.after_buffer_put")  # buffered, raw copy not yet removed
+            outcome.ingested_us = ingested
+            store.discard(outcome.raw_key)
+
+        list(each(settle, [outcome for outcome, _, _ in writes]))
+    if label is not None and writes:
+        report.labels_key = write_labels(store, "online", [label(episode) for _, episode, _ in writes])
     return report
 
 
