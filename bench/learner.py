@@ -2,6 +2,10 @@
 
 Reference sizes (QAM on OGBench): 4x512 GELU+LayerNorm MLPs, 10 critic heads, batch 256, chunk 5,
 10 flow steps. Usage: uv run python bench/learner.py [--method lwd] [--steps 50] [--obs-dim 64]
+
+``--compare-qam PATH`` also builds the QAM reference agent (ColinQiyangLi/qam, agents/qam.py) from a
+local checkout at PATH with the same sizes (bench/qam_reference.py) and times both on synthetic batches
+in alternating rounds on the same machine: updates/s of each and ours / reference.
 """
 
 from __future__ import annotations
@@ -10,10 +14,14 @@ import argparse
 import json
 import platform
 import resource
+import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lwd_core.algo.agents import AGENTS
 from lwd_core.algo.learner import Learner, LearnerSpec
@@ -46,6 +54,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=10)
+    parser.add_argument("--compare-qam", default="", metavar="PATH",
+                        help="a local checkout of github.com/ColinQiyangLi/qam to time side by side")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds with --compare-qam")
     args = parser.parse_args()
 
     spec = LearnerSpec(
@@ -62,16 +73,45 @@ def main() -> None:
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - start
 
-    start = time.perf_counter()
-    for i in range(args.steps):
-        state, _ = learner.update(state, batches[i % len(batches)])
-    jax.block_until_ready(state)
-    elapsed = time.perf_counter() - start
+    def ours(state, steps):
+        for i in range(steps):
+            state, _ = learner.update(state, batches[i % len(batches)])
+        return jax.block_until_ready(state)
+
+    reference = None
+    if args.compare_qam:
+        import qam_reference
+
+        module = qam_reference.load_qam(args.compare_qam)
+        agent = qam_reference.make_agent(module, args.obs_dim, 5, 5, args.hidden, args.layers, args.heads, 10,
+                                         args.batch)
+        ref_batches = [qam_reference.synthetic_batch(rng, args.obs_dim, 5, 5, args.batch) for _ in range(4)]
+        agent, _ = agent.update(ref_batches[0])
+        jax.block_until_ready(agent)
+
+        def theirs(agent, steps):
+            for i in range(steps):
+                agent, _ = agent.update(ref_batches[i % len(ref_batches)])
+            return jax.block_until_ready(agent)
+
+        reference = [agent, theirs, 0.0]
+
+    # Alternating rounds: a slow moment of a shared machine hits both sides alike.
+    rounds = args.rounds if reference else 1
+    elapsed = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        state = ours(state, args.steps)
+        elapsed += time.perf_counter() - start
+        if reference:
+            start = time.perf_counter()
+            reference[0] = reference[1](reference[0], args.steps)
+            reference[2] += time.perf_counter() - start
 
     device = jax.devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-    print(json.dumps({
+    result = {
         "bench": "learner",
         "method": args.method,
         "value_model": args.value_model,
@@ -82,11 +122,15 @@ def main() -> None:
         "critic_heads": args.heads,
         "parameters": int(params),
         "compile_s": round(compile_s, 2),
-        "steps": args.steps,
-        "steps_per_s": round(args.steps / elapsed, 2),
+        "steps": args.steps * rounds,
+        "steps_per_s": round(args.steps * rounds / elapsed, 3),
         "peak_device_bytes": (stats or {}).get("peak_bytes_in_use"),
         "peak_host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }))
+    }
+    if reference:
+        result["qam_reference_steps_per_s"] = round(args.steps * rounds / reference[2], 3)
+        result["ratio_vs_qam_reference"] = round(reference[2] / elapsed, 3)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

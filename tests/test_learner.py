@@ -218,3 +218,25 @@ def test_two_training_runs_cannot_both_move_the_latest_checkpoint(transitions, l
     with pytest.raises(StoreError, match="another training run moved"):
         run_snapshot_training(local_store, second)
     assert local_store.get_json(CHECKPOINT_LATEST_KEY) == {"checkpoint": winner.checkpoint}
+
+
+def test_fused_updates_equal_single_updates(transitions):
+    """update_many (one scan, state donated) is the same arithmetic as update called in turn."""
+    learner = Learner(tiny_spec())
+    replay = MixedReplay(transitions, seed=0)
+    batches = [replay.sample(16) for _ in range(3)]
+    state = learner.init(0)
+    for batch in batches:
+        state, _ = learner.update(state, batch)
+    fused, metrics = learner.update_many(learner.init(0), {k: np.stack([b[k] for b in batches]) for k in batches[0]})
+    assert int(fused.step) == 3 and metrics["critic_loss"].shape == (3,)
+    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(fused.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+
+
+def test_suite_instructions_have_no_token_collisions():
+    from lwd_core.algo.text import _WORD, VOCAB_SIZE, token_id
+    from lwd_core.suite import TASK_SUITE
+
+    words = {w for task in TASK_SUITE for w in _WORD.findall(task.instruction.lower())}
+    assert len({token_id(w, VOCAB_SIZE) for w in words}) == len(words)

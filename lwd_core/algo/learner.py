@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import jax
@@ -117,6 +118,9 @@ class Learner:
         self.tx = optax.chain(optax.clip_by_global_norm(spec.grad_clip), optax.adam(spec.learning_rate))
         self.flat_action_dim = spec.chunk * spec.action_dim
         self._update = jax.jit(self._update_impl, static_argnames="phase")
+        # Several updates in one call: a lax.scan over stacked batches, the state donated, so that
+        # nothing returns to the host between updates and the old state's buffers are reused.
+        self._update_many = jax.jit(self._update_many_impl, static_argnames="phase", donate_argnums=0)
         self._act = jax.jit(self._act_impl)
         self._value_stats = jax.jit(self._value_stats_impl)
 
@@ -128,16 +132,17 @@ class Learner:
         tokens = jnp.zeros((1, self.spec.max_tokens), jnp.int32)
         actions = jnp.zeros((1, self.flat_action_dim), jnp.float32)
         critic = self.critic.init(k_critic, obs, tokens, actions)
+        copy = partial(jax.tree_util.tree_map, jnp.copy)  # distinct buffers: updates may donate the state
         value = self.value.init(k_value, obs, tokens)
         base = self.flow.init(k_flow, obs, tokens, actions, jnp.zeros((1,)))
         params = {
             "critic": critic,
-            "target_critic": critic,
+            "target_critic": copy(critic),
             "value": value,
             "base": base,
-            "base_ema": base,
+            "base_ema": copy(base),
             # The fine-tuned policy starts as the base flow (QAM fine-tunes from the behaviour flow).
-            "policy": base,
+            "policy": copy(base),
         }
         opt_state = {name: self.tx.init(params[name]) for name in ("critic", "value", "base", "policy")}
         return TrainState(step=jnp.zeros((), jnp.int32), rng=rng, params=params, opt_state=opt_state)
@@ -158,10 +163,21 @@ class Learner:
         state, metrics = self._update(state, device_batch, phase=phase)
         return state, metrics
 
+    def update_many(
+        self, state: TrainState, batches: dict[str, np.ndarray], phase: Phase = "train"
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        """``len(batches[key])`` updates fused in one jitted scan (``batches``: each key stacked on a
+        leading axis); metrics per update, stacked. ``state`` is donated: use only the returned one."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}; expected one of {PHASES}")
+        return self._update_many(state, {key: jnp.asarray(batches[key]) for key in BATCH_KEYS}, phase=phase)
+
     def start_from_pretrained(self, state: TrainState, pretrained_flow: Any) -> TrainState:
         """Base, its EMA copy and the policy all become the pretrained flow (fresh optimiser states for
         them): every method fine-tunes from the same pretrained policy."""
-        params = {**state.params, "base": pretrained_flow, "base_ema": pretrained_flow, "policy": pretrained_flow}
+        copy = partial(jax.tree_util.tree_map, jnp.copy)
+        params = {**state.params, "base": copy(pretrained_flow), "base_ema": copy(pretrained_flow),
+                  "policy": copy(pretrained_flow)}
         opt_state = {**state.opt_state, "base": self.tx.init(pretrained_flow), "policy": self.tx.init(pretrained_flow)}
         return state.replace(params=params, opt_state=opt_state)
 
@@ -187,7 +203,8 @@ class Learner:
 
     def velocity(self, params, obs, tokens, condition=None):
         """The velocity field v(x, t) of flow parameters ``params`` for these observations."""
-        return lambda x, t: self.flow.apply(params, obs, tokens, x, t, condition)
+        context = self.flow.apply(params, obs, tokens, condition, method=FlowPolicy.context)  # once, not per step
+        return lambda x, t: self.flow.apply(params, context, x, t, method=FlowPolicy.velocity_at)
 
     # -- jitted internals --------------------------------------------------------------------------
     def _act_impl(self, acting_params, obs, tokens, rng):
@@ -220,6 +237,9 @@ class Learner:
     def _step(self, name, params, opt_state, grads):
         updates, new_opt = self.tx.update(grads, opt_state[name], params[name])
         return optax.apply_updates(params[name], updates), new_opt
+
+    def _update_many_impl(self, state: TrainState, batches: dict[str, jax.Array], phase: Phase = "train"):
+        return jax.lax.scan(lambda carry, batch: self._update_impl(carry, batch, phase), state, batches)
 
     def _update_impl(self, state: TrainState, batch: dict[str, jax.Array], phase: Phase = "train"):
         rng, *keys = jax.random.split(state.rng, 1 + len(UPDATE_KEYS))

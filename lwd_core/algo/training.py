@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import jax
 import numpy as np
 
 from lwd_core.algo import distributed
@@ -94,23 +95,30 @@ def run_updates(
     if mesh is not None:
         state = distributed.replicate(state, mesh)
         batch_size = distributed.local_batch_size(batch_size, mesh)
-    for _ in range(steps):
-        batch = replay.sample(batch_size)
-        if mesh is not None:
-            batch = distributed.shard_batch({key: batch[key] for key in BATCH_KEYS}, mesh)
-        state, metrics = learner.update(state, batch, phase)
-        window.append(metrics)
-        if len(window) == log_every:
+    done = 0
+    while done < steps:
+        fused = min(log_every - len(window), steps - done)
+        if mesh is None and fused == log_every:
+            # A whole logging window in one call (lax.scan), batches sampled up front.
+            samples = [replay.sample(batch_size) for _ in range(fused)]
+            state, stacked = learner.update_many(state, {key: np.stack([b[key] for b in samples]) for key in BATCH_KEYS},
+                                                 phase)
+            stacked = jax.device_get(stacked)  # one transfer for the window's metrics
+            window.extend({key: value[i] for key, value in stacked.items()} for i in range(fused))
+        else:
+            fused = 1
+            batch = replay.sample(batch_size)
+            if mesh is not None:
+                batch = distributed.shard_batch({key: batch[key] for key in BATCH_KEYS}, mesh)
+            state, metrics = learner.update(state, batch, phase)
+            window.append(metrics)
+        done += fused
+        if len(window) == log_every or done == steps:
             means = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
             history.append(means)
             window.clear()
             if on_log:
                 on_log(int(state.step), means)
-    if window:
-        means = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
-        history.append(means)
-        if on_log:
-            on_log(int(state.step), means)
     return TrainResult(learner, state, history)
 
 
