@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from lwd_core.config import LWDConfig, load_config
 from lwd_core.sim.dataset import DatasetReport, plan_allocations
@@ -12,7 +15,9 @@ from tasks.dataset import generate_offline_allocation, offline_mix, write_offlin
 from tasks.progress import progress
 
 
-@flow(name="generate-offline")
+# One simulator (~190 MB) per allocation in flight: as many at once as there are cores, not every
+# (task, kind) of the plan at once.
+@flow(name="generate-offline", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
 def generate_offline(total_steps: int = 0, seed: int = -1, config: LWDConfig | None = None) -> dict:
     """``total_steps``/``seed`` override the config's dataset section (0 / -1: use the config)."""
     config = config or load_config()

@@ -179,6 +179,9 @@ class AlgoConfig(_Section):
     nstep_online: int = Field(default=1, ge=1)
     long_horizon_threshold: int = Field(default=400, ge=1)
     online_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Transitions a training run holds per buffer (offline, online) on the host, ~0.6 kB each; a
+    # larger buffer contributes a seeded uniform choice of whole episodes. 0: no cap.
+    replay_capacity: int = Field(default=1_000_000, ge=0)
     # Extraction updates of the offline stage, after pretraining and warm-up.
     offline_steps: int = Field(default=2000, ge=0)
     # Online update budget per round: at least ``online_steps_per_round`` updates, and enough that every

@@ -50,7 +50,7 @@ def load_policy(store: ObjectStore, prefix: str, expected_sha256: str | None = N
 
 def acting_params_from_bytes(learner: Learner, data: bytes) -> dict[str, Any]:
     """A ``policy.msgpack``; releases written before best-of-N acting hold the bare flow parameters."""
-    template = learner.acting_params(learner.init(0))
+    template = learner.acting_params(learner.template())
     restored = serialization.msgpack_restore(data)
     if "policy" not in restored:  # the earlier layout
         return {"policy": serialization.from_state_dict(template["policy"], restored)}

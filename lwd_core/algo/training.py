@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -39,6 +39,48 @@ def load_snapshot_episodes(store: ObjectStore, manifest: dict) -> dict[str, list
     return episodes
 
 
+# Episodes read and turned into transitions at a time: what a load holds beyond the transitions.
+LOAD_BLOCK_EPISODES = 128
+
+
+def within_capacity(entries: list[dict], capacity: int, seed: int) -> list[dict]:
+    """All entries if their steps fit ``capacity`` (0: no cap), else a seeded uniform choice of whole
+    episodes that does, in manifest order."""
+    steps = [max(1, int(entry.get("steps") or 1)) for entry in entries]
+    if not capacity or sum(steps) <= capacity:
+        return entries
+    chosen, total = [], 0
+    for index in np.random.default_rng(seed).permutation(len(entries)):
+        if total + steps[index] > capacity:
+            continue
+        chosen.append(index)
+        total += steps[index]
+    return [entries[index] for index in sorted(chosen)]
+
+
+def load_snapshot_transitions(store: ObjectStore, manifest: dict, algo: Any, stage: Stage, seed: int
+                              ) -> dict[str, dict[str, np.ndarray] | None]:
+    """The snapshot's transitions per buffer, built while reading a block of episodes at a time (no
+    episode is kept), each buffer within ``algo.replay_capacity`` transitions: host memory is bounded
+    by the cap, not by how large the buffers have grown."""
+    out: dict[str, dict[str, np.ndarray] | None] = {}
+    for kind in ("offline", "online"):
+        entries = within_capacity([e for e in manifest["episodes"] if e["kind"] == kind], algo.replay_capacity, seed)
+        parts = []
+        for start in range(0, len(entries), LOAD_BLOCK_EPISODES):
+            block = [get_episode(store, entry["key"]) for entry in entries[start : start + LOAD_BLOCK_EPISODES]]
+            parts.append(transitions_for(block, algo, stage))
+        out[kind] = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]} if parts else None
+    return out
+
+
+def demo_rows(transitions: dict[str, dict[str, np.ndarray] | None]) -> dict[str, np.ndarray] | None:
+    """The demonstration rows of both buffers: what pretraining learns from."""
+    parts = [{key: value[data["demo"]] for key, value in data.items()} for data in transitions.values()
+             if data is not None and data["demo"].any()]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]} if parts else None
+
+
 def transitions_for(episodes: list[Episode], algo: Any, stage: Stage) -> dict[str, np.ndarray] | None:
     if not episodes:
         return None
@@ -52,8 +94,12 @@ def transitions_for(episodes: list[Episode], algo: Any, stage: Stage) -> dict[st
 
 def build_replay(episodes: dict[str, list[Episode]], algo: Any, stage: Stage, seed: int,
                  method: str = "lwd") -> MixedReplay:
-    offline = transitions_for(episodes["offline"], algo, stage)
-    online = transitions_for(episodes["online"], algo, stage)
+    return replay_from(transitions_for(episodes["offline"], algo, stage), transitions_for(episodes["online"], algo, stage),
+                       algo, seed, method)
+
+
+def replay_from(offline: dict[str, np.ndarray] | None, online: dict[str, np.ndarray] | None, algo: Any, seed: int,
+                method: str = "lwd") -> MixedReplay:
     offline, online = get_agent(method).select_data(offline, online)
     if offline is None:  # no offline data: the online buffer plays that role
         offline, online = online, None
@@ -139,21 +185,22 @@ def staging_steps(algo: Any, method: str) -> int:
     return algo.pretrain_steps + (algo.warmup_steps if get_agent(method).warms_up else 0)
 
 
-def pretrain_and_warm_up(learner: Learner, episodes: dict[str, list[Episode]], algo: Any, seed: int,
-                         method: str = "lwd") -> TrainState:
+def pretrain_and_warm_up(learner: Learner, demos: dict[str, np.ndarray] | None, replay: MixedReplay, algo: Any,
+                         seed: int, method: str = "lwd") -> TrainState:
     """The paper's first two stages from scratch: the pretrained policy (BC flow matching on the
-    demonstrations) becomes base and policy; then critic and value warm up with the policy frozen."""
+    demonstrations' transitions ``demos``) becomes base and policy; then critic and value warm up with
+    the policy frozen, on ``replay``'s data (sampled with a seed of its own)."""
     state = learner.init(algo.seed)
     if algo.pretrain_steps:
-        demos = [e for e in episodes["offline"] + episodes["online"] if e.source == "demo"]
-        if not demos:
+        if demos is None:
             raise ValueError("pretraining needs demonstrations and the snapshot holds none (or set pretrain_steps: 0)")
-        demo_replay = MixedReplay(transitions_for(demos, algo, "offline"), seed=seed)
+        demo_replay = MixedReplay(demos, seed=seed)
         state = run_updates(learner, state, demo_replay, algo.pretrain_steps, algo.batch_size, phase="pretrain").state
         state = learner.start_from_pretrained(state, state.params["base"])
     if staging_steps(algo, method) > algo.pretrain_steps:
-        replay = build_replay(episodes, algo, "offline", seed=seed + 1, method=method)
-        state = run_updates(learner, state, replay, algo.warmup_steps, algo.batch_size, phase="warmup").state
+        warmup = MixedReplay(replay.offline, replay.online, online_ratio=replay.online_ratio,
+                             balance_tasks=replay.balance_tasks, seed=seed + 1)
+        state = run_updates(learner, state, warmup, algo.warmup_steps, algo.batch_size, phase="warmup").state
     return state
 
 
@@ -236,7 +283,7 @@ class SnapshotTraining:
     learner: Learner
     state: TrainState | None  # None offline: staged from scratch by ``initial_state``
     algo: Any
-    episodes: dict[str, list[Episode]] = field(default_factory=dict)
+    demos: dict[str, np.ndarray] | None = None  # offline: the demonstration rows pretraining learns from
 
     @property
     def target_step(self) -> int:
@@ -247,7 +294,8 @@ class SnapshotTraining:
         Every host stages with the same seed, so all start from identical parameters."""
         if self.state is not None:
             return self.learner, self.state
-        return self.learner, pretrain_and_warm_up(self.learner, self.episodes, self.algo, self.algo.seed, self.method)
+        return self.learner, pretrain_and_warm_up(self.learner, self.demos, self.replay, self.algo, self.algo.seed,
+                                                  self.method)
 
     def before_chunk(self, learner: Learner, state: TrainState) -> None:
         learner.agent.before_chunk(learner, state, self.replay, self.algo)
@@ -260,23 +308,26 @@ def plan_snapshot_training(store: ObjectStore, manifest: dict, algo: Any, method
     (0: :func:`online_update_budget`). ``name`` names the run's checkpoints (default: the method)."""
     pointer, pointer_generation = store.get_json_versioned(CHECKPOINT_LATEST_KEY)
     parent = pointer["checkpoint"] if resume and pointer else None
-    episodes = load_snapshot_episodes(store, manifest)
     seed = algo.seed + 1_000_003 * process_index
+    demos = None
     if parent:
         learner, state, _ = load_checkpoint(store, parent)
         start_step = int(state.step)
         seed += start_step  # fresh batches each round (the step moves on), distinct ones on each host
-        replay = build_replay(episodes, algo, "online", seed=seed, method=method)
+        data = load_snapshot_transitions(store, manifest, algo, "online", seed)
+        replay = replay_from(data["offline"], data["online"], algo, seed, method)
         steps = steps or online_update_budget(algo, replay.sizes["online"])
     else:
         learner, state, start_step = new_learner(algo, method), None, 0
-        replay = build_replay(episodes, algo, "offline", seed=seed, method=method)
+        data = load_snapshot_transitions(store, manifest, algo, "offline", seed)
+        demos = demo_rows(data) if algo.pretrain_steps else None
+        replay = replay_from(data["offline"], data["online"], algo, seed, method)
         steps = staging_steps(algo, method) + (steps or algo.offline_steps)
     snapshot_id = manifest["snapshot_id"]
     return SnapshotTraining(snapshot_id=snapshot_id, stage="online" if parent else "offline", method=method,
                             parent=parent, pointer_generation=pointer_generation, start_step=start_step, steps=steps,
                             run_root=training_run_prefix(snapshot_id, name or method, start_step), replay=replay,
-                            learner=learner, state=state, algo=algo, episodes=episodes)
+                            learner=learner, state=state, algo=algo, demos=demos)
 
 
 def run_snapshot_training(store: ObjectStore, plan: SnapshotTraining, on_log: Callable[[int, dict[str, float]], None]

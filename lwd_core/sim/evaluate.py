@@ -153,6 +153,9 @@ def learner_policy(learner, params, seed: int = 0, batch_size: int | None = None
     return policy
 
 
+GATE_CONCURRENT_EPISODES = 4
+
+
 def evaluate_checkpoint(store: ObjectStore, checkpoint: str, policy_sha256: str | None, suite: Iterable[TaskSpec],
                         episodes_per_task: int, seed: int, max_steps: int = 0, name: str = "eval",
                         on_progress: Callable[[int, int], None] | None = None) -> dict:
@@ -168,7 +171,9 @@ def evaluate_checkpoint(store: ObjectStore, checkpoint: str, policy_sha256: str 
     if store.exists(cache):
         return store.get_json(cache)
     learner, params = load_policy(store, checkpoint, policy_sha256)
-    with SimPool(1) as pool:
+    # Inline, a few episodes at a time: the gate runs in the flywheel's own process, where every
+    # concurrent episode is a simulator held in memory (SIMULATOR_MB each).
+    with SimPool(1, max_concurrent=GATE_CONCURRENT_EPISODES) as pool:
         batch = min(len(suite) * episodes_per_task, pool.max_batch)  # pad to one compiled shape
         results = evaluate_policy(learner_policy(learner, params, seed, batch_size=batch), suite, episodes_per_task,
                                   seed=seed, max_steps=max_steps or None, policy_version=name, pool=pool,

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lwd_core.data.episode import Episode
-from lwd_core.sim.rollout import EpisodeRunner, make_env
+from lwd_core.sim.rollout import EpisodeRunner, make_env, trim_heap
 from lwd_core.sim.teleop import InterventionMonitor, Teleoperator
 from lwd_core.suite import ACTION_DIM, TaskSpec, get_task
 
@@ -382,6 +382,7 @@ class SimPool:
         self._closed = True
         if self._local is not None:
             self._local.close()
+            trim_heap()
         for worker in self._workers:
             try:
                 worker.conn.send(("close",))

@@ -1,0 +1,102 @@
+"""Peak host memory of loading a training run's data against the buffer's size; prints one JSON object.
+
+For each buffer size (default 10k, 100k and 1M transitions, online episodes of 200 steps written to a
+local store with labels and a snapshot, as ingest would leave them), a fresh process plans an online
+training run on the snapshot (:func:`lwd_core.algo.training.plan_snapshot_training`: every episode
+read, n-step transitions built, the mixed replay assembled) and reports its peak resident memory.
+Episodes are read a block at a time and never kept, and each buffer is capped at
+``algo.replay_capacity`` transitions, so the peak levels off at the cap instead of growing with the
+buffer. ``--capacity`` sets the cap (default: the config's, 1M); the run without a cap is the contrast.
+
+    uv run python bench/memory.py [--sizes 10000 100000 1000000] [--capacity 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+STEPS = 200
+
+_PLAN = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from lwd_core.algo.training import plan_snapshot_training
+from lwd_core.config import AlgoConfig
+from lwd_core.data.snapshot import load_snapshot
+from lwd_core.store import ObjectStore
+store = ObjectStore({url!r})
+start = time.perf_counter()
+plan = plan_snapshot_training(store, load_snapshot(store), AlgoConfig(replay_capacity={capacity}), resume=True)
+print(json.dumps({{"seconds": time.perf_counter() - start, "rows": plan.replay.sizes,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def write_buffer(url: str, transitions: int) -> None:
+    """Online episodes (plus one offline one) with labels, a snapshot and a checkpoint to resume from."""
+    from lwd_core.algo.checkpoint import save_checkpoint
+    from lwd_core.algo.training import new_learner
+    from lwd_core.config import AlgoConfig
+    from lwd_core.data.labels import label_episode, write_labels
+    from lwd_core.data.layout import CHECKPOINT_LATEST_KEY, buffer_key, put_episode
+    from lwd_core.data.nstep import NStepSchedule
+    from lwd_core.data.snapshot import build_snapshot
+    from lwd_core.store import ObjectStore
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from ingest import fleet_episode
+
+    store = ObjectStore(url)
+    algo = AlgoConfig(hidden_dims=[32, 32], critic_heads=2, value_size=11)
+    schedule = NStepSchedule.from_config(algo)
+    rng = np.random.default_rng(0)
+    labels = {"online": [], "offline": []}
+    for index in range(max(1, transitions // STEPS) + 1):
+        kind = "offline" if index == 0 else "online"
+        episode = fleet_episode(rng, index, STEPS)
+        put_episode(store, buffer_key(kind, episode.task_id, episode.episode_id), episode)
+        labels[kind].append(label_episode(episode, algo.discount, schedule))
+    for kind, rows in labels.items():
+        write_labels(store, kind, rows)
+    build_snapshot(store)
+    learner = new_learner(algo)
+    save_checkpoint(store, "checkpoints/bench", learner, learner.init(0))
+    store.put_json(CHECKPOINT_LATEST_KEY, {"checkpoint": "checkpoints/bench"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--capacity", type=int, default=1_000_000, help="algo.replay_capacity (0: no cap)")
+    args = parser.parse_args()
+    points = []
+    for size in args.sizes:
+        url = Path(tempfile.mkdtemp(prefix=f"lwd-bench-memory-{size}-")).as_uri()
+        started = time.perf_counter()
+        write_buffer(url, size)
+        written_s = time.perf_counter() - started
+        row = {"buffer_transitions": size, "write_s": round(written_s, 1)}
+        for capacity in dict.fromkeys([args.capacity, 0]):
+            out = subprocess.run([sys.executable, "-c", _PLAN.format(root=str(ROOT), url=url, capacity=capacity)],
+                                 capture_output=True, text=True, check=True)
+            measured = json.loads(out.stdout.strip().splitlines()[-1])
+            tag = f"cap_{capacity}" if capacity else "no_cap"
+            row[tag] = {"peak_rss_mb": round(measured["peak_rss_mb"]), "rows_loaded": measured["rows"],
+                        "load_s": round(measured["seconds"], 1)}
+        points.append(row)
+    print(json.dumps({"bench": "memory", "steps_per_episode": STEPS, "capacity": args.capacity, "points": points}))
+
+
+if __name__ == "__main__":
+    main()
