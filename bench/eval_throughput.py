@@ -1,4 +1,4 @@
-"""Evaluation throughput (env steps/s) on the four short tasks with a fixed random policy; prints one JSON object.
+"""Evaluation throughput (env steps/s and episodes/s) on the four short tasks with a fixed random policy; prints one JSON object.
 
 Three ways: "before" (the old evaluate loop: a fresh simulator per episode, one process), "pool_inline"
 (SimPool(1)) and "pool_workers" (SimPool(cpu count)). A pool's first call builds its simulators; the
@@ -70,7 +70,7 @@ def measured(run, requests: list[EpisodeRequest]) -> dict:
     seconds = time.perf_counter() - start
     steps = sum(episode.num_steps for episode in episodes)
     return {"episodes": len(episodes), "env_steps": steps, "seconds": round(seconds, 2),
-            "steps_per_s": round(steps / seconds, 1)}
+            "steps_per_s": round(steps / seconds, 1), "episodes_per_s": round(len(episodes) / seconds, 2)}
 
 
 def measured_pool(workers: int, first: list[EpisodeRequest], reused: list[EpisodeRequest]) -> dict:

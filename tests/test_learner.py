@@ -13,6 +13,7 @@ from lwd_core.algo.flow import euler_sample
 from lwd_core.algo.learner import Learner, LearnerSpec
 from lwd_core.algo.replay import MixedReplay
 from lwd_core.algo.text import tokenize
+from lwd_core.data.layout import get_episode
 from lwd_core.data.nstep import build_transitions
 from lwd_core.store import IntegrityError
 
@@ -240,3 +241,37 @@ def test_suite_instructions_have_no_token_collisions():
 
     words = {w for task in TASK_SUITE for w in _WORD.findall(task.instruction.lower())}
     assert len({token_id(w, VOCAB_SIZE) for w in words}) == len(words)
+
+
+def test_snapshot_loads_are_capped_and_incremental(local_store, monkeypatch):
+    """Within replay_capacity (a choice that holds across rounds), and a second load reads only the
+    episodes the first did not hold, with the same rows as a load from scratch."""
+    from lwd_core.algo import training
+    from lwd_core.config import AlgoConfig
+    from lwd_core.data.layout import buffer_key, put_episode
+    from lwd_core.suite import ACTION_DIM, OBS_DIM, TASK_SUITE
+
+    def entries(episodes):
+        keys = [buffer_key("online", e.task_id, e.episode_id) for e in episodes]
+        for key, episode in zip(keys, episodes, strict=True):
+            put_episode(local_store, key, episode)
+        return [{"key": k, "episode_id": e.episode_id, "kind": "online", "steps": e.num_steps}
+                for k, e in zip(keys, episodes, strict=True)]
+
+    task = TASK_SUITE[0].task_id
+    episodes = [make_episode(steps=10, obs_dim=OBS_DIM, action_dim=ACTION_DIM, task_id=task, seed=300 + i)
+                for i in range(8)]
+    first, more = entries(episodes[:6]), entries(episodes[6:])
+    algo = AlgoConfig(replay_capacity=50)
+    reads = []
+    monkeypatch.setattr(training, "get_episode", lambda store, key: reads.append(key) or get_episode(store, key))
+    training._LOADED.clear()
+    loaded = training.load_snapshot_transitions(local_store, {"episodes": first}, algo, "online")["online"]
+    assert len(loaded["obs"]) == 50 and len(reads) == 5
+    reads.clear()
+    grown = training.load_snapshot_transitions(local_store, {"episodes": first + more}, algo, "online")["online"]
+    assert len(grown["obs"]) == 50 and set(reads) <= {e["key"] for e in more}, "only new episodes are read"
+    training._LOADED.clear()
+    fresh = training.load_snapshot_transitions(local_store, {"episodes": first + more}, algo, "online")["online"]
+    for name in fresh:
+        np.testing.assert_array_equal(grown[name], fresh[name])

@@ -6,6 +6,7 @@ checkpoint while the fleet is deployed) uses the online n and mixes online data 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from lwd_core.data.layout import (
     training_run_prefix,
 )
 from lwd_core.data.nstep import NStepSchedule, Stage, build_transitions
+from lwd_core.memory import trim_heap
 from lwd_core.store import COMMIT_MANIFEST, ObjectStore, StoreError
 from lwd_core.suite import ACTION_DIM, OBS_DIM, TASK_INDEX, TASK_SUITE
 
@@ -39,38 +41,73 @@ def load_snapshot_episodes(store: ObjectStore, manifest: dict) -> dict[str, list
     return episodes
 
 
-# Episodes read and turned into transitions at a time: what a load holds beyond the transitions.
-LOAD_BLOCK_EPISODES = 128
-
-
-def within_capacity(entries: list[dict], capacity: int, seed: int) -> list[dict]:
-    """All entries if their steps fit ``capacity`` (0: no cap), else a seeded uniform choice of whole
-    episodes that does, in manifest order."""
+def within_capacity(entries: list[dict], capacity: int) -> list[dict]:
+    """All entries if their steps fit ``capacity`` (0: no cap), else the whole episodes whose ids hash
+    lowest (a uniform choice that is the same in every round: an episode once chosen stays chosen
+    unless newer ones outrank it), in manifest order."""
     steps = [max(1, int(entry.get("steps") or 1)) for entry in entries]
     if not capacity or sum(steps) <= capacity:
         return entries
+    rank = sorted(range(len(entries)), key=lambda i: hashlib.blake2b(entries[i]["episode_id"].encode(),
+                                                                      digest_size=8).digest())
     chosen, total = [], 0
-    for index in np.random.default_rng(seed).permutation(len(entries)):
-        if total + steps[index] > capacity:
-            continue
-        chosen.append(index)
-        total += steps[index]
+    for index in rank:
+        if total + steps[index] <= capacity:
+            chosen.append(index)
+            total += steps[index]
     return [entries[index] for index in sorted(chosen)]
 
 
-def load_snapshot_transitions(store: ObjectStore, manifest: dict, algo: Any, stage: Stage, seed: int
+@dataclass
+class LoadedBuffer:
+    """One buffer's transitions as last loaded in this process, with each episode's rows."""
+
+    settings: tuple
+    rows: dict[str, tuple[int, int]]  # episode key -> (start, stop)
+    data: dict[str, np.ndarray]
+
+
+# The last load per buffer kind: the next round reads only the episodes it does not hold.
+_LOADED: dict[str, LoadedBuffer] = {}
+
+
+def _transition_settings(algo: Any, stage: Stage) -> tuple:
+    return (stage, algo.action_chunk, algo.discount, NStepSchedule.from_config(algo))
+
+
+def load_snapshot_transitions(store: ObjectStore, manifest: dict, algo: Any, stage: Stage
                               ) -> dict[str, dict[str, np.ndarray] | None]:
-    """The snapshot's transitions per buffer, built while reading a block of episodes at a time (no
-    episode is kept), each buffer within ``algo.replay_capacity`` transitions: host memory is bounded
-    by the cap, not by how large the buffers have grown."""
+    """The snapshot's transitions per buffer, within ``algo.replay_capacity`` transitions each: host
+    memory is bounded by the cap, not by how large the buffers have grown. Each episode read becomes its
+    transitions at once and is not kept; episodes this process loaded for the previous round (same
+    n-step settings; keys are content hashes) are not read again, so a round reads what is new since
+    its parent."""
+    settings = _transition_settings(algo, stage)
     out: dict[str, dict[str, np.ndarray] | None] = {}
     for kind in ("offline", "online"):
-        entries = within_capacity([e for e in manifest["episodes"] if e["kind"] == kind], algo.replay_capacity, seed)
-        parts = []
-        for start in range(0, len(entries), LOAD_BLOCK_EPISODES):
-            block = [get_episode(store, entry["key"]) for entry in entries[start : start + LOAD_BLOCK_EPISODES]]
-            parts.append(transitions_for(block, algo, stage))
-        out[kind] = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]} if parts else None
+        entries = within_capacity([e for e in manifest["episodes"] if e["kind"] == kind], algo.replay_capacity)
+        previous = _LOADED.get(kind)
+        held = previous.rows if previous is not None and previous.settings == settings else {}
+        new = [entry for entry in entries if entry["key"] not in held]
+        built = {entry["key"]: transitions_for([get_episode(store, entry["key"])], algo, stage) for entry in new}
+        if not entries:
+            out[kind] = None
+            _LOADED.pop(kind, None)
+            continue
+        pieces, rows, offset = [], {}, 0
+        for entry in entries:
+            key = entry["key"]
+            if key in built:
+                piece = built.pop(key)
+            else:
+                begin, end = held[key]
+                piece = {name: values[begin:end] for name, values in previous.data.items()}
+            size = len(piece["obs"])
+            rows[key] = (offset, offset + size)
+            offset += size
+            pieces.append(piece)
+        out[kind] = {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
+        _LOADED[kind] = LoadedBuffer(settings, rows, out[kind])
     return out
 
 
@@ -264,6 +301,7 @@ def train_resumable(
                         extra={"replay": replay.state_dict(), "resumed_from": resumed_from, **(extra or {})})
         if on_checkpoint is not None:
             on_checkpoint(checkpoint, int(state.step))
+        trim_heap()  # what compiling the update held while it compiled
     return TrainResult(learner, state, history, checkpoint, resumed_from)
 
 
@@ -314,12 +352,12 @@ def plan_snapshot_training(store: ObjectStore, manifest: dict, algo: Any, method
         learner, state, _ = load_checkpoint(store, parent)
         start_step = int(state.step)
         seed += start_step  # fresh batches each round (the step moves on), distinct ones on each host
-        data = load_snapshot_transitions(store, manifest, algo, "online", seed)
+        data = load_snapshot_transitions(store, manifest, algo, "online")
         replay = replay_from(data["offline"], data["online"], algo, seed, method)
         steps = steps or online_update_budget(algo, replay.sizes["online"])
     else:
         learner, state, start_step = new_learner(algo, method), None, 0
-        data = load_snapshot_transitions(store, manifest, algo, "offline", seed)
+        data = load_snapshot_transitions(store, manifest, algo, "offline")
         demos = demo_rows(data) if algo.pretrain_steps else None
         replay = replay_from(data["offline"], data["online"], algo, seed, method)
         steps = staging_steps(algo, method) + (steps or algo.offline_steps)

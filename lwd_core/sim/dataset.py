@@ -25,7 +25,8 @@ import numpy as np
 
 from lwd_core.data.episode import Episode
 from lwd_core.data.layout import buffer_key, dataset_report_key, put_episode
-from lwd_core.sim.rollout import ChunkPolicy, EpisodeRunner, make_env, trim_heap
+from lwd_core.memory import trim_heap
+from lwd_core.sim.rollout import ChunkPolicy, EpisodeRunner, make_env
 from lwd_core.sim.teleop import Teleoperator
 from lwd_core.store import ObjectStore
 from lwd_core.suite import CONTROL_PERIOD_S, TaskSpec

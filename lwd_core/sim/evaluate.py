@@ -153,7 +153,7 @@ def learner_policy(learner, params, seed: int = 0, batch_size: int | None = None
     return policy
 
 
-GATE_CONCURRENT_EPISODES = 4
+GATE_CONCURRENT_EPISODES = 2
 
 
 def evaluate_checkpoint(store: ObjectStore, checkpoint: str, policy_sha256: str | None, suite: Iterable[TaskSpec],

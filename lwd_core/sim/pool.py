@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lwd_core.data.episode import Episode
-from lwd_core.sim.rollout import EpisodeRunner, make_env, trim_heap
+from lwd_core.memory import trim_heap
+from lwd_core.sim.rollout import EpisodeRunner, make_env
 from lwd_core.sim.teleop import InterventionMonitor, Teleoperator
 from lwd_core.suite import ACTION_DIM, TaskSpec, get_task
 

@@ -35,20 +35,9 @@ def make_env(task: TaskSpec):
     return ogbench.make_env_and_datasets(task.env_name, env_only=True)
 
 
-# Each simulator holds ~190 MB (model, meshes, textures); closing one frees it to the C heap, not the OS.
+# Each simulator holds ~190 MB (model, meshes, textures); closing one frees it to the C heap, not the
+# OS (lwd_core.memory.trim_heap).
 SIMULATOR_MB = 190
-
-
-def trim_heap() -> None:
-    """Hand memory freed by closed simulators back to the OS (glibc ``malloc_trim``; elsewhere a no-op),
-    so that a process's resident size follows the simulators it holds, not the most it ever held."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def forget_solver_warmstart(env: Any) -> None:
