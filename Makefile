@@ -24,6 +24,11 @@ test: setup
 	$(UV) run --frozen lint-imports
 	$(UV) run --frozen pytest $(ARGS)
 
+# The performance benchmarks in one run (docs/results/performance.json); QAM=path/to/a/checkout of
+# github.com/ColinQiyangLi/qam adds the learner's side-by-side with the reference.
+bench: setup
+	$(UV) run --frozen python bench/run_all.py $(if $(QAM),--qam $(QAM)) $(ARGS)
+
 test-slow: setup
 	$(UV) run --frozen pytest -m slow $(ARGS)
 

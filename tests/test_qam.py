@@ -128,7 +128,7 @@ def test_lean_adjoint_is_the_discrete_adjoint_of_the_base_sde():
     c = 0.7
     velocity = lambda x, t: c * x  # noqa: E731
     states, _ = memoryless_sample(velocity, jnp.ones((1, 1)), jax.random.PRNGKey(0), STEPS)
-    adjoints = lean_adjoint(velocity, states, jnp.ones((1, 1)), STEPS)
+    adjoints, _ = lean_adjoint(velocity, states, jnp.ones((1, 1)), STEPS)
     _, s, _ = memoryless_schedule(STEPS)
     h = 1.0 / STEPS
     slopes = np.where(np.arange(STEPS) == STEPS - 1, c, 2 * c - 1 / np.asarray(s))  # last step: the plain ODE

@@ -59,8 +59,10 @@ def terminal_adjoint(q_value: ActionValue, final: jax.Array, beta: float, action
 
 def lean_adjoint(
     base_velocity: Velocity, states: jax.Array, terminal: jax.Array, steps: int
-) -> jax.Array:
-    """Integrate a_k = (I + h J_k)^T a_{k+1} backward. ``states``: (K+1, B, D). Returns a_0..a_K."""
+) -> tuple[jax.Array, jax.Array]:
+    """Integrate a_k = (I + h J_k)^T a_{k+1} backward. ``states``: (K+1, B, D). Returns a_0..a_K and the
+    base velocities v_base(X_k, t_k), k = 0..K-1, that the backward pass evaluated on its way (the
+    regression needs exactly these, so they are not computed twice)."""
     t_grid, s_grid, _ = memoryless_schedule(steps)
     h = 1.0 / steps
 
@@ -68,14 +70,16 @@ def lean_adjoint(
         x, t, s, k = inputs
 
         def drift(x_):
-            return memoryless_drift(base_velocity(x_, jnp.full(x_.shape[:-1], t)), x_, s, k == steps - 1)
+            v = base_velocity(x_, jnp.full(x_.shape[:-1], t))
+            return memoryless_drift(v, x_, s, k == steps - 1), v
 
-        _, vjp = jax.vjp(drift, x)
+        _, vjp, v = jax.vjp(drift, x, has_aux=True)
         a = a_next + h * vjp(a_next)[0]
-        return a, a
+        return a, (a, v)
 
-    _, adjoints = jax.lax.scan(back, terminal, (states[:-1], t_grid, s_grid, jnp.arange(steps)), reverse=True)
-    return jnp.concatenate([adjoints, terminal[None]], axis=0)
+    _, (adjoints, velocities) = jax.lax.scan(back, terminal, (states[:-1], t_grid, s_grid, jnp.arange(steps)),
+                                             reverse=True)
+    return jnp.concatenate([adjoints, terminal[None]], axis=0), velocities
 
 
 def qam_loss(
@@ -98,16 +102,11 @@ def qam_loss(
 
     states, final = jax.lax.stop_gradient(memoryless_sample(frozen_policy, noise, rng, steps, frozen_base))
     terminal = jax.lax.stop_gradient(terminal_adjoint(q_value, final, beta, action_clip))
-    adjoints = jax.lax.stop_gradient(lean_adjoint(base_velocity, states, terminal, steps))
+    adjoints, v_base = jax.lax.stop_gradient(lean_adjoint(base_velocity, states, terminal, steps))
 
     t_grid, _, sigma_grid = memoryless_schedule(steps)
     sigma = sigma_grid[:, None, None]
-
-    def both(x, t):
-        tt = jnp.full(x.shape[:-1], t)
-        return policy_velocity(x, tt), frozen_base(x, tt)
-
-    v_theta, v_base = jax.vmap(both)(states[:-1], t_grid)
+    v_theta = jax.vmap(lambda x, t: policy_velocity(x, jnp.full(x.shape[:-1], t)))(states[:-1], t_grid)
     residual = 2.0 * (v_theta - v_base) / sigma + sigma * adjoints[1:]
     loss = jnp.sum(residual**2, axis=(0, 2)).mean()
     metrics = {
