@@ -155,6 +155,7 @@ def measure(robots: int, args, templates: dict[str, bytes]) -> dict:
         save_checkpoint(store, f"checkpoints/scale-{index}", learner, learner.init(index))
     coordinator.publish_all(release_for_checkpoint(store, "checkpoints/scale-0", "scale-0"))
 
+    ingest(batch_size=args.batch, config=config)  # the Prefect API up and the flow loaded before timing
     episode_s = args.episode_steps / CONTROL_HZ
     context = multiprocessing.get_context("spawn")
     shares = [share for share in (ids[i :: args.actor_processes] for i in range(args.actor_processes)) if share]
@@ -214,6 +215,8 @@ def main() -> None:
     args = parser.parse_args()
     # Its own Prefect home: the bench's ephemeral API never shares a database with another run.
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="lwd-scale-prefect-"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     templates = record_templates(args.tasks, args.episode_steps)
     points = [measure(robots, args, templates) for robots in args.robots]
     saturated = [p for p in points if p["ingest_busy_share"] >= 0.9]
