@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "results" / "performance.json"))
     args = parser.parse_args()
-    plan = {"ingest": [], "learner": ["--compare-qam", args.qam] if args.qam else [], "memory": [], "scale": [],
+    plan = {"ingest": [], "learner": ["--compare-qam", args.qam] if args.qam else [],
+            "memory": ["--capacity", "100000"], "scale": [],
             "eval_throughput": []}
     results = {}
     for script, extra in plan.items():

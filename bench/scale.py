@@ -12,9 +12,10 @@ What is real and what is not:
 - Per fleet size: a first release starts the fleet; a second one is published halfway and its
   release-to-robot latency measured on every robot (a robot swaps between episodes, so this includes
   finishing the episode in hand).
-- One ingest worker saturates where its busy share reaches 1: ``ingest_capacity_episodes_per_s`` is
-  what it ingested per busy second, and ``robots_per_ingest_worker`` = capacity x episode length is the
-  fleet size one worker keeps up with (more: partition raw/ over workers, docs/operator-guide.md).
+- Where one ingest worker saturates: ``ingest_capacity_episodes_per_s`` is what it ingested per busy
+  second at the largest fleet, and ``robots_per_ingest_worker`` = capacity x episode length the fleet
+  size it keeps up with (past it: partition raw/ over workers, docs/operator-guide.md);
+  ``fell_behind_at_robots`` names the first fleet where it ingested under 80% of what was offered.
 
     uv run python bench/scale.py [--robots 16 64 256 1024] [--seconds 60] [--actor-processes 2]
 """
@@ -219,15 +220,18 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     templates = record_templates(args.tasks, args.episode_steps)
     points = [measure(robots, args, templates) for robots in args.robots]
-    saturated = [p for p in points if p["ingest_busy_share"] >= 0.9]
-    capacities = [p["ingest_capacity_episodes_per_s"] for p in points if p["ingest_capacity_episodes_per_s"]]
-    episode_s = args.episode_steps / CONTROL_HZ
+    # The worker runs back to back whenever anything waits, so its busy share is high at any load; its
+    # capacity is what it ingested per busy second at the largest fleet, where runs carry full batches
+    # (at small fleets each run's fixed cost dominates). Saturation shows as a backlog: ingested well
+    # below offered, latency growing.
+    loaded = max(points, key=lambda p: p["robots"])
+    behind = [p for p in points if p["ingested_episodes_per_s"] < 0.8 * p["offered_episodes_per_s"]]
     result = {
         "bench": "scale", "episode_steps": args.episode_steps, "actor_processes": args.actor_processes,
         "points": points,
-        "one_ingest_worker_saturates_at_robots": (saturated[0]["robots"] if saturated
-                                                  else round(max(capacities) * episode_s) if capacities else None),
-        "saturation_observed": bool(saturated),
+        "ingest_capacity_episodes_per_s": loaded["ingest_capacity_episodes_per_s"],
+        "one_ingest_worker_saturates_at_robots": loaded["robots_per_ingest_worker"],
+        "fell_behind_at_robots": behind[0]["robots"] if behind else None,
     }
     print(json.dumps(result))
     header = f"{'robots':>7}{'offered/s':>11}{'ingested/s':>12}{'to buffer p50':>15}{'p99':>7}" \
