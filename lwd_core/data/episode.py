@@ -53,7 +53,7 @@ EPISODE_SCHEMA: dict[str, pl.DataType] = {
     "next_obs": pl.List(pl.Float32()),
 }
 METADATA_KEYS = ("robot_id", "task_id", "instruction", "policy_version", "source", "outcome")
-# Footer bounds checked before anything is decoded (:func:`check_parquet_bounds`). An honest row is
+# Footer bounds checked before anything is decoded (:func:`check_footer_bounds`). An honest row is
 # under 1 kB uncompressed (two observations and an action of float32, flags, short strings stored
 # once per file in a dictionary page); these allow 4x that, plus a fixed allowance per column.
 MAX_ROW_BYTES = 4096
@@ -328,10 +328,6 @@ def check_arrow_schema(schema: pa.Schema) -> None:
         raise EpisodeFormatError(f"wrong column types: {wrong}")
 
 
-def check_schema(frame: pl.DataFrame) -> None:
-    check_arrow_schema(frame.to_arrow().schema)
-
-
 def _open_parquet(data: bytes) -> pq.ParquetFile:
     try:
         # Strings read as dictionaries: a per-episode constant is then a one-entry dictionary.
@@ -364,10 +360,6 @@ def check_footer_bounds(meta: pq.FileMetaData, max_rows: int) -> None:
         if size > limit:
             raise EpisodeFormatError(f"column {name!r} is {size} bytes uncompressed, over {limit} for "
                                      f"{meta.num_rows} rows")
-
-
-def check_parquet_bounds(data: bytes, max_rows: int) -> None:
-    check_footer_bounds(_open_parquet(data).metadata, max_rows)
 
 
 def _key_value_metadata(meta: pq.FileMetaData) -> dict[str, str]:

@@ -82,6 +82,7 @@ class _Shard:
         spare = next((envs for envs in self._idle_envs.values() if envs), None)
         if held >= self.max_envs and spare:
             spare.pop().close()
+            trim_heap()  # else the next simulator is built beside the freed one, not in its place
         env = make_env(task)
         self.envs_created += 1
         return env
