@@ -122,3 +122,11 @@ def test_parquet_is_plain_columns_not_pickle(episode_factory):
 def test_ids_in_keys_are_safe(bad):
     with pytest.raises(ValueError):
         safe_name(bad, "id")
+
+
+def test_files_from_other_writers_decode(episode_factory):
+    """Several row groups (each with its own string dictionary), as another Parquet writer may make."""
+    episode = episode_factory()
+    buffer = io.BytesIO()
+    episode.to_frame().write_parquet(buffer, row_group_size=5)
+    assert Episode.from_parquet_bytes(buffer.getvalue()).episode_id == episode.episode_id

@@ -273,9 +273,11 @@ def _list_array(rows: np.ndarray) -> pa.Array:
 def _constant(column: pa.ChunkedArray, name: str) -> str:
     if column.null_count:
         raise EpisodeFormatError(f"column {name!r} must hold one value for the whole episode")
-    chunks = column.chunks
-    if pa.types.is_dictionary(column.type) and len(chunks) == 1 and len(chunks[0].dictionary) == 1:
-        return chunks[0].dictionary[0].as_py()  # every row indexes the one value: nothing to compare
+    if pa.types.is_dictionary(column.type):
+        chunks = column.chunks
+        if len(chunks) == 1 and len(chunks[0].dictionary) == 1:
+            return chunks[0].dictionary[0].as_py()  # every row indexes the one value: nothing to compare
+        column = column.cast(column.type.value_type)  # several row groups: compare the values
     first = column[0].as_py()
     if not pc.all(pc.equal(column, first)).as_py():
         raise EpisodeFormatError(f"column {name!r} must hold one value for the whole episode")
