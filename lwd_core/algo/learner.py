@@ -117,7 +117,6 @@ class Learner:
         self.atoms = divl.support(spec.value_min, spec.value_max, spec.value_size)
         self.tx = optax.chain(optax.clip_by_global_norm(spec.grad_clip), optax.adam(spec.learning_rate))
         self.flat_action_dim = spec.chunk * spec.action_dim
-        self._init = jax.jit(self._init_impl)
         self._update = jax.jit(self._update_impl, static_argnames="phase")
         # Several updates in one call: a lax.scan over stacked batches, the state donated, so that
         # nothing returns to the host between updates and the old state's buffers are reused.
@@ -127,10 +126,6 @@ class Learner:
 
     # -- state -------------------------------------------------------------------------------------
     def init(self, seed: int = 0) -> TrainState:
-        # Compiled once per learner: initialising op by op (eager) takes seconds at the reference size.
-        return self._init(jnp.asarray(seed, jnp.uint32))
-
-    def _init_impl(self, seed: jax.Array) -> TrainState:
         rng = jax.random.PRNGKey(seed)
         rng, k_critic, k_value, k_flow = jax.random.split(rng, 4)
         obs = jnp.zeros((1, self.spec.obs_dim), jnp.float32)
@@ -161,7 +156,7 @@ class Learner:
     def template(self) -> TrainState:
         """The state's structure, shapes and dtypes without computing it (restoring a checkpoint
         needs no initialisation: eager init costs seconds at the reference size)."""
-        return jax.eval_shape(self._init_impl, jnp.zeros((), jnp.uint32))
+        return jax.eval_shape(lambda: self.init(0))
 
     # -- public API --------------------------------------------------------------------------------
     def update(

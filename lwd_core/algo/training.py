@@ -157,6 +157,11 @@ class TrainResult:
     resumed_from: str | None = None
 
 
+# Runs this long fuse each logging window into one call (lax.scan); shorter ones do not pay for a
+# second compilation of the update.
+FUSE_FROM_STEPS = 500
+
+
 def run_updates(
     learner: Learner,
     state: TrainState,
@@ -181,7 +186,7 @@ def run_updates(
     done = 0
     while done < steps:
         fused = min(log_every - len(window), steps - done)
-        if mesh is None and fused == log_every:
+        if mesh is None and fused == log_every and steps >= FUSE_FROM_STEPS:
             # A whole logging window in one call (lax.scan), batches sampled up front.
             samples = [replay.sample(batch_size) for _ in range(fused)]
             state, stacked = learner.update_many(state, {key: np.stack([b[key] for b in samples]) for key in BATCH_KEYS},
