@@ -5,7 +5,8 @@ Reference sizes (QAM on OGBench): 4x512 GELU+LayerNorm MLPs, 10 critic heads, ba
 
 ``--compare-qam PATH`` also builds the QAM reference agent (ColinQiyangLi/qam, agents/qam.py) from a
 local checkout at PATH with the same sizes (bench/qam_reference.py) and times both on synthetic batches
-in alternating rounds on the same machine: updates/s of each and ours / reference.
+in alternating rounds on the same machine: updates/s of each and ours / reference. Ours is timed both
+as training runs it (``--window`` updates fused per call, state donated) and one update per call.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lwd_core.algo.agents import AGENTS
-from lwd_core.algo.learner import Learner, LearnerSpec
+from lwd_core.algo.learner import BATCH_KEYS, Learner, LearnerSpec
 from lwd_core.algo.text import MAX_TOKENS
 
 
@@ -57,28 +58,40 @@ def main() -> None:
     parser.add_argument("--compare-qam", default="", metavar="PATH",
                         help="a local checkout of github.com/ColinQiyangLi/qam to time side by side")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds with --compare-qam")
+    parser.add_argument("--window", type=int, default=10,
+                        help="updates fused per call (lax.scan), as training fuses each logging window")
     args = parser.parse_args()
 
     spec = LearnerSpec(
         obs_dim=args.obs_dim, action_dim=5, chunk=5, method=args.method, value_model=args.value_model,
         hidden_dims=(args.hidden,) * args.layers, critic_heads=args.heads, flow_steps=10,
     )
+    if args.steps % args.window:
+        parser.error("--steps must be a multiple of --window")
     learner = Learner(spec)
-    state = learner.init(0)
     rng = np.random.default_rng(0)
     batches = [synthetic_batch(rng, spec, args.batch) for _ in range(4)]
 
-    start = time.perf_counter()
-    state, _ = learner.update(state, batches[0])
-    jax.block_until_ready(state)
-    compile_s = time.perf_counter() - start
+    def window_batches(offset: int) -> dict[str, np.ndarray]:
+        # Stacked on the host per window, as training samples a window up front.
+        picked = [batches[(offset + i) % len(batches)] for i in range(args.window)]
+        return {key: np.stack([batch[key] for batch in picked]) for key in BATCH_KEYS}
 
-    def ours(state, steps):
+    def fused(state, steps):  # the training path for runs of FUSE_FROM_STEPS or more
+        for offset in range(0, steps, args.window):
+            state, _ = learner.update_many(state, window_batches(offset))
+        return jax.block_until_ready(state)
+
+    def single(state, steps):  # one call per update, as short runs take them
         for i in range(steps):
             state, _ = learner.update(state, batches[i % len(batches)])
         return jax.block_until_ready(state)
 
-    reference = None
+    start = time.perf_counter()
+    sides = {"fused": [fused(learner.init(0), args.window), fused, 0.0]}
+    compile_s = time.perf_counter() - start
+    sides["single"] = [single(learner.init(1), 1), single, 0.0]
+
     if args.compare_qam:
         import qam_reference
 
@@ -86,27 +99,23 @@ def main() -> None:
         agent = qam_reference.make_agent(module, args.obs_dim, 5, 5, args.hidden, args.layers, args.heads, 10,
                                          args.batch)
         ref_batches = [qam_reference.synthetic_batch(rng, args.obs_dim, 5, 5, args.batch) for _ in range(4)]
-        agent, _ = agent.update(ref_batches[0])
-        jax.block_until_ready(agent)
 
         def theirs(agent, steps):
             for i in range(steps):
                 agent, _ = agent.update(ref_batches[i % len(ref_batches)])
             return jax.block_until_ready(agent)
 
-        reference = [agent, theirs, 0.0]
+        sides["reference"] = [theirs(agent, 1), theirs, 0.0]
 
-    # Alternating rounds: a slow moment of a shared machine hits both sides alike.
-    rounds = args.rounds if reference else 1
-    elapsed = 0.0
+    # Alternating rounds: a slow moment of a shared machine hits every side alike.
+    rounds = args.rounds if args.compare_qam else 1
     for _ in range(rounds):
-        start = time.perf_counter()
-        state = ours(state, args.steps)
-        elapsed += time.perf_counter() - start
-        if reference:
+        for side in sides.values():
             start = time.perf_counter()
-            reference[0] = reference[1](reference[0], args.steps)
-            reference[2] += time.perf_counter() - start
+            side[0] = side[1](side[0], args.steps)
+            side[2] += time.perf_counter() - start
+    state = sides["fused"][0]
+    rate = {name: args.steps * rounds / side[2] for name, side in sides.items()}
 
     device = jax.devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
@@ -123,13 +132,16 @@ def main() -> None:
         "parameters": int(params),
         "compile_s": round(compile_s, 2),
         "steps": args.steps * rounds,
-        "steps_per_s": round(args.steps * rounds / elapsed, 3),
+        "window": args.window,
+        "steps_per_s": round(rate["fused"], 3),
+        "steps_per_s_single_calls": round(rate["single"], 3),
         "peak_device_bytes": (stats or {}).get("peak_bytes_in_use"),
         "peak_host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    if reference:
-        result["qam_reference_steps_per_s"] = round(args.steps * rounds / reference[2], 3)
-        result["ratio_vs_qam_reference"] = round(reference[2] / elapsed, 3)
+    if args.compare_qam:
+        result["qam_reference_steps_per_s"] = round(rate["reference"], 3)
+        result["ratio_vs_qam_reference"] = round(rate["fused"] / rate["reference"], 3)
+        result["ratio_single_calls_vs_qam_reference"] = round(rate["single"] / rate["reference"], 3)
     print(json.dumps(result))
 
 

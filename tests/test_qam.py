@@ -127,7 +127,7 @@ def test_lean_adjoint_is_the_discrete_adjoint_of_the_base_sde():
     """For a linear base velocity v = c x the Euler map is linear: a_0 = prod_k (1 + h b'_k) a_K."""
     c = 0.7
     velocity = lambda x, t: c * x  # noqa: E731
-    states, _ = memoryless_sample(velocity, jnp.ones((1, 1)), jax.random.PRNGKey(0), STEPS)
+    states, _, _ = memoryless_sample(velocity, jnp.ones((1, 1)), jax.random.PRNGKey(0), STEPS)
     adjoints, _ = lean_adjoint(velocity, states, jnp.ones((1, 1)), STEPS)
     _, s, _ = memoryless_schedule(STEPS)
     h = 1.0 / STEPS

@@ -47,7 +47,7 @@ class DistributionalValue(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array, tokens: jax.Array) -> jax.Array:
-        features = Observer(self.vocab_size, feature_dim=self.hidden_dims[0], pixels=self.pixels)(obs, tokens)
+        features = Observer(self.vocab_size, self.hidden_dims[0], pixels=self.pixels, encode_state=False)(obs, tokens)
         return MLP(self.hidden_dims, self.size)(features)
 
 

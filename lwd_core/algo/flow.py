@@ -70,9 +70,13 @@ def memoryless_drift(v: jax.Array, x: jax.Array, s: jax.Array, last: jax.Array) 
 
 def memoryless_sample(
     velocity: Velocity, noise: jax.Array, rng: jax.Array, steps: int, final_velocity: Velocity | None = None
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Euler-Maruyama trajectory of the memoryless SDE driven by ``velocity``; the last step is a
-    deterministic Euler step of ``final_velocity`` (default ``velocity``). Returns (x_0..x_K, x_K)."""
+    deterministic Euler step of ``final_velocity`` (default ``velocity``).
+
+    Returns (x_0..x_K, x_K, v_0..v_{K-2}): the states carry no gradient (samples are data to the losses
+    that use them), the velocities ``velocity`` took on the stochastic steps keep theirs, so a loss over
+    them needs no second forward pass."""
     final_velocity = final_velocity or velocity
     t_grid, s_grid, sigma_grid = memoryless_schedule(steps)
     eps = jax.random.normal(rng, (steps - 1, *noise.shape))
@@ -81,10 +85,14 @@ def memoryless_sample(
     def step(x, inputs):
         t, s, sigma, e = inputs
         v = velocity(x, jnp.full(x.shape[:-1], t))
-        x_next = x + h * memoryless_drift(v, x, s, False) + jnp.sqrt(h) * sigma * e
-        return x_next, x
+        x_next = x + h * memoryless_drift(jax.lax.stop_gradient(v), x, s, False) + jnp.sqrt(h) * sigma * e
+        return x_next, (x, v)
 
-    last_input, visited = jax.lax.scan(step, noise, (t_grid[:-1], s_grid[:-1], sigma_grid[:-1], eps))
-    final = last_input + h * final_velocity(last_input, jnp.full(noise.shape[:-1], t_grid[-1]))
+    noise = jax.lax.stop_gradient(noise)
+    # Unrolled (K is small and static): straight-line steps run ~7% faster on CPU than a loop.
+    last_input, (visited, velocities) = jax.lax.scan(step, noise, (t_grid[:-1], s_grid[:-1], sigma_grid[:-1], eps),
+                                                     unroll=True)
+    final_v = jax.lax.stop_gradient(final_velocity(last_input, jnp.full(noise.shape[:-1], t_grid[-1])))
+    final = last_input + h * final_v
     states = jnp.concatenate([visited, last_input[None], final[None]], axis=0)
-    return states, final
+    return states, final, velocities

@@ -151,7 +151,11 @@ class Learner:
         return serialization.to_bytes(state)
 
     def from_bytes(self, data: bytes) -> TrainState:
-        return serialization.from_bytes(self.template(), data)
+        try:
+            return serialization.from_bytes(self.template(), data)
+        except ValueError as error:
+            raise ValueError(f"the train state does not fit this learner's networks (written by a version with "
+                             f"another network layout?): {error}") from error
 
     def template(self) -> TrainState:
         """The state's structure, shapes and dtypes without computing it (restoring a checkpoint

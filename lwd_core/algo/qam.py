@@ -77,8 +77,9 @@ def lean_adjoint(
         a = a_next + h * vjp(a_next)[0]
         return a, (a, v)
 
+    # Unrolled like the forward sampler (see flow.memoryless_sample).
     _, (adjoints, velocities) = jax.lax.scan(back, terminal, (states[:-1], t_grid, s_grid, jnp.arange(steps)),
-                                             reverse=True)
+                                             reverse=True, unroll=True)
     return jnp.concatenate([adjoints, terminal[None]], axis=0), velocities
 
 
@@ -94,19 +95,18 @@ def qam_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Adjoint-matching loss for the fine-tuned velocity. Gradients reach only ``policy_velocity``."""
 
-    def frozen_policy(x, t):
-        return jax.lax.stop_gradient(policy_velocity(x, t))
-
     def frozen_base(x, t):
         return jax.lax.stop_gradient(base_velocity(x, t))
 
-    states, final = jax.lax.stop_gradient(memoryless_sample(frozen_policy, noise, rng, steps, frozen_base))
+    # The forward pass's fine-tuned velocities at X_0..X_{K-2} are the regression's v_theta there.
+    states, final, v_theta_stochastic = memoryless_sample(policy_velocity, noise, rng, steps, frozen_base)
     terminal = jax.lax.stop_gradient(terminal_adjoint(q_value, final, beta, action_clip))
     adjoints, v_base = jax.lax.stop_gradient(lean_adjoint(base_velocity, states, terminal, steps))
 
     t_grid, _, sigma_grid = memoryless_schedule(steps)
     sigma = sigma_grid[:, None, None]
-    v_theta = jax.vmap(lambda x, t: policy_velocity(x, jnp.full(x.shape[:-1], t)))(states[:-1], t_grid)
+    v_theta_last = policy_velocity(states[-2], jnp.full(noise.shape[:-1], t_grid[-1]))
+    v_theta = jnp.concatenate([v_theta_stochastic, v_theta_last[None]], axis=0)
     residual = 2.0 * (v_theta - v_base) / sigma + sigma * adjoints[1:]
     loss = jnp.sum(residual**2, axis=(0, 2)).mean()
     metrics = {
