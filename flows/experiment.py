@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from lwd_core.algo.compilation import use_compilation_cache
 from lwd_core.config import LWDConfig, load_config
 from lwd_core.data.layout import experiment_results_key
 from lwd_core.experiment import PLOT_FILE, Experiment, write_report
@@ -26,6 +27,7 @@ def experiment(config: LWDConfig | None = None) -> dict:
     """Budgets, arms and seeds come from the config's ``experiment`` and ``algo`` sections
     (configs/experiment-reduced.yaml on 2 CPU cores, configs/experiment-full.yaml on a GPU machine)."""
     config = config or load_config()
+    use_compilation_cache(config.compilation_cache_dir)
     logger = get_run_logger()
     experiment_id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}"
     with SimPool(config.experiment.workers) as pool:

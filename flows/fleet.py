@@ -144,6 +144,7 @@ def fleet_status(config: LWDConfig | None = None) -> None:
 
 def actor_main(argv: list[str] | None = None) -> int:
     """Process entry: run the named robots until done or SIGTERM, then drain uploads."""
+    from lwd_core.algo.compilation import use_compilation_cache
     from lwd_core.fleet.actor import Actor, assign_tasks
     from lwd_core.fleet.edge import EdgeClient
     from lwd_core.security import episode_signer, release_verifier
@@ -159,6 +160,7 @@ def actor_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = LWDConfig.from_private_json(Path(args.config_json).read_text()) if args.config_json else load_config()
+    use_compilation_cache(config.compilation_cache_dir)
     store = open_store(config)
     suite = select_tasks(config.fleet.tasks)
     mine = args.robots.split(",")

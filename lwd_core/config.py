@@ -267,6 +267,9 @@ class LWDConfig(BaseSettings):
     )
 
     data_dir: Path = Field(default_factory=default_data_dir)
+    # Compiled XLA programs shared by every process on this machine (training runs, gates, robots):
+    # empty means <data_dir>/jax-cache, "off" none (lwd_core.algo.compilation).
+    compilation_cache_dir: str = ""
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
@@ -282,6 +285,8 @@ class LWDConfig(BaseSettings):
     def _fill_embedded_defaults(self) -> LWDConfig:
         # Derived from data_dir so that pointing LWD_DATA_DIR elsewhere moves the whole embedded stack.
         data_dir = Path(self.data_dir).resolve()
+        if not self.compilation_cache_dir:
+            self.compilation_cache_dir = str(data_dir / "jax-cache")
         if not self.storage.url:
             self.storage.url = (data_dir / "store").as_uri()
         if not self.tracking.mlflow_uri:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from prefect import get_run_logger, task
 
+from lwd_core.algo.compilation import use_compilation_cache
 from lwd_core.config import LWDConfig
 from lwd_core.data.ingest import ingest_batch, pending_raw, write_ingest_log
 from lwd_core.data.labels import label_episode, unlabelled_keys, write_labels
@@ -115,6 +116,7 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
         run_snapshot_training,
     )
 
+    use_compilation_cache(config.compilation_cache_dir)
     distributed.initialize_from_env()  # no-op unless a multi-host launcher set it up
     mesh = distributed.data_mesh() if jax.device_count() > 1 else None
     store = open_store(config)
@@ -147,6 +149,7 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
 @task(retries=1, timeout_seconds=3 * 3600, task_run_name="evaluate-{version}")
 def evaluate_version(config: LWDConfig, version: str, episodes_per_task: int, seed: int) -> dict:
     """Sim-suite success of a registered version (same seeds for every version)."""
+    use_compilation_cache(config.compilation_cache_dir)
     tags = tracking.version_tags(config, version)
     suite = select_tasks(config.fleet.tasks)
     total = len(suite) * episodes_per_task

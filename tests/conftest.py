@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
+import tempfile
 
 import numpy as np
 import pytest
@@ -12,6 +14,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
 os.environ.setdefault("MUJOCO_GL", "disable")
+# One compilation cache for the session: the many `lwd` processes the tests start compile each program once.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="lwd-test-jax-cache-")
+os.environ.setdefault("LWD_COMPILATION_CACHE_DIR", _COMPILATION_CACHE)
 
 from lwd_core.data.episode import Episode  # noqa: E402
 from lwd_core.store import ObjectStore  # noqa: E402
@@ -22,6 +27,10 @@ from lwd_core.suite import (  # noqa: E402
     pad_observation,
     sparse_rewards,
 )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
 
 def make_episode(

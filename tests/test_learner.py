@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -282,3 +284,24 @@ def test_snapshot_loads_are_capped_and_incremental(local_store, monkeypatch):
     fresh = training.load_snapshot_transitions(local_store, {"episodes": first + more}, algo, "online")["online"]
     for name in fresh:
         np.testing.assert_array_equal(grown[name], fresh[name])
+
+
+def test_a_second_process_loads_compiled_programs_from_the_cache(tmp_path):
+    import subprocess
+    import sys
+
+    program = f"""
+import jax, jax.numpy as jnp
+from lwd_core.algo.compilation import use_compilation_cache
+use_compilation_cache({str(tmp_path / "cache")!r})
+hits = []
+jax.monitoring.register_event_listener(lambda event, **_: hits.append(event)
+                                       if event == "/jax/compilation_cache/cache_hits" else None)
+jax.block_until_ready(jax.jit(lambda x: jnp.tanh(x) @ x.T)(jnp.ones((8, 8))))
+print(len(hits))
+"""
+    runs = [subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300,
+                           cwd=Path(__file__).resolve().parent.parent) for _ in range(2)]
+    assert [run.returncode for run in runs] == [0, 0], runs[0].stderr[-2000:]
+    first, second = (int(run.stdout.split()[-1]) for run in runs)
+    assert first == 0 and second >= 1
