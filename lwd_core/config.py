@@ -63,6 +63,11 @@ class StorageConfig(_Section):
     # Threads per ingest micro-batch for object reads and writes (S3 round trips overlap; a local
     # disk gains little, so scale a local ingest out with processes: `ingest --partitions`).
     io_workers: int = Field(default=4, ge=1, le=64)
+    # Attempts per S3 request on transient errors before the caller sees the failure, in botocore and
+    # in s3fs's wrapper around it. None keeps the libraries' defaults (botocore's retries inside five
+    # of s3fs's: seconds per failed call while the store is down); callers that retry on their own
+    # schedule anyway (robots' uploaders spool and retry) can take 1 to fail fast.
+    request_retries: int | None = Field(default=None, ge=1, le=20)
 
     @field_validator("url")
     @classmethod

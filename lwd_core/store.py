@@ -103,6 +103,11 @@ class ObjectStore:
             # A poller must see new objects: never serve listings from cache.
             options.setdefault("use_listings_cache", False)
         self.fs = fsspec.filesystem(protocol, **options)
+        attempts = options.get("config_kwargs", {}).get("retries", {}).get("max_attempts")
+        if protocol == "s3" and attempts:
+            # s3fs retries each call on its own too (a class default of 5); instances are cached per
+            # options, so an instance with these options always wants this number.
+            self.fs.retries = attempts
         self.root = root.rstrip("/") if protocol != "file" else str(Path(root).resolve())
         if protocol == "file":
             Path(self.root).mkdir(parents=True, exist_ok=True)
@@ -111,6 +116,9 @@ class ObjectStore:
     def from_config(cls, storage: Any) -> ObjectStore:
         options: dict[str, Any] = {}
         if storage.url.startswith("s3://"):
+            if storage.request_retries:
+                # botocore's own attempts; s3fs's wrapper around each call gets the same number below.
+                options["config_kwargs"] = {"retries": {"mode": "standard", "max_attempts": storage.request_retries}}
             if storage.key:
                 options["key"] = reveal(storage.key)
             if storage.secret:

@@ -54,11 +54,12 @@ while True:
 """
 
 LEARNER = f"""
+from lwd_core.algo.compilation import use_compilation_cache
 from lwd_core.algo.training import build_replay, load_snapshot_episodes, new_learner, train_resumable
 from lwd_core.config import load_config
 from lwd_core.data.snapshot import load_snapshot
 from lwd_core.store import open_store
-config = load_config(); store = open_store(config)
+config = load_config(); store = open_store(config); use_compilation_cache(config.compilation_cache_dir)
 replay = build_replay(load_snapshot_episodes(store, load_snapshot(store)), config.algo, "online", seed=0)
 def start():
     learner = new_learner(config.algo)

@@ -36,8 +36,10 @@ def flaky_s3():
         state["server"].start()
 
     # moto keeps buckets in-process across servers: one bucket per test keeps tests apart.
+    # One attempt per request: what is under test is our retries (the uploader's, the flow's tasks'),
+    # not s3fs's, which would add seconds of backoff to every failed call while the server is down.
     config = StorageConfig(url=f"s3://lwd-outage-{uuid.uuid4().hex[:8]}/root", endpoint_url=f"http://127.0.0.1:{port}", key="testing",
-                           secret="testing", region="us-east-1")
+                           secret="testing", region="us-east-1", request_retries=1)
     store = ObjectStore.from_config(config)
     store.ensure_bucket()
     yield {"store": store, "config": config, "stop": stop, "restart": restart}

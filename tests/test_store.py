@@ -160,3 +160,14 @@ def test_put_many_is_a_group_commit_of_whole_objects(any_store):
     assert [any_store.get(key) for key, _ in items] == [data for _, data in items]
     assert any_store.list("buffer") == sorted(key for key, _ in items), "no temp file is left"
     assert any_store.get_bounded(items[0][0], 10) == 1000 and any_store.get_bounded(items[0][0], 5000) == items[0][1]
+
+
+def test_request_retries_bound_both_retry_layers_of_an_s3_store():
+    from lwd_core.config import StorageConfig
+
+    store = ObjectStore.from_config(StorageConfig(url="s3://bucket/root", endpoint_url="http://127.0.0.1:9",
+                                                  request_retries=2))
+    assert store.fs.retries == 2
+    assert store.storage_options["config_kwargs"] == {"retries": {"mode": "standard", "max_attempts": 2}}
+    default = ObjectStore.from_config(StorageConfig(url="s3://bucket/root", endpoint_url="http://127.0.0.1:9"))
+    assert "config_kwargs" not in default.storage_options and default.fs.retries == 5
