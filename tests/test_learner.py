@@ -254,7 +254,8 @@ def test_suite_instructions_have_no_token_collisions():
 
 def test_snapshot_loads_are_capped_and_incremental(local_store, monkeypatch):
     """Within replay_capacity (a choice that holds across rounds), and a second load reads only the
-    episodes the first did not hold, with the same rows as a load from scratch."""
+    episodes the first did not hold, with the same rows as a load from scratch; a fresh process reads
+    none (the replay segments hold them), and an unreadable segment only costs reading its episodes."""
     from lwd_core.algo import training
     from lwd_core.config import AlgoConfig
     from lwd_core.data.layout import buffer_key, put_episode
@@ -280,10 +281,21 @@ def test_snapshot_loads_are_capped_and_incremental(local_store, monkeypatch):
     reads.clear()
     grown = training.load_snapshot_transitions(local_store, {"episodes": first + more}, algo, "online")["online"]
     assert len(grown["obs"]) == 50 and set(reads) <= {e["key"] for e in more}, "only new episodes are read"
-    training._LOADED.clear()
+    training._LOADED.clear()  # a fresh process
+    reads.clear()
     fresh = training.load_snapshot_transitions(local_store, {"episodes": first + more}, algo, "online")["online"]
+    assert reads == [], "a fresh process finds the built transitions in the replay segments"
     for name in fresh:
         np.testing.assert_array_equal(grown[name], fresh[name])
+
+    segments = local_store.list("replay-segments/online", ".npz")
+    assert len(segments) == 2  # what each of the two loads built
+    local_store.put_atomic(segments[0], b"not an npz")
+    training._LOADED.clear()
+    again = training.load_snapshot_transitions(local_store, {"episodes": first + more}, algo, "online")["online"]
+    assert reads and set(reads) <= {entry["key"] for entry in first}, "only the lost segment's episodes are read"
+    for name in fresh:
+        np.testing.assert_array_equal(again[name], fresh[name])
 
 
 def test_a_second_process_loads_compiled_programs_from_the_cache(tmp_path):

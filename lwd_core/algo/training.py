@@ -7,7 +7,11 @@ checkpoint while the fleet is deployed) uses the online n and mixes online data 
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
 import math
+import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +30,16 @@ from lwd_core.data.layout import (
     CHECKPOINT_LATEST_KEY,
     checkpoint_key,
     get_episode,
+    replay_segment_key,
+    replay_segments_prefix,
     training_run_prefix,
 )
 from lwd_core.data.nstep import NStepSchedule, Stage, build_transitions
 from lwd_core.memory import trim_heap
 from lwd_core.store import COMMIT_MANIFEST, ObjectStore, StoreError
 from lwd_core.suite import ACTION_DIM, OBS_DIM, TASK_INDEX, TASK_SUITE
+
+log = logging.getLogger(__name__)
 
 
 def load_snapshot_episodes(store: ObjectStore, manifest: dict) -> dict[str, list[Episode]]:
@@ -69,46 +77,99 @@ class LoadedBuffer:
 
 # The last load per buffer kind: the next round reads only the episodes it does not hold.
 _LOADED: dict[str, LoadedBuffer] = {}
+Piece = dict[str, np.ndarray]
+# Segments a buffer may have before a load writes them as one (the current choice of episodes).
+COMPACT_AFTER_SEGMENTS = 8
 
 
 def _transition_settings(algo: Any, stage: Stage) -> tuple:
     return (stage, algo.action_chunk, algo.discount, NStepSchedule.from_config(algo))
 
 
-def load_snapshot_transitions(store: ObjectStore, manifest: dict, algo: Any, stage: Stage
+def load_snapshot_transitions(store: ObjectStore, manifest: dict, algo: Any, stage: Stage, write_segments: bool = True
                               ) -> dict[str, dict[str, np.ndarray] | None]:
     """The snapshot's transitions per buffer, within ``algo.replay_capacity`` transitions each: host
-    memory is bounded by the cap, not by how large the buffers have grown. Each episode read becomes its
-    transitions at once and is not kept; episodes this process loaded for the previous round (same
-    n-step settings; keys are content hashes) are not read again, so a round reads what is new since
-    its parent."""
+    memory is bounded by the cap, not by how large the buffers have grown.
+
+    A round reads what is new since its parent: episodes this process loaded for the previous round
+    come from memory; episodes an earlier process built come from the store's replay segments (the
+    transitions of the episodes each load built, under the same n-step settings; keys are content
+    hashes); only the rest are read and built, and they become a new segment (``write_segments``)."""
     settings = _transition_settings(algo, stage)
+    digest = hashlib.blake2b(repr(settings).encode(), digest_size=8).hexdigest()
     out: dict[str, dict[str, np.ndarray] | None] = {}
     for kind in ("offline", "online"):
         entries = within_capacity([e for e in manifest["episodes"] if e["kind"] == kind], algo.replay_capacity)
-        previous = _LOADED.get(kind)
-        held = previous.rows if previous is not None and previous.settings == settings else {}
-        new = [entry for entry in entries if entry["key"] not in held]
-        built = {entry["key"]: transitions_for([get_episode(store, entry["key"])], algo, stage) for entry in new}
         if not entries:
             out[kind] = None
             _LOADED.pop(kind, None)
             continue
-        pieces, rows, offset = [], {}, 0
+        previous = _LOADED.get(kind)
+        held = previous.rows if previous is not None and previous.settings == settings else {}
+        pieces: dict[str, Piece] = {key: {name: values[begin:end] for name, values in previous.data.items()}
+                                    for key, (begin, end) in held.items()}
+        wanted = {entry["key"] for entry in entries} - set(pieces)
+        segments = sorted(store.list(replay_segments_prefix(kind, digest), ".npz"))
+        if wanted:
+            pieces.update(_segment_pieces(store, segments, wanted))
+        built = {entry["key"]: transitions_for([get_episode(store, entry["key"])], algo, stage)
+                 for entry in entries if entry["key"] not in pieces}
+        pieces.update(built)
+        rows, offset = {}, 0
         for entry in entries:
-            key = entry["key"]
-            if key in built:
-                piece = built.pop(key)
-            else:
-                begin, end = held[key]
-                piece = {name: values[begin:end] for name, values in previous.data.items()}
-            size = len(piece["obs"])
-            rows[key] = (offset, offset + size)
+            size = len(pieces[entry["key"]]["obs"])
+            rows[entry["key"]] = (offset, offset + size)
             offset += size
-            pieces.append(piece)
-        out[kind] = {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
+        out[kind] = {name: np.concatenate([pieces[entry["key"]][name] for entry in entries])
+                     for name in pieces[entries[0]["key"]]}
         _LOADED[kind] = LoadedBuffer(settings, rows, out[kind])
+        if write_segments and built:
+            if len(segments) + 1 > COMPACT_AFTER_SEGMENTS:  # one segment of what this load chose instead
+                _write_segment(store, replay_segment_key(kind, digest, _now_us()), {k: pieces[k] for k in rows})
+                for key in segments:
+                    store.delete(key)
+            else:
+                _write_segment(store, replay_segment_key(kind, digest, _now_us()), built)
     return out
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _write_segment(store: ObjectStore, key: str, pieces: dict[str, Piece]) -> None:
+    """An ``.npz`` of plain arrays (read back without pickle): the pieces concatenated, with each
+    episode's key and row count."""
+    names = next(iter(pieces.values())).keys()
+    arrays = {name: np.concatenate([piece[name] for piece in pieces.values()]) for name in names}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays, segment_episode_keys=np.asarray(list(pieces)),
+             segment_episode_rows=np.asarray([len(piece["obs"]) for piece in pieces.values()], np.int64))
+    store.put_atomic(key, buffer.getvalue())
+
+
+def _segment_pieces(store: ObjectStore, segments: list[str], wanted: set[str]) -> dict[str, Piece]:
+    """The wanted episodes' transitions found in these segments (newest first). A segment that is gone
+    (compacted meanwhile) or unreadable is skipped: its episodes are built from the buffer instead."""
+    found: dict[str, Piece] = {}
+    for segment in reversed(segments):
+        if not wanted - set(found):
+            break
+        try:
+            with np.load(io.BytesIO(store.get(segment)), allow_pickle=False) as data:
+                keys = [str(key) for key in data["segment_episode_keys"]]
+                if not set(keys) & (wanted - set(found)):
+                    continue
+                ends = np.cumsum(data["segment_episode_rows"])
+                arrays = {name: data[name] for name in data.files if not name.startswith("segment_")}
+        except (StoreError, OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            log.warning("replay segment %s skipped (%s): its episodes are read from the buffer", segment, error)
+            continue
+        for index, key in enumerate(keys):
+            if key in wanted and key not in found:
+                begin = int(ends[index - 1]) if index else 0
+                found[key] = {name: values[begin:int(ends[index])] for name, values in arrays.items()}
+    return found
 
 
 def demo_rows(transitions: dict[str, dict[str, np.ndarray] | None]) -> dict[str, np.ndarray] | None:
@@ -357,12 +418,12 @@ def plan_snapshot_training(store: ObjectStore, manifest: dict, algo: Any, method
         learner, state, _ = load_checkpoint(store, parent)
         start_step = int(state.step)
         seed += start_step  # fresh batches each round (the step moves on), distinct ones on each host
-        data = load_snapshot_transitions(store, manifest, algo, "online")
+        data = load_snapshot_transitions(store, manifest, algo, "online", write_segments=process_index == 0)
         replay = replay_from(data["offline"], data["online"], algo, seed, method)
         steps = steps or online_update_budget(algo, replay.sizes["online"])
     else:
         learner, state, start_step = new_learner(algo, method), None, 0
-        data = load_snapshot_transitions(store, manifest, algo, "offline")
+        data = load_snapshot_transitions(store, manifest, algo, "offline", write_segments=process_index == 0)
         demos = demo_rows(data) if algo.pretrain_steps else None
         replay = replay_from(data["offline"], data["online"], algo, seed, method)
         steps = staging_steps(algo, method) + (steps or algo.offline_steps)

@@ -103,6 +103,15 @@ def checkpoint_key(run_prefix: str, step: int) -> str:
     return f"{run_prefix}/step-{step:09d}"
 
 
+def replay_segments_prefix(kind: BufferKind, settings_digest: str) -> str:
+    """Built transitions of one buffer under one set of n-step settings (lwd_core.algo.training)."""
+    return f"replay-segments/{_checked_kind(kind)}/{safe_name(settings_digest, 'settings digest')}"
+
+
+def replay_segment_key(kind: BufferKind, settings_digest: str, stamp_us: int) -> str:
+    return f"{replay_segments_prefix(kind, settings_digest)}/{stamp_us:020d}.npz"
+
+
 def eval_cache_key(digest: str) -> str:
     return f"evals/{safe_name(digest, 'evaluation digest')}.json"
 
