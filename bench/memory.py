@@ -7,6 +7,8 @@ read, n-step transitions built, the mixed replay assembled) and reports its peak
 Episodes are read a block at a time and never kept, and each buffer is capped at
 ``algo.replay_capacity`` transitions, so the peak levels off at the cap instead of growing with the
 buffer. ``--capacity`` sets the cap (default: the config's, 1M); the run without a cap is the contrast.
+A second fresh process then plans the same run again: it takes the transitions the first one built
+from the store's replay segments instead of reading and building every episode (``from_segments``).
 
     uv run python bench/memory.py [--sizes 10000 100000 1000000] [--capacity 100000]
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,11 +90,14 @@ def main() -> None:
         write_buffer(url, size)
         written_s = time.perf_counter() - started
         row = {"buffer_transitions": size, "write_s": round(written_s, 1)}
-        for capacity in dict.fromkeys([args.capacity, 0]):
+        first = f"cap_{args.capacity}" if args.capacity else "no_cap"
+        runs = [(args.capacity, first), (args.capacity, "from_segments")] + ([(0, "no_cap")] if args.capacity else [])
+        for capacity, tag in runs:
+            if tag == "no_cap" and first != tag:  # from the episodes, like the first load
+                shutil.rmtree(Path(url.removeprefix("file://")) / "replay-segments", ignore_errors=True)
             out = subprocess.run([sys.executable, "-c", _PLAN.format(root=str(ROOT), url=url, capacity=capacity)],
                                  capture_output=True, text=True, check=True)
             measured = json.loads(out.stdout.strip().splitlines()[-1])
-            tag = f"cap_{capacity}" if capacity else "no_cap"
             row[tag] = {"peak_rss_mb": round(measured["peak_rss_mb"]), "rows_loaded": measured["rows"],
                         "load_s": round(measured["seconds"], 1)}
         points.append(row)
