@@ -255,7 +255,8 @@ def test_suite_instructions_have_no_token_collisions():
 def test_snapshot_loads_are_capped_and_incremental(local_store, monkeypatch):
     """Within replay_capacity (a choice that holds across rounds), and a second load reads only the
     episodes the first did not hold, with the same rows as a load from scratch; a fresh process reads
-    none (the replay segments hold them), and an unreadable segment only costs reading its episodes."""
+    none (the replay segments hold them), an unreadable segment only costs reading its episodes, and
+    past the segment limit a load leaves one segment of its whole choice."""
     from lwd_core.algo import training
     from lwd_core.config import AlgoConfig
     from lwd_core.data.layout import buffer_key, put_episode
@@ -291,11 +292,21 @@ def test_snapshot_loads_are_capped_and_incremental(local_store, monkeypatch):
     segments = local_store.list("replay-segments/online", ".npz")
     assert len(segments) == 2  # what each of the two loads built
     local_store.put_atomic(segments[0], b"not an npz")
+    monkeypatch.setattr(training, "COMPACT_AFTER_SEGMENTS", 2)  # this load's new segment would be the third
     training._LOADED.clear()
     again = training.load_snapshot_transitions(local_store, {"episodes": first + more}, algo, "online")["online"]
     assert reads and set(reads) <= {entry["key"] for entry in first}, "only the lost segment's episodes are read"
     for name in fresh:
         np.testing.assert_array_equal(again[name], fresh[name])
+
+    (compacted,) = local_store.list("replay-segments/online", ".npz")
+    assert compacted not in segments
+    training._LOADED.clear()
+    reads.clear()
+    last = training.load_snapshot_transitions(local_store, {"episodes": first + more}, algo, "online")["online"]
+    assert reads == [], "the compacted segment holds the whole choice"
+    for name in fresh:
+        np.testing.assert_array_equal(last[name], fresh[name])
 
 
 def test_a_second_process_loads_compiled_programs_from_the_cache(tmp_path):

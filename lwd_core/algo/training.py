@@ -109,8 +109,9 @@ def load_snapshot_transitions(store: ObjectStore, manifest: dict, algo: Any, sta
         pieces: dict[str, Piece] = {key: {name: values[begin:end] for name, values in previous.data.items()}
                                     for key, (begin, end) in held.items()}
         wanted = {entry["key"] for entry in entries} - set(pieces)
-        segments = sorted(store.list(replay_segments_prefix(kind, digest), ".npz"))
+        segments: list[str] = []
         if wanted:
+            segments = sorted(store.list(replay_segments_prefix(kind, digest), ".npz"))
             pieces.update(_segment_pieces(store, segments, wanted))
         built = {entry["key"]: transitions_for([get_episode(store, entry["key"])], algo, stage)
                  for entry in entries if entry["key"] not in pieces}
@@ -124,12 +125,14 @@ def load_snapshot_transitions(store: ObjectStore, manifest: dict, algo: Any, sta
                      for name in pieces[entries[0]["key"]]}
         _LOADED[kind] = LoadedBuffer(settings, rows, out[kind])
         if write_segments and built:
+            key = replay_segment_key(kind, digest, _now_us())
             if len(segments) + 1 > COMPACT_AFTER_SEGMENTS:  # one segment of what this load chose instead
-                _write_segment(store, replay_segment_key(kind, digest, _now_us()), {k: pieces[k] for k in rows})
-                for key in segments:
-                    store.delete(key)
+                _write_segment(store, key, out[kind], {k: end - begin for k, (begin, end) in rows.items()})
+                for old in segments:
+                    store.delete(old)
             else:
-                _write_segment(store, replay_segment_key(kind, digest, _now_us()), built)
+                arrays = {name: np.concatenate([piece[name] for piece in built.values()]) for name in out[kind]}
+                _write_segment(store, key, arrays, {k: len(piece["obs"]) for k, piece in built.items()})
     return out
 
 
@@ -137,14 +140,12 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-def _write_segment(store: ObjectStore, key: str, pieces: dict[str, Piece]) -> None:
-    """An ``.npz`` of plain arrays (read back without pickle): the pieces concatenated, with each
-    episode's key and row count."""
-    names = next(iter(pieces.values())).keys()
-    arrays = {name: np.concatenate([piece[name] for piece in pieces.values()]) for name in names}
+def _write_segment(store: ObjectStore, key: str, arrays: dict[str, np.ndarray], rows: dict[str, int]) -> None:
+    """An ``.npz`` of plain arrays (read back without pickle): transitions of consecutive episodes, with
+    each episode's key and row count (``rows``, in order)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays, segment_episode_keys=np.asarray(list(pieces)),
-             segment_episode_rows=np.asarray([len(piece["obs"]) for piece in pieces.values()], np.int64))
+    np.savez(buffer, **arrays, segment_episode_keys=np.asarray(list(rows)),
+             segment_episode_rows=np.asarray(list(rows.values()), np.int64))
     store.put_atomic(key, buffer.getvalue())
 
 
