@@ -270,8 +270,10 @@ class ObjectStore:
             raise ValueError(f"{key!r} does not name an object inside the store")
         path = posixpath.join(self.root, key)
         if self.protocol == "file":
-            if os.path.lexists(path):
-                os.unlink(path)
+            try:
+                os.unlink(path)  # one syscall: no existence check first
+            except FileNotFoundError:
+                pass
         elif self.fs.exists(path):
             self.fs.rm_file(path)
 

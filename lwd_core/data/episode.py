@@ -164,7 +164,8 @@ class Episode:
         done = np.zeros(steps, dtype=bool)
         done[-1] = True
         strings = {"episode_id": self.episode_id, **self.metadata()}
-        columns: dict[str, pa.Array] = {name: pa.array([value] * steps, pa.string()) for name, value in strings.items()}
+        columns: dict[str, pa.Array] = {name: pa.repeat(pa.scalar(value, pa.string()), steps)
+                                        for name, value in strings.items()}
         columns.update({
             "step": pa.array(np.arange(steps, dtype=np.int32)),
             "obs": _list_array(self.observations),
@@ -303,6 +304,7 @@ _ARROW_SCALARS = {"step": pa.int32(), "chunk_pos": pa.int16(), "reward": pa.floa
 
 @functools.cache
 def _canonical_schemas() -> tuple[pa.Schema, pa.Schema]:
+    """The schema this module's files read back as, and the one it writes."""
     one_step = Episode(robot_id="r", task_id="t", instruction="i", policy_version="v", source="rollout",
                        outcome="failure", observations=np.zeros((1, 1)), actions=np.zeros((1, 1)), rewards=[-1.0],
                        successes=[False], interventions=[False], terminals=[False], chunk_pos=[0], timestamps_us=[1],
@@ -310,7 +312,8 @@ def _canonical_schemas() -> tuple[pa.Schema, pa.Schema]:
     written = one_step.to_arrow()
     sink = pa.BufferOutputStream()
     pq.write_table(written, sink, **_WRITE_OPTIONS)
-    return written.schema, _open_parquet(sink.getvalue().to_pybytes()).schema_arrow
+    # Read-back first: it is what ingest and training compare most.
+    return _open_parquet(sink.getvalue().to_pybytes()).schema_arrow, written.schema
 
 
 def check_arrow_schema(schema: pa.Schema) -> None:
