@@ -375,3 +375,70 @@ def plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def pool_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one experiment on different training seeds (results.json of each), pooled.
+
+    Per arm: success over every evaluation episode of every run (Wilson interval) and each run's
+    success. Per comparison with the reference arm: the runs' paired wins and losses summed and one
+    exact sign test on them (McNemar stratified by run: under "no difference" every discordant pair is
+    a fair coin whichever run it comes from), and each run's difference. The test treats each run's
+    trained policies as given; the spread of the per-run differences is what training seeds add.
+    """
+    from scipy.stats import binomtest
+
+    if len(runs) < 2:
+        raise ValueError("pooling needs at least two runs")
+    first = runs[0]
+    for run in runs[1:]:
+        for field in ("tasks", "eval_seed", "reference_arm"):
+            if run[field] != first[field]:
+                raise ValueError(f"runs differ in {field}: {first[field]!r} vs {run[field]!r}; only runs "
+                                 "of one experiment on different training seeds pool")
+    seeds = [run["train_seed"] for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"training seeds repeat ({seeds}): the same run counted twice")
+    arms: dict[str, Any] = {}
+    for key, arm in first["arms"].items():
+        if any(key not in run["arms"] for run in runs):
+            continue
+        finals = [run["arms"][key]["final"] for run in runs]
+        if len({final["episodes"] for final in finals}) != 1:
+            raise ValueError(f"arm {key!r} was evaluated on different episode counts across runs")
+        successes = sum(round(final["success"] * final["episodes"]) for final in finals)
+        episodes = sum(final["episodes"] for final in finals)
+        arms[key] = {"label": arm["label"], "success": successes / episodes,
+                     "ci": list(wilson_interval(successes, episodes)), "episodes": episodes,
+                     "per_run": [final["success"] for final in finals]}
+    comparisons: dict[str, Any] = {}
+    for key in arms:
+        tests = [run["comparisons"].get(key) for run in runs]
+        if key == first["reference_arm"] or any(test is None for test in tests):
+            continue
+        wins, losses = sum(t["wins"] for t in tests), sum(t["losses"] for t in tests)
+        differences = [t["difference"] for t in tests]
+        comparisons[key] = {"difference": float(np.mean(differences)), "per_run": differences,
+                            "runs_ahead": sum(d > 0 for d in differences), "wins": wins, "losses": losses,
+                            "p_value": 1.0 if wins + losses == 0 else float(binomtest(wins, wins + losses, 0.5).pvalue)}
+    return {"tasks": first["tasks"], "eval_seed": first["eval_seed"], "train_seeds": seeds,
+            "reference_arm": first["reference_arm"], "arms": arms, "comparisons": comparisons}
+
+
+def pooled_markdown(pooled: dict[str, Any]) -> str:
+    seeds = pooled["train_seeds"]
+    reference = pooled["arms"].get(pooled["reference_arm"], {}).get("label", pooled["reference_arm"])
+    header = ["method", "mean success (95% CI)", *[f"seed {s}" for s in seeds],
+              f"{reference} minus it (per seed)", "wins / losses", "p"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, arm in pooled["arms"].items():
+        test = pooled["comparisons"].get(key)
+        cells = [arm["label"], f"{arm['success']:.1%} [{arm['ci'][0]:.0%}, {arm['ci'][1]:.0%}]",
+                 *[f"{s:.1%}" for s in arm["per_run"]]]
+        if test:
+            cells += [f"{test['difference'] * 100:+.1f} ({', '.join(f'{d * 100:+.1f}' for d in test['per_run'])})",
+                      f"{test['wins']} / {test['losses']}", f"{test['p_value']:.2g}"]
+        else:
+            cells += ["-", "-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

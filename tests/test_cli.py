@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 STAGES = ["ingest", "label-rewards", "snapshot", "train", "evaluate", "promote", "approve", "rollout",
-          "flywheel", "fleet", "generate-offline", "experiment", "config", "keys"]
+          "flywheel", "fleet", "generate-offline", "experiment", "experiment-pool", "config", "keys"]
 
 
 def _lwd(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -70,3 +70,15 @@ def test_a_bad_config_is_one_readable_line_and_exit_code_2(tmp_path):
 def test_version_option():
     result = _lwd("--version")
     assert result.returncode == 0 and result.stdout.startswith("lwd-flywheel ")
+
+
+def test_experiment_pool_reads_the_committed_runs_and_refuses_one_run_twice(tmp_path):
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parent.parent / "docs" / "results"
+    runs = [str(results / "experiment-reduced.json"), str(results / "experiment-reduced-seed1.json")]
+    pooled = _lwd("experiment-pool", *runs, "--out", str(tmp_path))
+    assert pooled.returncode == 0, pooled.stderr
+    assert "| LWD online |" in pooled.stdout and json.loads((tmp_path / "pooled.json").read_text())["train_seeds"] == [0, 1]
+    twice = _lwd("experiment-pool", runs[0], runs[0])
+    assert twice.returncode == 2 and "training seeds repeat" in twice.stderr

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lwd_core.config import AlgoConfig, ExperimentConfig
-from lwd_core.experiment import ARMS, Experiment
+from lwd_core.experiment import ARMS, Experiment, pool_runs, pooled_markdown
 from lwd_core.sim.evaluate import TaskResult, mcnemar_p, paired_comparison, summarize
 from lwd_core.sim.pool import SimPool
 
@@ -36,6 +36,30 @@ def test_paired_comparison_pairs_the_same_episodes():
     # Different seeds or episode counts are different episodes: no paired test.
     assert paired_comparison(before, after | {"seed": 1}) is None
     assert paired_comparison(before, _summary({"a": [True] * 4, "b": [True] * 10})) is None
+
+
+def _run(seed: int, reference: float, other: float, wins: int, losses: int, episodes: int = 20) -> dict:
+    arm = lambda label, success: {"label": label, "final": {"success": success, "episodes": episodes}}  # noqa: E731
+    return {"tasks": ["a"], "eval_seed": 5, "train_seed": seed, "reference_arm": "lwd-online",
+            "arms": {"bc": arm("BC", other), "lwd-online": arm("LWD online", reference)},
+            "comparisons": {"bc": {"difference": reference - other, "wins": wins, "losses": losses}}}
+
+
+def test_runs_on_different_training_seeds_pool_into_one_paired_test():
+    pooled = pool_runs([_run(0, 0.6, 0.4, wins=5, losses=1), _run(1, 0.5, 0.45, wins=3, losses=2)])
+    assert pooled["train_seeds"] == [0, 1]
+    assert pooled["arms"]["bc"]["success"] == pytest.approx((8 + 9) / 40)
+    assert pooled["arms"]["lwd-online"]["per_run"] == [0.6, 0.5]
+    test = pooled["comparisons"]["bc"]
+    assert (test["wins"], test["losses"], test["runs_ahead"]) == (8, 3, 2)
+    assert test["difference"] == pytest.approx((0.2 + 0.05) / 2)
+    assert test["p_value"] == pytest.approx(mcnemar_p(np.array([True] * 8 + [False] * 3),
+                                                      np.array([False] * 8 + [True] * 3)))
+    assert "BC" in pooled_markdown(pooled) and "LWD online minus it" in pooled_markdown(pooled)
+    with pytest.raises(ValueError, match="training seeds repeat"):
+        pool_runs([_run(0, 0.6, 0.4, 5, 1), _run(0, 0.6, 0.4, 5, 1)])
+    with pytest.raises(ValueError, match="eval_seed"):
+        pool_runs([_run(0, 0.6, 0.4, 5, 1), _run(1, 0.6, 0.4, 5, 1) | {"eval_seed": 6}])
 
 
 @pytest.fixture(scope="module")
