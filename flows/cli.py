@@ -71,14 +71,26 @@ def _options(version: Annotated[bool, typer.Option("--version", callback=_versio
 
 def _run(config: LWDConfig, stage: Callable[..., Any], **params: Any) -> Any:
     """Run a stage with the loaded config as its parameter; the config's Prefect API (if any) is used
-    unless PREFECT_API_URL is set explicitly."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    unless PREFECT_API_URL is set explicitly. The embedded temporary server sends no telemetry (as
+    under `make`), unless PREFECT_SERVER_ANALYTICS_ENABLED says otherwise: its heartbeat can meet the
+    fresh SQLite database still locked by migrations and log a traceback on a first run."""
+    import os
+
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
 
     from tasks.events import flush_events
 
-    api = {} if PREFECT_API_URL.value() or not config.orchestration.prefect_api_url else {
-        PREFECT_API_URL: config.orchestration.prefect_api_url}
-    with temporary_settings(updates=api):
+    updates: dict[Any, Any] = {}
+    if not PREFECT_API_URL.value() and config.orchestration.prefect_api_url:
+        updates[PREFECT_API_URL] = config.orchestration.prefect_api_url
+    if not PREFECT_API_URL.value() and not config.orchestration.prefect_api_url \
+            and "PREFECT_SERVER_ANALYTICS_ENABLED" not in os.environ:
+        updates[PREFECT_SERVER_ANALYTICS_ENABLED] = False
+    with temporary_settings(updates=updates):
         try:
             result = stage(config=config, **params)
         finally:
@@ -261,6 +273,27 @@ def experiment(config: ConfigOption = None) -> None:
     from flows.experiment import experiment
 
     _run(_load(config), experiment)
+
+
+@app.command("experiment-pool")
+def experiment_pool(
+    results: Annotated[list[Path], typer.Argument(help="results.json of each run (one per training seed).")],
+    out: Annotated[Path | None, typer.Option(help="Also write pooled.json and pooled.md into this folder.")] = None,
+) -> None:
+    """Pool `lwd experiment` runs on different training seeds: success over all their evaluation
+    episodes, each run's figure, and one paired test per arm against the reference arm."""
+    from lwd_core.experiment import pool_runs, pooled_markdown
+
+    try:
+        pooled = pool_runs([json.loads(path.read_text()) for path in results])
+    except (OSError, ValueError, KeyError) as exc:
+        raise typer.BadParameter(f"{type(exc).__name__}: {exc}") from exc
+    table = pooled_markdown(pooled)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pooled.json").write_text(json.dumps(pooled, indent=2))
+        (out / "pooled.md").write_text(table + "\n")
+    typer.echo(table)
 
 
 @fleet_app.command("up")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -82,3 +83,25 @@ def test_experiment_pool_reads_the_committed_runs_and_refuses_one_run_twice(tmp_
     assert "| LWD online |" in pooled.stdout and json.loads((tmp_path / "pooled.json").read_text())["train_seeds"] == [0, 1]
     twice = _lwd("experiment-pool", runs[0], runs[0])
     assert twice.returncode == 2 and "training seeds repeat" in twice.stderr
+
+
+def test_embedded_server_sends_no_telemetry_unless_asked(monkeypatch):
+    # Its heartbeat met a fresh SQLite database locked by migrations and logged a traceback.
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED
+
+    from flows.cli import _run
+    from lwd_core.config import LWDConfig
+
+    def analytics(config):
+        return PREFECT_SERVER_ANALYTICS_ENABLED.value()
+
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert _run(LWDConfig(), analytics) is False
+    # An explicit choice stands (Prefect reads its environment at start: a fresh process).
+    code = ("from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as A; from flows.cli import _run; "
+            "from lwd_core.config import LWDConfig; assert _run(LWDConfig(), lambda config: A.value()) is True")
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    result = subprocess.run([sys.executable, "-c", code], env=env | {"PREFECT_SERVER_ANALYTICS_ENABLED": "true"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
