@@ -60,11 +60,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds with --compare-qam")
     parser.add_argument("--window", type=int, default=10,
                         help="updates fused per call (lax.scan), as training fuses each logging window")
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="matmul dtype of our hidden layers (algo.compute_dtype); the reference stays float32")
     args = parser.parse_args()
 
     spec = LearnerSpec(
         obs_dim=args.obs_dim, action_dim=5, chunk=5, method=args.method, value_model=args.value_model,
         hidden_dims=(args.hidden,) * args.layers, critic_heads=args.heads, flow_steps=10,
+        compute_dtype=args.compute_dtype,
     )
     if args.steps % args.window:
         parser.error("--steps must be a multiple of --window")
@@ -129,6 +132,7 @@ def main() -> None:
         "batch": args.batch,
         "hidden": [args.hidden] * args.layers,
         "critic_heads": args.heads,
+        "compute_dtype": args.compute_dtype,
         "parameters": int(params),
         "first_window_s": round(first_window_s, 2),
         "steps": args.steps * rounds,

@@ -148,6 +148,9 @@ class AlgoConfig(_Section):
     critic_heads: int = Field(default=10, ge=1)
     hidden_dims: list[int] = Field(default_factory=lambda: [512, 512, 512, 512])
     flow_steps: int = Field(default=10, ge=1)
+    # Matmul dtype of the networks' hidden layers: "bfloat16" uses a GPU's tensor cores (parameters,
+    # optimiser state, LayerNorm, output layers and losses stay float32). On CPU it is slower (0.8x).
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
     # QAM inverse temperature: target policy ~ pi_beta * exp(beta * Q).
     qam_beta: float = Field(default=1.0, gt=0.0)
     # QAM's BC anchor: flow matching of the fine-tuned policy on demonstration and intervention rows only.

@@ -24,7 +24,7 @@ The LWD paper (arXiv 2605.00416) does not publish its exact loss or tau rule; ou
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -44,11 +44,12 @@ class DistributionalValue(nn.Module):
     hidden_dims: Sequence[int]
     vocab_size: int
     pixels: bool = False
+    dtype: Any = jnp.float32  # the hidden layers' matmul dtype (MLP)
 
     @nn.compact
     def __call__(self, obs: jax.Array, tokens: jax.Array) -> jax.Array:
         features = Observer(self.vocab_size, self.hidden_dims[0], pixels=self.pixels, encode_state=False)(obs, tokens)
-        return MLP(self.hidden_dims, self.size)(features)
+        return MLP(self.hidden_dims, self.size, dtype=self.dtype)(features)
 
 
 def support(v_min: float, v_max: float, bins: int) -> jax.Array:

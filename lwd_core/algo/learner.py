@@ -72,6 +72,9 @@ class LearnerSpec:
     vocab_size: int = VOCAB_SIZE
     max_tokens: int = MAX_TOKENS
     pixels: bool = False
+    # Matmul dtype of the networks' hidden layers; "bfloat16" is for GPUs (parameters, optimiser,
+    # LayerNorm, output layers and losses stay float32).
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -107,13 +110,14 @@ class Learner:
         self.spec = spec
         self.agent = get_agent(spec.method)
         hidden = spec.hidden_dims
-        self.critic = CriticEnsemble(spec.critic_heads, hidden, spec.vocab_size, spec.pixels)
+        dtype = jnp.dtype(spec.compute_dtype)
+        self.critic = CriticEnsemble(spec.critic_heads, hidden, spec.vocab_size, spec.pixels, dtype=dtype)
         scalar = self.agent.scalar_value(spec)
         self.value_rep = "quantile" if scalar else spec.value_representation
         self.value = divl.DistributionalValue(
-            self.value_rep, 1 if scalar else spec.value_size, hidden, spec.vocab_size, spec.pixels
+            self.value_rep, 1 if scalar else spec.value_size, hidden, spec.vocab_size, spec.pixels, dtype=dtype
         )
-        self.flow = FlowPolicy(spec.chunk, spec.action_dim, hidden, spec.vocab_size, spec.pixels)
+        self.flow = FlowPolicy(spec.chunk, spec.action_dim, hidden, spec.vocab_size, spec.pixels, dtype=dtype)
         self.atoms = divl.support(spec.value_min, spec.value_max, spec.value_size)
         self.tx = optax.chain(optax.clip_by_global_norm(spec.grad_clip), optax.adam(spec.learning_rate))
         self.flat_action_dim = spec.chunk * spec.action_dim

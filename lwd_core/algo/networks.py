@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -12,16 +13,20 @@ from lwd_core.algo.text import PAD_TOKEN
 
 
 class MLP(nn.Module):
-    """GELU + LayerNorm hidden layers (the QAM reference's critic recipe), linear output."""
+    """GELU + LayerNorm hidden layers (the QAM reference's critic recipe), linear output.
+
+    ``dtype`` is the hidden layers' matmul dtype (bfloat16: tensor cores on a GPU); parameters, the
+    LayerNorm and the output layer stay float32, so values and velocities keep full precision."""
 
     hidden_dims: Sequence[int]
     out_dim: int
     layer_norm: bool = True
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for width in self.hidden_dims:
-            x = nn.Dense(width)(x)
+            x = nn.Dense(width, dtype=self.dtype)(x)
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
             x = nn.gelu(x)
@@ -99,10 +104,11 @@ class CriticEnsemble(nn.Module):
     hidden_dims: Sequence[int]
     vocab_size: int
     pixels: bool = False
+    dtype: Any = jnp.float32  # the hidden layers' matmul dtype (MLP)
 
     @nn.compact
     def __call__(self, obs: jax.Array, tokens: jax.Array, actions: jax.Array) -> jax.Array:
-        heads = [_CriticHead(self.hidden_dims, self.vocab_size, self.pixels) for _ in range(self.heads)]
+        heads = [_CriticHead(self.hidden_dims, self.vocab_size, self.pixels, self.dtype) for _ in range(self.heads)]
         return jnp.stack([head(obs, tokens, actions) for head in heads])
 
 
@@ -110,12 +116,13 @@ class _CriticHead(nn.Module):
     hidden_dims: Sequence[int]
     vocab_size: int
     pixels: bool
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, obs: jax.Array, tokens: jax.Array, actions: jax.Array) -> jax.Array:
         features = Observer(self.vocab_size, self.hidden_dims[0], pixels=self.pixels, encode_state=False)(obs, tokens)
         x = jnp.concatenate([features, actions], axis=-1)
-        return MLP(self.hidden_dims, 1)(x)[..., 0]
+        return MLP(self.hidden_dims, 1, dtype=self.dtype)(x)[..., 0]
 
 
 def pessimistic(q_heads: jax.Array, std_weight: float) -> jax.Array:

@@ -55,6 +55,7 @@ class FlowPolicy(nn.Module):
     pixels: bool = False
     # Any Flax module mapping (obs, tokens) -> features; None builds our Observer (state or pixels).
     backbone: Any = None
+    dtype: Any = jnp.float32  # the trunk's matmul dtype (MLP)
 
     @property
     def flat_dim(self) -> int:
@@ -68,7 +69,7 @@ class FlowPolicy(nn.Module):
         self.context_projection = nn.Dense(width)  # [features, condition] part of the first layer, with its bias
         self.step_projection = nn.Dense(width, use_bias=False)  # [time, x_t] part
         self.first_norm = nn.LayerNorm()
-        self.trunk = MLP(tuple(self.hidden_dims[1:]), self.flat_dim)
+        self.trunk = MLP(tuple(self.hidden_dims[1:]), self.flat_dim, dtype=self.dtype)
 
     def context(self, obs: jax.Array, tokens: jax.Array, condition: jax.Array | None = None) -> jax.Array:
         """The first layer's pre-activation from the observation side, (B, hidden_dims[0])."""
