@@ -180,23 +180,31 @@ class ObjectStore:
             self.fs.pipe_file(path, data)
         return self.uri(key)
 
-    def put_many_atomic(self, items: list[tuple[str, bytes]], workers: int = 1) -> list[str]:
+    def put_many_atomic(self, items: list[tuple[str, bytes]], workers: int = 1,
+                        last: tuple[str, bytes] | None = None) -> list[str]:
         """:meth:`put_atomic` for many objects with one durability barrier (group commit): locally all
         temp files are written, one ``syncfs`` makes them durable, then each is renamed into place;
-        each object is still all-or-nothing. On S3 each PUT is atomic on its own (``workers`` at once)."""
-        if self.protocol != "file" or not items or _syncfs is None:
+        each object is still all-or-nothing. On S3 each PUT is atomic on its own (``workers`` at once).
+        ``last`` (an index naming the others, say) becomes visible only after all of them, on any store."""
+        if self.protocol != "file" or _syncfs is None or not (items or last):
             if workers <= 1 or len(items) <= 1:
-                return [self.put_atomic(key, data) for key, data in items]
-            from concurrent.futures import ThreadPoolExecutor
+                uris = [self.put_atomic(key, data) for key, data in items]
+            else:
+                from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                return list(pool.map(lambda item: self.put_atomic(*item), items))
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    uris = list(pool.map(lambda item: self.put_atomic(*item), items))
+            return uris + ([self.put_atomic(*last)] if last is not None else [])
+        items = [*items, last] if last is not None else items  # staged and renamed in order
         staged: list[tuple[str, str]] = []
+        made: set[str] = set()
         try:
             for key, data in items:
                 path = self._path(key)
                 directory = os.path.dirname(path)
-                os.makedirs(directory, exist_ok=True)
+                if directory not in made:
+                    os.makedirs(directory, exist_ok=True)
+                    made.add(directory)
                 tmp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
                 staged.append((tmp, path))
                 with open(tmp, "wb") as handle:

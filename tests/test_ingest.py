@@ -139,12 +139,19 @@ def test_duplicates_and_replays_are_buffered_once(local_store):
 _INGEST = """
 import json, os, sys
 sys.path.insert(0, "tests")
-from test_ingest import EXPECT
+from test_ingest import EXPECT, LABEL
 from lwd_core.data.ingest import ingest_batch, pending_raw
 from lwd_core.store import ObjectStore
 store = ObjectStore(os.environ["STORE_URL"], json.loads(os.environ["STORE_OPTIONS"]))
-ingest_batch(store, pending_raw(store), EXPECT, workers=1)
+ingest_batch(store, pending_raw(store), EXPECT, workers=1, label=LABEL)
 """
+
+
+def LABEL(episode):  # noqa: N802 - the labeller the crash tests' processes share
+    from lwd_core.data.labels import label_episode
+    from lwd_core.data.nstep import NStepSchedule
+
+    return label_episode(episode, 0.99, NStepSchedule())
 
 
 @pytest.mark.parametrize("nth", [1, 3])
@@ -158,10 +165,17 @@ def test_ingest_killed_after_buffering_is_exactly_once_on_rerun(s3_store, nth):
     assert killed.returncode == 137
     # The batch's buffer objects are written together (group commit); nth - 1 raw copies were removed.
     assert len(buffer_ids(s3_store)) == 4 and len(pending_raw(s3_store)) == 4 - nth + 1
-    report = ingest_batch(s3_store, pending_raw(s3_store), EXPECT)
+    report = ingest_batch(s3_store, pending_raw(s3_store), EXPECT, label=LABEL)
     assert report.count("duplicate") == 4 - nth + 1 and report.count("accepted") == 0
     assert sorted(buffer_ids(s3_store)) == sorted(e.episode_id for e in episodes)
     assert pending_raw(s3_store) == []
+    # Labelled exactly once: the labels table was committed with the episodes, before the crash.
+    from lwd_core.data.labels import read_labels, unlabelled_keys
+    from lwd_core.data.layout import labels_prefix
+
+    labels = read_labels(s3_store, s3_store.list(labels_prefix("online"), suffix=".parquet"))
+    assert sorted(labels["episode_id"]) == sorted(e.episode_id for e in episodes)
+    assert unlabelled_keys(s3_store, "online") == []
 
 
 def test_ingest_labels_what_it_buffers(local_store):
@@ -178,6 +192,30 @@ def test_ingest_labels_what_it_buffers(local_store):
     labels = read_labels(local_store, [report.labels_key])
     assert sorted(labels["episode_id"]) == sorted(e.episode_id for e in episodes)
     assert report.summary()["intervention_steps"] == sum(int(e.interventions.sum()) for e in episodes)
+
+
+def test_an_episode_the_labeller_fails_on_is_buffered_unlabelled_with_the_reason(local_store):
+    from lwd_core.data.labels import label_episode, read_labels, unlabelled_keys
+    from lwd_core.data.nstep import NStepSchedule
+
+    episodes = [fleet_episode(seed=90 + i) for i in range(3)]
+    for episode in episodes:
+        local_store.put_atomic(raw_key(ROBOT, episode.episode_id), episode.to_parquet_bytes())
+    schedule = NStepSchedule()
+
+    def label(episode):
+        if episode.episode_id == episodes[1].episode_id:
+            raise ValueError("no horizon for this task")
+        return label_episode(episode, 0.99, schedule)
+
+    report = ingest_batch(local_store, pending_raw(local_store), EXPECT, label=label)
+    assert report.count("accepted") == 3
+    failed = next(o for o in report.outcomes if o.episode_id == episodes[1].episode_id)
+    assert failed.reasons == ["not labelled: error: ValueError: no horizon for this task"]
+    assert sorted(read_labels(local_store, [report.labels_key])["episode_id"]) == sorted(
+        e.episode_id for e in (episodes[0], episodes[2]))
+    assert [key.rsplit("/", 1)[1] for key in unlabelled_keys(local_store, "online")] == [
+        f"{episodes[1].episode_id}.parquet"]
 
 
 _PARTITION_WORKER = """

@@ -162,6 +162,18 @@ def test_put_many_is_a_group_commit_of_whole_objects(any_store):
     assert any_store.get_bounded(items[0][0], 10) == 1000 and any_store.get_bounded(items[0][0], 5000) == items[0][1]
 
 
+def test_put_many_makes_the_last_object_visible_after_all_others(any_store, monkeypatch):
+    items = [(f"buffer/online/task=t/{i}.parquet", bytes([i]) * 100) for i in range(6)]
+    index = ("labels/online/1.parquet", b"names them")
+    order: list[str] = []
+    real_replace, real_put = os.replace, any_store.put_atomic
+    monkeypatch.setattr(os, "replace", lambda src, dst: (order.append(any_store.key_of(dst)), real_replace(src, dst))[1])
+    monkeypatch.setattr(any_store, "put_atomic", lambda key, data: (order.append(key), real_put(key, data))[1])
+    any_store.put_many_atomic(items, workers=3, last=index)
+    assert order[-1] == index[0] and sorted(order[:-1]) == sorted(key for key, _ in items)
+    assert any_store.get(index[0]) == index[1]
+
+
 def test_request_retries_bound_both_retry_layers_of_an_s3_store():
     from lwd_core.config import StorageConfig
 

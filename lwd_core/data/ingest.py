@@ -13,7 +13,8 @@ signature check (when configured) and the GX suite.
 
 Speed: each object is decoded once (:func:`~lwd_core.data.episode.decode_episode`), the micro-batch is
 validated in one pass, the batch's buffer objects share one durability barrier
-(:meth:`~lwd_core.store.ObjectStore.put_many_atomic`), and the appended episodes are labelled here.
+(:meth:`~lwd_core.store.ObjectStore.put_many_atomic`), and the appended episodes are labelled here,
+their labels table the last object of the same commit.
 Several ingest workers split ``raw/`` by episode id (:func:`partition_of`).
 """
 
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from lwd_core.data.episode import Episode, EpisodeFormatError, decode_episode
-from lwd_core.data.labels import write_labels
+from lwd_core.data.labels import labels_table
 from lwd_core.data.layout import (
     RAW_PREFIX,
     buffer_key,
@@ -228,7 +229,8 @@ def ingest_batch(
     reason, and the batch goes on. Reads (fetch, decode, hash, signature) and writes (re-encode, put,
     remove the raw copy) run on ``workers`` threads: the store's round trips and the Parquet codec
     release the GIL. With ``label``, the accepted episodes' labels are written as one table for the
-    batch (what is not labelled here, after a crash say, the label stage picks up)."""
+    batch, in the buffer objects' group commit and after them (what is not labelled here, after a
+    crash say, the label stage picks up)."""
     report = IngestReport()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") if workers > 1 else nullcontext() as pool:
         each = pool.map if pool is not None else map
@@ -262,8 +264,11 @@ def ingest_batch(
         # Re-encoded from the parsed episode: the buffer holds exactly what the id (and so the
         # signature) covers, never extra bytes or metadata an uploader slipped in beside it.
         encoded = list(each(lambda item: item[1].to_parquet_bytes(_signature_fields(item[2])), writes))
-        store.put_many_atomic([(outcome.destination, data) for (outcome, _, _), data in zip(writes, encoded, strict=True)],
-                              workers=workers)
+        objects = [(outcome.destination, data) for (outcome, _, _), data in zip(writes, encoded, strict=True)]
+        # The labels table shares the episodes' group commit and becomes visible after them.
+        labels = _labels(label, [(outcome, episode) for outcome, episode, _ in writes]) if label is not None else None
+        report.labels_key = labels[0] if labels is not None else None
+        store.put_many_atomic(objects, workers=workers, last=labels)
         ingested = now_us()
 
         def settle(outcome: Outcome) -> None:
@@ -272,9 +277,20 @@ def ingest_batch(
             store.discard(outcome.raw_key)
 
         list(each(settle, [outcome for outcome, _, _ in writes]))
-    if label is not None and writes:
-        report.labels_key = write_labels(store, "online", [label(episode) for _, episode, _ in writes])
     return report
+
+
+def _labels(label: Labeller, accepted: list[tuple[Outcome, Episode]]) -> tuple[str, bytes] | None:
+    """The labels table of the episodes being buffered. One the labeller fails on is buffered
+    unlabelled, with the reason on its outcome, for the label stage to retry (``unlabelled_keys``)
+    rather than holding back the batch."""
+    rows = []
+    for outcome, episode in accepted:
+        try:
+            rows.append(label(episode))
+        except Exception as exc:  # noqa: BLE001
+            outcome.reasons = bounded([*outcome.reasons, f"not labelled: {_error(exc)}"])
+    return labels_table("online", rows) if rows else None
 
 
 def write_ingest_log(store: ObjectStore, report: IngestReport, run_name: str) -> str:

@@ -54,13 +54,18 @@ def unlabelled_keys(store: ObjectStore, kind: BufferKind) -> list[str]:
     return [k for k in keys if k.rsplit("/", 1)[1].removesuffix(".parquet") not in done]
 
 
+def labels_table(kind: BufferKind, rows: list[dict]) -> tuple[str, bytes]:
+    """A labels table's key and bytes, for a writer that commits it with other objects."""
+    buffer = io.BytesIO()
+    pl.DataFrame(rows).write_parquet(buffer)
+    return labels_key(kind, now_us()), buffer.getvalue()
+
+
 def write_labels(store: ObjectStore, kind: BufferKind, rows: list[dict]) -> str | None:
     if not rows:
         return None
-    buffer = io.BytesIO()
-    pl.DataFrame(rows).write_parquet(buffer)
-    key = labels_key(kind, now_us())
-    store.put_atomic(key, buffer.getvalue())
+    key, data = labels_table(kind, rows)
+    store.put_atomic(key, data)
     return key
 
 
