@@ -85,10 +85,11 @@ def _run(config: LWDConfig, stage: Callable[..., Any], **params: Any) -> Any:
     from tasks.events import flush_events
 
     updates: dict[Any, Any] = {}
-    if not PREFECT_API_URL.value() and config.orchestration.prefect_api_url:
+    if PREFECT_API_URL.value():
+        pass  # an explicit API: nothing to add
+    elif config.orchestration.prefect_api_url:
         updates[PREFECT_API_URL] = config.orchestration.prefect_api_url
-    if not PREFECT_API_URL.value() and not config.orchestration.prefect_api_url \
-            and "PREFECT_SERVER_ANALYTICS_ENABLED" not in os.environ:
+    elif "PREFECT_SERVER_ANALYTICS_ENABLED" not in os.environ:  # the embedded temporary server
         updates[PREFECT_SERVER_ANALYTICS_ENABLED] = False
     with temporary_settings(updates=updates):
         try:

@@ -139,15 +139,15 @@ def test_duplicates_and_replays_are_buffered_once(local_store):
 _INGEST = """
 import json, os, sys
 sys.path.insert(0, "tests")
-from test_ingest import EXPECT, LABEL
+from test_ingest import EXPECT, label_for_crash_tests
 from lwd_core.data.ingest import ingest_batch, pending_raw
 from lwd_core.store import ObjectStore
 store = ObjectStore(os.environ["STORE_URL"], json.loads(os.environ["STORE_OPTIONS"]))
-ingest_batch(store, pending_raw(store), EXPECT, workers=1, label=LABEL)
+ingest_batch(store, pending_raw(store), EXPECT, workers=1, label=label_for_crash_tests)
 """
 
 
-def LABEL(episode):  # noqa: N802 - the labeller the crash tests' processes share
+def label_for_crash_tests(episode):  # importable by the killed process
     from lwd_core.data.labels import label_episode
     from lwd_core.data.nstep import NStepSchedule
 
@@ -165,7 +165,7 @@ def test_ingest_killed_after_buffering_is_exactly_once_on_rerun(s3_store, nth):
     assert killed.returncode == 137
     # The batch's buffer objects are written together (group commit); nth - 1 raw copies were removed.
     assert len(buffer_ids(s3_store)) == 4 and len(pending_raw(s3_store)) == 4 - nth + 1
-    report = ingest_batch(s3_store, pending_raw(s3_store), EXPECT, label=LABEL)
+    report = ingest_batch(s3_store, pending_raw(s3_store), EXPECT, label=label_for_crash_tests)
     assert report.count("duplicate") == 4 - nth + 1 and report.count("accepted") == 0
     assert sorted(buffer_ids(s3_store)) == sorted(e.episode_id for e in episodes)
     assert pending_raw(s3_store) == []
