@@ -166,7 +166,10 @@ def main() -> None:
         return {"accepted": min(n for _, n, _ in results), "labelled_after_ingest": max(n for _, _, n in results),
                 "ingest_plus_label_episodes_per_s": round(args.episodes / total, 1),
                 "ingest_plus_label_transitions_per_s": round(transitions / total),
-                "slowdown_vs_plain_copy": round(total / copy_s, 2)}
+                "slowdown_vs_plain_copy": round(total / copy_s, 2),
+                # Each repeat against the copy run just before it: the spread a shared machine adds.
+                "slowdown_per_repeat": [round(seconds / copy, 2) for (seconds, _, _), copy
+                                        in zip(results, runs["copy"], strict=True)]}
 
     print(json.dumps({
         "store": store.protocol, "episodes": args.episodes, "steps_per_episode": args.steps, "repeats": args.repeats,
