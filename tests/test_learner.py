@@ -247,12 +247,14 @@ def test_fused_updates_equal_single_updates(transitions):
 def test_bfloat16_matmuls_keep_float32_parameters_and_outputs(transitions):
     """compute_dtype bfloat16 runs the hidden layers' matmuls in bfloat16 (a GPU's tensor cores) while
     parameters, optimiser state, outputs and losses stay float32; the learner still learns."""
-    learner = Learner(tiny_spec(compute_dtype="bfloat16"))
+    learner, default = Learner(tiny_spec(compute_dtype="bfloat16")), Learner(tiny_spec())
     replay = MixedReplay(transitions, seed=0)
     state = learner.init(0)
     batch = replay.sample(64)
-    program = jax.make_jaxpr(lambda s: learner.update(s, batch))(state)
-    assert "bf16[" in str(program), "no bfloat16 arithmetic in the update"
+    critic_program = lambda lrn: str(jax.make_jaxpr(lrn.critic.apply)(  # noqa: E731
+        state.params["critic"], batch["obs"], batch["tokens"], batch["actions"]))
+    assert "bf16[" in critic_program(learner)
+    assert "bf16[" not in critic_program(default), "the default is untouched float32 arithmetic"
     state, history = train(learner, state, replay, 200)
     assert {str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(state.params)} == {"float32"}
     assert all(np.isfinite(v) for h in history for v in h.values())
@@ -260,8 +262,6 @@ def test_bfloat16_matmuls_keep_float32_parameters_and_outputs(transitions):
     assert window_mean(history, key, slice(-20, None)) < 0.7 * window_mean(history, key, slice(0, 20))
     actions = learner.act(learner.acting_params(state), batch["obs"][:4], batch["tokens"][:4], jax.random.PRNGKey(0))
     assert actions.dtype == np.float32 and np.all(np.abs(actions) <= 1.0)
-    # The default is untouched float32 arithmetic.
-    assert "bf16[" not in str(jax.make_jaxpr(lambda s: Learner(tiny_spec()).update(s, batch))(learner.init(0)))
 
 
 def test_suite_instructions_have_no_token_collisions():
