@@ -10,7 +10,6 @@ import hashlib
 import io
 import logging
 import math
-import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from lwd_core.data.layout import (
 )
 from lwd_core.data.nstep import NStepSchedule, Stage, build_transitions
 from lwd_core.memory import trim_heap
-from lwd_core.store import COMMIT_MANIFEST, ObjectStore, StoreError
+from lwd_core.store import COMMIT_MANIFEST, ObjectStore, StoreError, now_us
 from lwd_core.suite import ACTION_DIM, OBS_DIM, TASK_INDEX, TASK_SUITE
 
 log = logging.getLogger(__name__)
@@ -125,7 +124,7 @@ def load_snapshot_transitions(store: ObjectStore, manifest: dict, algo: Any, sta
                      for name in pieces[entries[0]["key"]]}
         _LOADED[kind] = LoadedBuffer(settings, rows, out[kind])
         if write_segments and built:
-            key = replay_segment_key(kind, digest, _now_us())
+            key = replay_segment_key(kind, digest, now_us())
             if len(segments) + 1 > COMPACT_AFTER_SEGMENTS:  # one segment of what this load chose instead
                 _write_segment(store, key, out[kind], {k: end - begin for k, (begin, end) in rows.items()})
                 for old in segments:
@@ -134,10 +133,6 @@ def load_snapshot_transitions(store: ObjectStore, manifest: dict, algo: Any, sta
                 arrays = {name: np.concatenate([piece[name] for piece in built.values()]) for name in out[kind]}
                 _write_segment(store, key, arrays, {k: len(piece["obs"]) for k, piece in built.items()})
     return out
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _write_segment(store: ObjectStore, key: str, arrays: dict[str, np.ndarray], rows: dict[str, int]) -> None:
