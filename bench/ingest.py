@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lwd_core.config import LWDConfig  # noqa: E402
 from lwd_core.data.episode import Episode  # noqa: E402
-from lwd_core.data.ingest import ingest_batch, pending_raw  # noqa: E402
+from lwd_core.data.ingest import ingest_next, pending_raw  # noqa: E402
 from lwd_core.data.labels import label_episode, unlabelled_keys, write_labels  # noqa: E402
 from lwd_core.data.layout import get_episode, raw_key  # noqa: E402
 from lwd_core.data.nstep import NStepSchedule  # noqa: E402
@@ -63,10 +63,9 @@ def bench_expectations() -> Expectations:
                         robots=frozenset(ROBOTS), policy_versions=frozenset({"policy-v1"}), max_steps=1000)
 
 
-def ingest_worker(store_url: str, data_dir: str, partition: int, partitions: int, batch: int, threads: int,
-                  ready, results) -> None:
-    """One ingest worker (a process): its partition of raw/, micro-batch by micro-batch, labelling as
-    it goes. Reports (start, end, accepted); imports and set-up happen before the shared start."""
+def ingest_worker(store_url: str, data_dir: str, index: int, batch: int, threads: int, ready, results) -> None:
+    """One ingest worker (a process): micro-batches from the shards of raw/ it leases, labelling as it
+    goes. Reports (start, end, accepted); imports and set-up happen before the shared start."""
     store = ObjectStore(store_url)
     config = LWDConfig(data_dir=data_dir)
     check = episode_signature_check(keyring_for(config, ROBOTS))
@@ -76,16 +75,15 @@ def ingest_worker(store_url: str, data_dir: str, partition: int, partitions: int
     def label(episode: Episode) -> dict:
         return label_episode(episode, config.algo.discount, schedule)
 
-    sample = fleet_episode(np.random.default_rng(partition), 0, 5)  # first-call costs outside the timing
+    sample = fleet_episode(np.random.default_rng(index), 0, 5)  # first-call costs outside the timing
     validate_episodes([Episode.from_parquet_bytes(sample.to_parquet_bytes())], expectations)
     pl.DataFrame([label(sample)]).write_parquet(io.BytesIO())
     ready.wait()
     start = time.monotonic()
-    keys = pending_raw(store, partition=partition, partitions=partitions)
     accepted = 0
-    for i in range(0, len(keys), batch):
-        accepted += ingest_batch(store, keys[i : i + batch], expectations, check_signature=check, label=label,
-                                 workers=threads).count("accepted")
+    while (report := ingest_next(store, f"bench-worker-{index}", expectations, batch_size=batch,
+                                 check_signature=check, label=label, workers=threads)) is not None:
+        accepted += report.count("accepted")
     results.put((start, time.monotonic(), accepted))
 
 
@@ -93,8 +91,8 @@ def timed_ingest(store: ObjectStore, data_dir: str, processes: int, batch: int, 
     """Wall seconds from the shared start to the last worker's end, and episodes accepted."""
     context = multiprocessing.get_context("spawn")
     ready, results = context.Barrier(processes + 1), context.Queue()
-    workers = [context.Process(target=ingest_worker, args=(store.url, data_dir, index, processes, batch, threads,
-                                                            ready, results)) for index in range(processes)]
+    workers = [context.Process(target=ingest_worker, args=(store.url, data_dir, index, batch, threads, ready, results))
+               for index in range(processes)]
     for worker in workers:
         worker.start()
     ready.wait()
@@ -113,7 +111,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="ingest threads per micro-batch")
     parser.add_argument("--processes", type=int, default=min(2, os.cpu_count() or 1),
-                        help="ingest workers, each over its partition of raw/ (a second run uses one)")
+                        help="ingest workers sharing raw/ through leased shards (a second run uses one)")
     args = parser.parse_args()
     store = ObjectStore(args.store or Path(tempfile.mkdtemp(prefix="lwd-bench-ingest-")).as_uri())
     data_dir = tempfile.mkdtemp(prefix="lwd-bench-")

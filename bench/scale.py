@@ -14,7 +14,7 @@ What is real and what is not:
   finishing the episode in hand).
 - Where one ingest worker saturates: ``ingest_capacity_episodes_per_s`` is what it ingested per busy
   second at the largest fleet, and ``robots_per_ingest_worker`` = capacity x episode length the fleet
-  size it keeps up with (past it: partition raw/ over workers, docs/operator-guide.md);
+  size it keeps up with (past it: several ingest runs at once, docs/operator-guide.md);
   ``fell_behind_at_robots`` names the first fleet where it ingested under 80% of what was offered.
 
     uv run python bench/scale.py [--robots 16 64 256 1024] [--seconds 60] [--actor-processes 2]

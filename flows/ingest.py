@@ -4,23 +4,36 @@ either way it finds its batch by listing ``raw/``, so a lost event only delays a
 
 from __future__ import annotations
 
+import uuid
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
 
 from lwd_core.config import LWDConfig, load_config
-from tasks.pipeline import ingest_micro_batch, list_uploaded
+from tasks.pipeline import count_uploaded, ingest_next_batch
 
 
 @flow(name="ingest")
-def ingest(limit: int = 0, batch_size: int = 64, partition: int = 0, partitions: int = 1,
-           config: LWDConfig | None = None) -> dict:
-    """With ``partitions`` > 1, this run takes only its partition of raw/ (by episode id), so that
-    several ingest workers share the uploads without ever handling the same episode."""
+def ingest(limit: int = 0, batch_size: int = 64, lease_s: float = 120.0, config: LWDConfig | None = None) -> dict:
+    """Micro-batch after micro-batch until nothing is waiting that another worker holds (or ``limit``
+    episodes are seen). Runs at the same time, here or on other machines, share raw/ through leases
+    on its shards, so no two handle one episode; ``lease_s`` is how long a dead run's shards wait."""
     config = config or load_config()
     logger = get_run_logger()
-    keys = list_uploaded(config, limit, partition, partitions)
-    batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
-    results = [ingest_micro_batch(config, batch, index) for index, batch in enumerate(batches)]
+    owner = f"ingest-{flow_run.get_id() or uuid.uuid4()}"
+    # At most what was waiting when the run started: later uploads are the next run's, and an object
+    # that cannot be removed is retried once per run, not forever.
+    waiting = count_uploaded(config)
+    budget = min(limit, waiting) if limit else waiting
+    results: list[dict] = []
+    seen = 0
+    while seen < budget:
+        result = ingest_next_batch(config, owner, len(results), min(batch_size, budget - seen), lease_s)
+        if result is None:
+            break
+        results.append(result)
+        seen += result["summary"]["seen"]
     totals = {"seen": 0, "accepted": 0, "quarantined": 0, "duplicates": 0, "transitions_accepted": 0,
               "successes": 0, "intervention_steps": 0}
     reasons: dict[str, int] = {}

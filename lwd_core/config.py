@@ -61,7 +61,7 @@ class StorageConfig(_Section):
     secret: SecretStr | None = None
     region: str | None = None
     # Threads per ingest micro-batch for object reads and writes (S3 round trips overlap; a local
-    # disk gains little, so scale a local ingest out with processes: `ingest --partitions`).
+    # disk gains little, so scale a local ingest out with several ingest runs at once).
     io_workers: int = Field(default=4, ge=1, le=64)
     # Attempts per S3 request on transient errors before the caller sees the failure, in botocore and
     # in s3fs's wrapper around it. None keeps the libraries' defaults (botocore's retries inside five

@@ -160,8 +160,9 @@ class ObjectStore:
         return path[len(root) :]
 
     # -- single objects ----------------------------------------------------------------------------
-    def put_atomic(self, key: str, data: bytes) -> str:
-        """Write ``data`` under ``key`` so that readers see either nothing or all of it."""
+    def put_atomic(self, key: str, data: bytes, durable: bool = True) -> str:
+        """Write ``data`` under ``key`` so that readers see either nothing or all of it; locally,
+        ``durable=False`` skips the fsync (state a crash may lose, a lease say, but never tear)."""
         path = self._path(key)
         if self.protocol == "file":
             directory = os.path.dirname(path)
@@ -170,8 +171,9 @@ class ObjectStore:
             try:
                 with open(tmp, "wb") as handle:
                     handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                    if durable:
+                        handle.flush()
+                        os.fsync(handle.fileno())
                 os.replace(tmp, path)
             finally:
                 if os.path.exists(tmp):
@@ -313,11 +315,12 @@ class ObjectStore:
             return None, None
         return json.loads(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
 
-    def put_json_if(self, key: str, obj: Any, generation: str | None) -> bool:
+    def put_json_if(self, key: str, obj: Any, generation: str | None, durable: bool = True) -> str | None:
         """Write only if the object is still at ``generation`` (None: only if it does not exist yet);
-        False when another writer got there first. S3 conditional writes (If-Match / If-None-Match);
-        locally an exclusive lock around the compare and the atomic rename."""
+        the new generation, or None when another writer got there first. S3 conditional writes
+        (If-Match / If-None-Match); locally an exclusive lock around the compare and the atomic rename."""
         data = json.dumps(obj, indent=2, sort_keys=True).encode()
+        written = hashlib.md5(data, usedforsecurity=False).hexdigest()
         if self.protocol == "file":
             path = self._path(key)
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -326,9 +329,9 @@ class ObjectStore:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 try:
                     if self.get_json_versioned(key)[1] != generation:
-                        return False
-                    self.put_atomic(key, data)
-                    return True
+                        return None
+                    self.put_atomic(key, data, durable)
+                    return written
                 finally:
                     fcntl.flock(handle, fcntl.LOCK_UN)
         bucket, _, name = self._path(key).partition("/")
@@ -338,17 +341,18 @@ class ObjectStore:
         except OSError as exc:  # s3fs wraps the S3 error; its code says whether the condition failed
             code = getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code")
             if code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                return False
+                return None
             raise
-        return True
+        return written
 
-    def update_json(self, key: str, change: Callable[[Any | None], Any], attempts: int = 50) -> Any:
+    def update_json(self, key: str, change: Callable[[Any | None], Any], attempts: int = 50,
+                    durable: bool = True) -> Any:
         """Read-modify-write that never loses a concurrent update: ``change`` (of the current object,
         None if absent) is retried on the newer object until its write lands."""
         for _ in range(attempts):
             current, generation = self.get_json_versioned(key)
             new = change(current)
-            if self.put_json_if(key, new, generation):
+            if self.put_json_if(key, new, generation, durable):
                 return new
             time.sleep(0.01)
         raise StoreError(f"{key!r}: gave up after {attempts} concurrent updates")

@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 
 from lwd_core.algo.compilation import use_compilation_cache
 from lwd_core.config import LWDConfig
-from lwd_core.data.ingest import ingest_batch, pending_raw, write_ingest_log
+from lwd_core.data.ingest import ingest_next, pending_raw, write_ingest_log
 from lwd_core.data.labels import label_episode, unlabelled_keys, write_labels
 from lwd_core.data.layout import get_episode, snapshot_key
 from lwd_core.data.snapshot import build_snapshot, load_snapshot
@@ -37,23 +37,27 @@ def expectations(config: LWDConfig) -> Expectations:
 
 
 @task(retries=3, retry_delay_seconds=[1, 5, 20])
-def list_uploaded(config: LWDConfig, limit: int = 0, partition: int = 0, partitions: int = 1) -> list[str]:
-    """Keys waiting in raw/ (retried: the object store may be briefly unreachable); with several
-    ingest workers, this worker's partition of them."""
-    return pending_raw(open_store(config), limit, partition, partitions)
+def count_uploaded(config: LWDConfig) -> int:
+    """Uploads waiting in raw/ (retried: the object store may be briefly unreachable)."""
+    return len(pending_raw(open_store(config)))
 
 
 @task(retries=3, retry_delay_seconds=[1, 5, 20], task_run_name="ingest-batch-{index}")
-def ingest_micro_batch(config: LWDConfig, keys: list[str], index: int) -> dict:
+def ingest_next_batch(config: LWDConfig, owner: str, index: int, batch_size: int = 64,
+                      lease_s: float = 120.0) -> dict | None:
+    """One micro-batch from the shards of raw/ this worker leases (retried: the object store may be
+    briefly unreachable); None when nothing is waiting that another worker does not hold."""
     from lwd_core.data.nstep import NStepSchedule
 
     store = open_store(config)
     keyring = keyring_for(config, fleet_ids(config))
     check = episode_signature_check(keyring) if config.fleet.require_signatures else None
     schedule = NStepSchedule.from_config(config.algo)
-    report = ingest_batch(store, keys, expectations(config), check_signature=check,
-                          label=lambda episode: label_episode(episode, config.algo.discount, schedule),
-                          workers=config.storage.io_workers)
+    report = ingest_next(store, owner, expectations(config), batch_size=batch_size, lease_s=lease_s,
+                         check_signature=check, workers=config.storage.io_workers,
+                         label=lambda episode: label_episode(episode, config.algo.discount, schedule))
+    if report is None:
+        return None
     log_key = write_ingest_log(store, report, f"batch{index}")
     return {"summary": report.summary(), "log": log_key,
             "quarantined": [{"raw_key": o.raw_key, "reasons": o.reasons} for o in report.outcomes

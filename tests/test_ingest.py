@@ -10,8 +10,16 @@ import sys
 import pytest
 from corpus import ROBOT, TASK, VERSION, bad_corpus, fleet_episode
 
-from lwd_core.data.ingest import ingest_batch, pending_raw
+from lwd_core.data.ingest import (
+    MIN_CLAIM,
+    claim_uploads,
+    ingest_batch,
+    pending_raw,
+    release_claim,
+    shard_of,
+)
 from lwd_core.data.layout import (
+    INGEST_LEASES_KEY,
     buffer_prefix,
     get_episode,
     quarantine_reason_key,
@@ -218,34 +226,90 @@ def test_an_episode_the_labeller_fails_on_is_buffered_unlabelled_with_the_reason
         f"{episodes[1].episode_id}.parquet"]
 
 
-_PARTITION_WORKER = """
-import json, os, sys
+def _upload_fleet(store, seeds) -> list:
+    episodes = [fleet_episode(seed=seed) for seed in seeds]
+    for episode in episodes:
+        store.put_atomic(raw_key(ROBOT, episode.episode_id), episode.to_parquet_bytes())
+    return episodes
+
+
+def test_claims_lease_disjoint_shards_and_release_them(any_store):
+    _upload_fleet(any_store, range(300, 340))
+    first = claim_uploads(any_store, "worker-a", batch_size=8)
+    second = claim_uploads(any_store, "worker-b", batch_size=8)
+    assert len(first.keys) == 8 and len(second.keys) == 8
+    assert not set(first.shards) & set(second.shards), "a shard is held by one worker at a time"
+    assert {shard_of(k) for k in first.keys} <= set(first.shards)
+    release_claim(any_store, first)
+    assert sorted(map(int, any_store.get_json(INGEST_LEASES_KEY)["shards"])) == sorted(second.shards)
+
+
+def test_a_dead_workers_leases_lapse_and_others_take_over(local_store):
+    _upload_fleet(local_store, range(340, 350))
+    dead = claim_uploads(local_store, "worker-dead", batch_size=64, lease_s=0.0)  # lapses at once
+    assert len(dead.keys) == 10
+    taken = claim_uploads(local_store, "worker-alive", batch_size=64)
+    assert taken.keys == dead.keys
+    release_claim(local_store, dead)  # too late: the shards are worker-alive's now
+    assert claim_uploads(local_store, "worker-late", batch_size=64).keys == [], "worker-alive keeps its shards"
+
+
+def test_a_claim_takes_a_fair_share_of_what_is_free_while_others_work(local_store):
+    _upload_fleet(local_store, range(350, 390))
+    busy = claim_uploads(local_store, "worker-a", batch_size=4)
+    held = sum(shard_of(key) in busy.shards for key in pending_raw(local_store))  # its shards' every upload
+    share = claim_uploads(local_store, "worker-b", batch_size=64)
+    assert len(share.keys) == max(MIN_CLAIM, -(-(40 - held) // 2)), "half of what worker-a does not hold"
+    release_claim(local_store, busy)
+    release_claim(local_store, share)
+
+
+def test_a_worker_that_found_nothing_no_longer_counts(local_store):
+    _upload_fleet(local_store, range(390, 430))
+    everything = claim_uploads(local_store, "worker-a", batch_size=64)
+    assert len(everything.keys) == 40, "alone, a claim takes a full batch"
+    assert claim_uploads(local_store, "worker-b", batch_size=64).keys == [], "worker-b stops, done"
+    release_claim(local_store, everything)
+    # Sharing with worker-a (it may claim again) but not with worker-b: half, not a third.
+    assert len(claim_uploads(local_store, "worker-c", batch_size=64).keys) == 20
+
+
+_SHARING_WORKER = """
+import json, os, sys, time
 sys.path.insert(0, "tests")
 from test_ingest import EXPECT
-from lwd_core.data.ingest import ingest_batch, pending_raw
+from lwd_core.data.ingest import claim_uploads, ingest_batch, release_claim
+from lwd_core.data.layout import INGEST_LEASES_KEY
 from lwd_core.store import ObjectStore
 store = ObjectStore(os.environ["STORE_URL"])
-partition = int(sys.argv[1])
-keys = pending_raw(store, partition=partition, partitions=2)
-accepted = sum(ingest_batch(store, keys[i:i + 8], EXPECT).count("accepted") for i in range(0, len(keys), 8))
-print(json.dumps({"partition": partition, "keys": keys, "accepted": accepted}))
+owner = sys.argv[1]
+keys, accepted, deadline = [], 0, time.monotonic() + 600
+while True:
+    claim = claim_uploads(store, owner, batch_size=8)
+    # Hold the first claim until the other worker has claimed too: both take a share on any machine.
+    while not keys and len(store.get_json(INGEST_LEASES_KEY)["workers"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not claim.keys:
+        break
+    keys += claim.keys
+    accepted += ingest_batch(store, claim.keys, EXPECT).count("accepted")
+    release_claim(store, claim)
+print(json.dumps({"keys": keys, "accepted": accepted}))
 """
 
 
 def test_two_ingest_workers_share_the_uploads_without_duplicates(local_store):
-    """Two worker processes, each over its partition of raw/, at the same time: every episode is
-    buffered once, including one uploaded twice (its copies share a name, so one worker has both)."""
-    episodes = [fleet_episode(seed=200 + i) for i in range(24)]
-    for episode in episodes:
-        local_store.put_atomic(raw_key(ROBOT, episode.episode_id), episode.to_parquet_bytes())
+    """Two worker processes over one raw/ at the same time, claiming leased shards: every episode is
+    buffered and labelled once, including one uploaded twice (its copies share a shard)."""
+    episodes = _upload_fleet(local_store, range(200, 224))
     again = episodes[0]
     local_store.put_atomic(f"raw/2026-11-25/{ROBOT}/{again.episode_id}.parquet", again.to_parquet_bytes())
     env = {**os.environ, "STORE_URL": local_store.url}
-    workers = [subprocess.Popen([sys.executable, "-c", _PARTITION_WORKER, str(p)], env=env, stdout=subprocess.PIPE,
-                                text=True) for p in (0, 1)]
+    workers = [subprocess.Popen([sys.executable, "-c", _SHARING_WORKER, owner], env=env, stdout=subprocess.PIPE,
+                                text=True) for owner in ("worker-a", "worker-b")]
     results = [json.loads(worker.communicate(timeout=600)[0].strip().splitlines()[-1]) for worker in workers]
     assert all(worker.returncode == 0 for worker in workers)
-    assert not set(results[0]["keys"]) & set(results[1]["keys"]), "the partitions are disjoint"
+    assert not set(results[0]["keys"]) & set(results[1]["keys"]), "no object was claimed twice"
     assert all(r["accepted"] > 0 for r in results), "both workers took a share"
     assert sum(r["accepted"] for r in results) == 24
     assert sorted(buffer_ids(local_store)) == sorted(e.episode_id for e in episodes)

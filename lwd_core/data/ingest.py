@@ -15,12 +15,14 @@ Speed: each object is decoded once (:func:`~lwd_core.data.episode.decode_episode
 validated in one pass, the batch's buffer objects share one durability barrier
 (:meth:`~lwd_core.store.ObjectStore.put_many_atomic`), and the appended episodes are labelled here,
 their labels table the last object of the same commit.
-Several ingest workers split ``raw/`` by episode id (:func:`partition_of`).
+Several workers share ``raw/`` by leasing shards of it for one micro-batch at a time
+(:func:`ingest_next`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -30,6 +32,7 @@ from typing import Literal
 from lwd_core.data.episode import Episode, EpisodeFormatError, decode_episode
 from lwd_core.data.labels import labels_table
 from lwd_core.data.layout import (
+    INGEST_LEASES_KEY,
     RAW_PREFIX,
     buffer_key,
     ingest_log_key,
@@ -94,22 +97,105 @@ class IngestReport:
                 "quarantine_reasons": reasons, "latency_s": latencies}
 
 
-def partition_of(raw: str, partitions: int) -> int:
-    """Which of ``partitions`` ingest workers owns a raw object: by its name (the episode id the
-    uploader gave), so every copy of one episode goes to the same worker and workers never race to
-    buffer the same episode; ids are hashes, so the split is even."""
-    return int.from_bytes(hashlib.blake2b(raw.rsplit("/", 1)[-1].encode(), digest_size=8).digest(), "big") % partitions
-
-
-def pending_raw(store: ObjectStore, limit: int = 0, partition: int = 0, partitions: int = 1) -> list[str]:
-    """Uploaded episodes waiting for ingestion, oldest day first; with ``partitions`` > 1, only those
-    of worker ``partition`` (:func:`partition_of`)."""
-    if not 0 <= partition < partitions:
-        raise ValueError(f"partition {partition} is not one of 0..{partitions - 1}")
+def pending_raw(store: ObjectStore, limit: int = 0) -> list[str]:
+    """Uploaded episodes waiting for ingestion, oldest day first."""
     keys = store.list(RAW_PREFIX, suffix=".parquet")
-    if partitions > 1:
-        keys = [key for key in keys if partition_of(key, partitions) == partition]
     return keys[:limit] if limit else keys
+
+
+# -- several workers: leased shards of raw/ -----------------------------------------------------------
+# raw/ splits into RAW_SHARDS by episode id, and a worker ingests from a shard only while it holds the
+# shard's lease: two workers never handle one episode (its copies all fall in one shard), the work
+# follows the backlog instead of a fixed split that one slow or dead worker holds up, and the leases of
+# a worker that died lapse after ``lease_s`` for the others to take over. The leases are one small
+# table object, so a claim is one read and one conditional write however many shards it takes.
+RAW_SHARDS = 64
+# With others at work, a claim takes its fair share of the unleased backlog (guided self-scheduling:
+# shares shrink as the backlog drains, so the workers finish together), but never less than this: a
+# micro-batch has fixed costs (its durability barrier, the suite run) that small batches multiply.
+MIN_CLAIM = 16
+
+
+def shard_of(raw: str) -> int:
+    """The shard of raw/ an upload is in: by its name (the episode id), so copies of one episode share it."""
+    return int.from_bytes(hashlib.blake2b(raw.rsplit("/", 1)[-1].encode(), digest_size=8).digest(), "big") % RAW_SHARDS
+
+
+@dataclass
+class Claim:
+    owner: str
+    keys: list[str]
+    shards: list[int]
+    claimed_us: int
+
+
+def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s: float = 120.0) -> Claim:
+    """Lease shards of raw/ for one micro-batch: the largest unleased shards first, up to ``batch_size``
+    uploads, or to a fair share of the unleased backlog among the workers still at work. A claim that
+    finds nothing marks its worker done, so the others stop counting it. The lease table is written
+    without an fsync: a crash that loses it loses claims, never an episode."""
+    pending: dict[int, list[str]] = {}
+    for key in pending_raw(store):
+        pending.setdefault(shard_of(key), []).append(key)
+    claim = Claim(owner, [], [], 0)
+    first = shard_of(owner)  # ties go round from a different shard per worker
+
+    def take(table: dict | None) -> dict:
+        now = now_us()
+        shards = {name: lease for name, lease in _section(table, "shards").items() if lease.get("expires_us", 0) > now}
+        workers = {name: seen for name, seen in _section(table, "workers").items()
+                   if not seen.get("done") and seen.get("seen_us", 0) > now - lease_s * 1e6 and name != owner}
+        free = sorted((shard for shard in pending if shards.get(str(shard), {}).get("owner") in (None, owner)),
+                      key=lambda shard: (-len(pending[shard]), (shard - first) % RAW_SHARDS))
+        backlog = sum(len(pending[shard]) for shard in free)
+        share = min(batch_size, max(MIN_CLAIM, math.ceil(backlog / (len(workers) + 1))))
+        claim.keys, claim.shards, claim.claimed_us = [], [], now
+        for shard in free:
+            if len(claim.keys) >= share:
+                break
+            claim.shards.append(shard)
+            claim.keys += pending[shard][: share - len(claim.keys)]
+            shards[str(shard)] = {"owner": owner, "claimed_us": now, "expires_us": now + int(lease_s * 1e6)}
+        workers[owner] = {"seen_us": now, "done": not claim.keys}
+        return {"shards": shards, "workers": workers}
+
+    store.update_json(INGEST_LEASES_KEY, take, durable=False)
+    claim.keys.sort()
+    return claim
+
+
+def _section(table: object, name: str) -> dict[str, dict]:
+    """One section of the lease table, whatever an older or damaged table holds there."""
+    section = table.get(name) if isinstance(table, dict) else None
+    return {key: value for key, value in section.items() if isinstance(value, dict)} if isinstance(section, dict) else {}
+
+
+def release_claim(store: ObjectStore, claim: Claim) -> None:
+    """Hand the claim's shards back; a lease that lapsed and was taken over is left to its new holder."""
+    if not claim.shards:
+        return
+
+    def give_back(table: dict | None) -> dict:
+        table = dict(table) if isinstance(table, dict) else {}
+        shards = _section(table, "shards")
+        for shard in claim.shards:
+            lease = shards.get(str(shard), {})
+            if lease.get("owner") == claim.owner and lease.get("claimed_us") == claim.claimed_us:
+                del shards[str(shard)]
+        return table | {"shards": shards}
+
+    store.update_json(INGEST_LEASES_KEY, give_back, durable=False)
+
+
+def ingest_next(store: ObjectStore, owner: str, expectations: Expectations, *, batch_size: int = 64,
+                lease_s: float = 120.0, **options) -> IngestReport | None:
+    """Claim, ingest (:func:`ingest_batch` with ``options``) and release one micro-batch; None when
+    nothing is waiting that another worker does not hold. ``lease_s`` must outlast a micro-batch."""
+    claim = claim_uploads(store, owner, batch_size, lease_s)
+    try:
+        return ingest_batch(store, claim.keys, expectations, **options) if claim.keys else None
+    finally:
+        release_claim(store, claim)
 
 
 def in_buffer(store: ObjectStore, task_id: str, episode_id: str) -> str | None:

@@ -3,6 +3,7 @@
     raw/<date>/<robot>/<episode_id>.parquet            written by edge clients (atomic)
     quarantine/<name>.parquet + .reason.json
     ingest/batches/<time>-<run>.json                   one report per ingest micro-batch
+    ingest/leases.json                                 which ingest worker holds which shard of raw/
     buffer/<offline|online>/task=<task>/<episode_id>.parquet
     buffer/offline/_DATASET.json                       what the offline generator produced
     labels/<offline|online>/<time>.parquet             reward labels, one row per episode
@@ -40,6 +41,7 @@ POLICY_FILE = "policy.msgpack"
 SPEC_FILE = "spec.json"
 RAW_PREFIX = "raw"
 INGEST_LOG_PREFIX = "ingest/batches"
+INGEST_LEASES_KEY = "ingest/leases.json"
 LABELS_PREFIX = "labels"
 SNAPSHOT_LATEST_KEY = "snapshots/_latest.json"
 CHECKPOINT_LATEST_KEY = "checkpoints/_latest.json"
