@@ -255,23 +255,31 @@ def test_a_dead_workers_leases_lapse_and_others_take_over(local_store):
 
 
 def test_a_claim_takes_a_fair_share_of_what_is_free_while_others_work(local_store):
-    _upload_fleet(local_store, range(350, 390))
+    _upload_fleet(local_store, range(500, 600))
     busy = claim_uploads(local_store, "worker-a", batch_size=4)
     held = sum(shard_of(key) in busy.shards for key in pending_raw(local_store))  # its shards' every upload
     share = claim_uploads(local_store, "worker-b", batch_size=64)
-    assert len(share.keys) == max(MIN_CLAIM, -(-(40 - held) // 2)), "half of what worker-a does not hold"
+    assert len(share.keys) == max(MIN_CLAIM, -(-(100 - held) // 2)), "half of what worker-a does not hold"
     release_claim(local_store, busy)
     release_claim(local_store, share)
 
 
 def test_a_worker_that_found_nothing_no_longer_counts(local_store):
-    _upload_fleet(local_store, range(390, 430))
-    everything = claim_uploads(local_store, "worker-a", batch_size=64)
-    assert len(everything.keys) == 40, "alone, a claim takes a full batch"
-    assert claim_uploads(local_store, "worker-b", batch_size=64).keys == [], "worker-b stops, done"
+    _upload_fleet(local_store, range(600, 700))
+    everything = claim_uploads(local_store, "worker-a", batch_size=100)
+    assert len(everything.keys) == 100, "alone, a claim takes a full batch"
+    assert claim_uploads(local_store, "worker-b", batch_size=100).keys == [], "worker-b stops, done"
     release_claim(local_store, everything)
     # Sharing with worker-a (it may claim again) but not with worker-b: half, not a third.
-    assert len(claim_uploads(local_store, "worker-c", batch_size=64).keys) == 20
+    assert len(claim_uploads(local_store, "worker-c", batch_size=100).keys) == 50
+
+
+def test_a_claim_leaves_no_runt_batch_behind(local_store):
+    _upload_fleet(local_store, range(700, 740))
+    busy = claim_uploads(local_store, "worker-a", batch_size=4)
+    rest = claim_uploads(local_store, "worker-b", batch_size=64)
+    held = sum(shard_of(key) in busy.shards for key in pending_raw(local_store))
+    assert len(rest.keys) == 40 - held, "a fair share would leave under MIN_CLAIM behind: it takes it all"
 
 
 _SHARING_WORKER = """

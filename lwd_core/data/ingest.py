@@ -111,9 +111,10 @@ def pending_raw(store: ObjectStore, limit: int = 0) -> list[str]:
 # table object, so a claim is one read and one conditional write however many shards it takes.
 RAW_SHARDS = 64
 # With others at work, a claim takes its fair share of the unleased backlog (guided self-scheduling:
-# shares shrink as the backlog drains, so the workers finish together), but never less than this: a
-# micro-batch has fixed costs (its durability barrier, the suite run) that small batches multiply.
-MIN_CLAIM = 16
+# shares shrink as the backlog drains, so the workers finish together), but never less than this, and
+# never leaves less than this behind: a micro-batch has fixed costs (its durability barrier, the suite
+# run) that small batches multiply.
+MIN_CLAIM = 32
 
 
 def shard_of(raw: str) -> int:
@@ -149,12 +150,17 @@ def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s:
                       key=lambda shard: (-len(pending[shard]), (shard - first) % RAW_SHARDS))
         backlog = sum(len(pending[shard]) for shard in free)
         share = min(batch_size, max(MIN_CLAIM, math.ceil(backlog / (len(workers) + 1))))
+        if backlog - share < MIN_CLAIM:
+            share = min(backlog, max(share, min(batch_size, backlog)))
         claim.keys, claim.shards, claim.claimed_us = [], [], now
-        for shard in free:
-            if len(claim.keys) >= share:
+        for shard in free:  # whole shards while they fit (a part left behind would be a runt batch)
+            room = share - len(claim.keys)
+            if room <= 0:
                 break
+            if len(pending[shard]) > room and claim.keys:
+                continue
             claim.shards.append(shard)
-            claim.keys += pending[shard][: share - len(claim.keys)]
+            claim.keys += pending[shard][:room]
             shards[str(shard)] = {"owner": owner, "claimed_us": now, "expires_us": now + int(lease_s * 1e6)}
         workers[owner] = {"seen_us": now, "done": not claim.keys}
         return {"shards": shards, "workers": workers}
