@@ -151,7 +151,7 @@ def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s:
         backlog = sum(len(pending[shard]) for shard in free)
         share = min(batch_size, max(MIN_CLAIM, math.ceil(backlog / (len(workers) + 1))))
         if backlog - share < MIN_CLAIM:
-            share = min(backlog, max(share, min(batch_size, backlog)))
+            share = min(batch_size, backlog)
         claim.keys, claim.shards, claim.claimed_us = [], [], now
         for shard in free:  # whole shards while they fit (a part left behind would be a runt batch)
             room = share - len(claim.keys)
