@@ -290,10 +290,14 @@ class ObjectStore:
     def list(self, prefix: str = "", suffix: str = "") -> list[str]:
         """Keys under ``prefix`` (a directory-like prefix), sorted, without in-flight temp files."""
         base = posixpath.join(self.root, prefix.strip("/")) if prefix else self.root
-        if not self.fs.exists(base):
+        if self.protocol == "file":  # os.walk: a fraction of fsspec's per-entry cost (ingest lists per claim)
+            paths = (os.path.join(directory, name) for directory, _, names in os.walk(base) for name in names)
+        elif self.fs.exists(base):
+            paths = self.fs.find(base)
+        else:
             return []
         keys = []
-        for path in self.fs.find(base):
+        for path in paths:
             name = posixpath.basename(path)
             if name.startswith(TEMP_PREFIX) or not name.endswith(suffix):
                 continue
