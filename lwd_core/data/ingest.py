@@ -131,8 +131,8 @@ class Claim:
 
 
 def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s: float = 120.0) -> Claim:
-    """Lease shards of raw/ for one micro-batch: the largest unleased shards first, up to ``batch_size``
-    uploads, or to a fair share of the unleased backlog among the workers still at work. A claim that
+    """Lease shards of raw/ for one micro-batch: free shards, least recently claimed first, up to
+    ``batch_size`` uploads, or to a fair share of the free backlog among the workers still at work. A claim that
     finds nothing marks its worker done, so the others stop counting it. The lease table is written
     without an fsync: a crash that loses it loses claims, never an episode."""
     pending: dict[int, list[str]] = {}
@@ -143,11 +143,13 @@ def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s:
 
     def take(table: dict | None) -> dict:
         now = now_us()
-        shards = {name: lease for name, lease in _section(table, "shards").items() if lease.get("expires_us", 0) > now}
+        shards = _section(table, "shards")
+        held = {name for name, lease in shards.items() if lease.get("expires_us", 0) > now and lease.get("owner") != owner}
         workers = {name: seen for name, seen in _section(table, "workers").items()
                    if not seen.get("done") and seen.get("seen_us", 0) > now - lease_s * 1e6 and name != owner}
-        free = sorted((shard for shard in pending if shards.get(str(shard), {}).get("owner") in (None, owner)),
-                      key=lambda shard: (-len(pending[shard]), (shard - first) % RAW_SHARDS))
+        # Least recently claimed first: every shard is served in turn, so no upload waits behind busier ones.
+        free = sorted((shard for shard in pending if str(shard) not in held),
+                      key=lambda shard: (shards.get(str(shard), {}).get("claimed_us", 0), (shard - first) % RAW_SHARDS))
         backlog = sum(len(pending[shard]) for shard in free)
         share = min(batch_size, max(MIN_CLAIM, math.ceil(backlog / (len(workers) + 1))))
         if backlog - share < MIN_CLAIM:
@@ -187,7 +189,7 @@ def release_claim(store: ObjectStore, claim: Claim) -> None:
         for shard in claim.shards:
             lease = shards.get(str(shard), {})
             if lease.get("owner") == claim.owner and lease.get("claimed_us") == claim.claimed_us:
-                del shards[str(shard)]
+                shards[str(shard)] = {"owner": None, "claimed_us": claim.claimed_us, "expires_us": 0}
         return table | {"shards": shards}
 
     store.update_json(INGEST_LEASES_KEY, give_back, durable=False)
