@@ -132,9 +132,9 @@ class Claim:
 
 def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s: float = 120.0) -> Claim:
     """Lease shards of raw/ for one micro-batch: free shards, least recently claimed first, up to
-    ``batch_size`` uploads, or to a fair share of the free backlog among the workers still at work. A claim that
-    finds nothing marks its worker done, so the others stop counting it. The lease table is written
-    without an fsync: a crash that loses it loses claims, never an episode."""
+    ``batch_size`` uploads, or to a fair share of the free backlog among the workers still at work.
+    A claim that finds nothing marks its worker done, so the others stop counting it. The lease table
+    is written without an fsync: a crash that loses it loses claims, never an episode."""
     pending: dict[int, list[str]] = {}
     for key in pending_raw(store):
         pending.setdefault(shard_of(key), []).append(key)
