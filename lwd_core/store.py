@@ -319,12 +319,11 @@ class ObjectStore:
             return None, None
         return json.loads(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
 
-    def put_json_if(self, key: str, obj: Any, generation: str | None, durable: bool = True) -> str | None:
+    def put_json_if(self, key: str, obj: Any, generation: str | None, durable: bool = True) -> bool:
         """Write only if the object is still at ``generation`` (None: only if it does not exist yet);
-        the new generation, or None when another writer got there first. S3 conditional writes
-        (If-Match / If-None-Match); locally an exclusive lock around the compare and the atomic rename."""
+        False when another writer got there first. S3 conditional writes (If-Match / If-None-Match);
+        locally an exclusive lock around the compare and the atomic rename."""
         data = json.dumps(obj, indent=2, sort_keys=True).encode()
-        written = hashlib.md5(data, usedforsecurity=False).hexdigest()
         if self.protocol == "file":
             path = self._path(key)
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -333,9 +332,9 @@ class ObjectStore:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 try:
                     if self.get_json_versioned(key)[1] != generation:
-                        return None
+                        return False
                     self.put_atomic(key, data, durable)
-                    return written
+                    return True
                 finally:
                     fcntl.flock(handle, fcntl.LOCK_UN)
         bucket, _, name = self._path(key).partition("/")
@@ -345,9 +344,9 @@ class ObjectStore:
         except OSError as exc:  # s3fs wraps the S3 error; its code says whether the condition failed
             code = getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code")
             if code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                return None
+                return False
             raise
-        return written
+        return True
 
     def update_json(self, key: str, change: Callable[[Any | None], Any], attempts: int = 50,
                     durable: bool = True) -> Any:
