@@ -30,6 +30,12 @@ from lwd_core.config import reveal
 TEMP_PREFIX = ".tmp-"
 
 
+def _listed(path: str, suffix: str) -> bool:
+    """Whether a listing names this path: never an in-flight temp file."""
+    name = posixpath.basename(path)
+    return not name.startswith(TEMP_PREFIX) and name.endswith(suffix)
+
+
 def _load_syncfs() -> Callable[[str], None] | None:
     """Linux ``syncfs(2)``: flush one filesystem's dirty data in one go (a group commit); None where
     there is none, and writers fsync file by file."""
@@ -296,13 +302,27 @@ class ObjectStore:
             paths = self.fs.find(base)
         else:
             return []
-        keys = []
-        for path in paths:
-            name = posixpath.basename(path)
-            if name.startswith(TEMP_PREFIX) or not name.endswith(suffix):
-                continue
-            keys.append(self.key_of(path))
-        return sorted(keys)
+        return sorted(self.key_of(path) for path in paths if _listed(path, suffix))
+
+    def list_modified(self, prefix: str = "", suffix: str = "") -> dict[str, float]:
+        """The keys :meth:`list` names, each with when it was last written (seconds since the epoch, by
+        the store's clock): S3 returns it in the same listing; locally one ``lstat`` per object."""
+        base = posixpath.join(self.root, prefix.strip("/")) if prefix else self.root
+        modified: dict[str, float] = {}
+        if self.protocol == "file":
+            for directory, _, names in os.walk(base):
+                for name in names:
+                    path = os.path.join(directory, name)
+                    if _listed(path, suffix):
+                        try:
+                            modified[self.key_of(path)] = os.lstat(path).st_mtime
+                        except FileNotFoundError:  # removed since the directory was read
+                            continue
+        elif self.fs.exists(base):
+            for path, info in self.fs.find(base, detail=True).items():
+                if _listed(path, suffix):
+                    modified[self.key_of(path)] = info["LastModified"].timestamp()
+        return modified
 
     def put_json(self, key: str, obj: Any) -> str:
         return self.put_atomic(key, json.dumps(obj, indent=2, sort_keys=True).encode())

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from corpus import ROBOT, TASK, VERSION, bad_corpus, fleet_episode
@@ -253,6 +254,24 @@ def test_shards_are_served_in_turn_so_no_upload_waits_behind_busier_ones(local_s
         claim = claim_uploads(local_store, "worker-a", batch_size=4)
         assert claim.keys and not set(claim.shards) & set(served), "a shard comes round again only after the rest"
         served += claim.shards
+        release_claim(local_store, claim)
+
+
+def test_claims_take_the_longest_waiting_uploads_first(local_store):
+    _upload_fleet(local_store, range(900, 940))
+    keys = pending_raw(local_store)
+    uploaded_at = {key: time.time() - 600 + age for age, key in enumerate(reversed(keys))}  # against name order
+    for key, when in uploaded_at.items():
+        os.utime(os.path.join(local_store.root, key), (when, when))
+    while waiting := pending_raw(local_store):
+        claim = claim_uploads(local_store, "worker-a", batch_size=4)
+        assert min(waiting, key=uploaded_at.get) in claim.keys, "the oldest upload goes first"
+        for shard in claim.shards:  # a shard taken in part gives its oldest uploads
+            taken = sorted(key for key in claim.keys if shard_of(key) == shard)
+            in_shard = sorted((key for key in waiting if shard_of(key) == shard), key=uploaded_at.get)
+            assert sorted(in_shard[: len(taken)]) == taken
+        for key in claim.keys:  # ingested
+            local_store.discard(key)
         release_claim(local_store, claim)
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -96,12 +97,24 @@ def test_local_reader_never_sees_partial_object(local_store: ObjectStore):
     assert os.listdir(root) == ["obj"]
 
 
+def test_listing_with_times_names_what_list_names_with_when_it_was_written(any_store: ObjectStore):
+    before = time.time()
+    any_store.put_atomic("raw/day/robot-1/a.parquet", b"aaa")
+    any_store.put_atomic("raw/day/robot-2/b.json", b"{}")
+    modified = any_store.list_modified("raw", suffix=".parquet")
+    assert list(modified) == any_store.list("raw", suffix=".parquet") == ["raw/day/robot-1/a.parquet"]
+    # S3 keeps whole seconds, and its clock is the server's (here this machine's).
+    assert before - 2 <= modified["raw/day/robot-1/a.parquet"] <= time.time() + 2
+    assert any_store.list_modified("nothing-here") == {}
+
+
 def test_temp_files_hidden_from_listing(local_store: ObjectStore):
     local_store.put_atomic("raw/a.parquet", b"1")
     # Simulate a writer that died mid-write: its temp file stays on disk.
     with open(os.path.join(local_store.root, "raw", ".tmp-dead-b.parquet"), "wb") as handle:
         handle.write(b"partial")
     assert local_store.list("raw") == ["raw/a.parquet"]
+    assert list(local_store.list_modified("raw")) == ["raw/a.parquet"]
 
 
 def test_s3_objects_are_visible_to_a_second_client(s3_store: ObjectStore, s3_server):

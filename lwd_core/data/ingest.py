@@ -131,12 +131,13 @@ class Claim:
 
 
 def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s: float = 120.0) -> Claim:
-    """Lease shards of raw/ for one micro-batch: free shards, least recently claimed first, up to
-    ``batch_size`` uploads, or to a fair share of the free backlog among the workers still at work.
-    A claim that finds nothing marks its worker done, so the others stop counting it. The lease table
-    is written without an fsync: a crash that loses it loses claims, never an episode."""
+    """Lease shards of raw/ for one micro-batch: free shards, longest waiting first, up to
+    ``batch_size`` uploads (oldest first), or to a fair share of the free backlog among the workers
+    still at work. A claim that finds nothing marks its worker done, so the others stop counting it.
+    The lease table is written without an fsync: a crash that loses it loses claims, never an episode."""
+    uploaded = store.list_modified(RAW_PREFIX, suffix=".parquet")
     pending: dict[int, list[str]] = {}
-    for key in pending_raw(store):
+    for key in sorted(uploaded, key=lambda key: (uploaded[key], key)):
         pending.setdefault(shard_of(key), []).append(key)
     claim = Claim(owner, [], [], 0)
     first = shard_of(owner)  # ties go round from a different shard per worker
@@ -147,9 +148,15 @@ def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s:
         held = {name for name, lease in shards.items() if lease.get("expires_us", 0) > now and lease.get("owner") != owner}
         workers = {name: seen for name, seen in _section(table, "workers").items()
                    if not seen.get("done") and seen.get("seen_us", 0) > now - lease_s * 1e6 and name != owner}
-        # Least recently claimed first: every shard is served in turn, so no upload waits behind busier ones.
+
+        def waiting_since(shard: int) -> float:
+            # Since its oldest upload (first come, first served: the backlog drains in order), or since
+            # its last turn if later: what a turn left behind, an upload that cannot be removed say,
+            # queues again behind the others instead of heading every claim.
+            return max(uploaded[pending[shard][0]] * 1e6, shards.get(str(shard), {}).get("claimed_us", 0))
+
         free = sorted((shard for shard in pending if str(shard) not in held),
-                      key=lambda shard: (shards.get(str(shard), {}).get("claimed_us", 0), (shard - first) % RAW_SHARDS))
+                      key=lambda shard: (waiting_since(shard), (shard - first) % RAW_SHARDS))
         backlog = sum(len(pending[shard]) for shard in free)
         share = min(batch_size, max(MIN_CLAIM, math.ceil(backlog / (len(workers) + 1))))
         if backlog - share < MIN_CLAIM:
