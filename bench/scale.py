@@ -12,6 +12,8 @@ What is real and what is not:
 - Per fleet size: a first release starts the fleet; a second one is published halfway and its
   release-to-robot latency measured on every robot (a robot swaps between episodes, so this includes
   finishing the episode in hand).
+- Episode-to-buffer latency runs from the episode's end; ``upload_to_buffer`` is its part spent in
+  raw/ waiting for ingest (the rest is the robot's: spooling, signing, uploading).
 - Where one ingest worker saturates: ``ingest_capacity_episodes_per_s`` is what it ingested per busy
   second at the largest fleet, and ``robots_per_ingest_worker`` = capacity x episode length the fleet
   size it keeps up with (past it: several ingest runs at once, docs/operator-guide.md);
@@ -168,6 +170,7 @@ def measure(robots: int, args, templates: dict[str, bytes]) -> dict:
     ready.wait()  # keys loaded, policies verified: the fleet starts together
     started = time.monotonic()
     latencies: list[float] = []
+    queued: list[float] = []  # the part of each latency spent in raw/, waiting for ingest
     busy_s, ingested, runs, released = 0.0, 0, 0, False
     drained = False
     while not drained:
@@ -182,6 +185,7 @@ def measure(robots: int, args, templates: dict[str, bytes]) -> dict:
             busy_s += spent
             ingested += totals["accepted"]
             latencies += totals["latency_s"]
+            queued += totals["queued_s"]
             runs += 1
         elif not drained:
             time.sleep(0.5)  # nothing uploaded yet: an idle worker waits for the next event
@@ -196,6 +200,7 @@ def measure(robots: int, args, templates: dict[str, bytes]) -> dict:
         "ingested_episodes": ingested, "ingest_runs": runs,
         "ingested_episodes_per_s": round(ingested / wall_s, 1),
         "episode_to_buffer_p50_s": pct(latencies, 50), "episode_to_buffer_p99_s": pct(latencies, 99),
+        "upload_to_buffer_p50_s": pct(queued, 50), "upload_to_buffer_p99_s": pct(queued, 99),
         "release_to_robot_p50_s": pct(distribution, 50), "release_to_robot_p99_s": pct(distribution, 99),
         "robots_on_new_release": len(distribution),
         "ingest_busy_share": round(busy_s / wall_s, 2),
@@ -235,11 +240,12 @@ def main() -> None:
     }
     print(json.dumps(result))
     header = f"{'robots':>7}{'offered/s':>11}{'ingested/s':>12}{'to buffer p50':>15}{'p99':>7}" \
-             f"{'to robot p50':>14}{'p99':>7}{'ingest busy':>13}"
+             f"{'in raw/ p50':>13}{'p99':>7}{'to robot p50':>14}{'p99':>7}{'ingest busy':>13}"
     print(header, file=sys.stderr)
     for p in points:
         print(f"{p['robots']:>7}{p['offered_episodes_per_s']:>11}{p['ingested_episodes_per_s']:>12}"
               f"{p['episode_to_buffer_p50_s']!s:>15}{p['episode_to_buffer_p99_s']!s:>7}"
+              f"{p['upload_to_buffer_p50_s']!s:>13}{p['upload_to_buffer_p99_s']!s:>7}"
               f"{p['release_to_robot_p50_s']!s:>14}{p['release_to_robot_p99_s']!s:>7}{p['ingest_busy_share']:>13}",
               file=sys.stderr)
 

@@ -38,12 +38,14 @@ def ingest(limit: int = 0, batch_size: int = 64, lease_s: float = 120.0, config:
               "successes": 0, "intervention_steps": 0}
     reasons: dict[str, int] = {}
     latencies: list[float] = []
+    queued: list[float] = []
     for result in results:
         for name in totals:
             totals[name] += result["summary"][name]
         for reason, count in result["summary"]["quarantine_reasons"].items():
             reasons[reason] = reasons.get(reason, 0) + count
         latencies += result["summary"]["latency_s"]
+        queued += result["summary"]["queued_s"]
     quarantined = [q for r in results for q in r["quarantined"]]
     create_table_artifact(key="ingest-counts", table=[totals | {"quarantine_reasons": str(reasons)}],
                           description="Episodes seen, accepted, quarantined and duplicated in this ingest run")
@@ -52,4 +54,4 @@ def ingest(limit: int = 0, batch_size: int = 64, lease_s: float = 120.0, config:
                                                               for q in quarantined],
                               description="Quarantined episodes and why")
     logger.info("ingest: %s; quarantine reasons %s", totals, reasons)
-    return totals | {"quarantine_reasons": reasons, "latency_s": sorted(latencies)}
+    return totals | {"quarantine_reasons": reasons, "latency_s": sorted(latencies), "queued_s": sorted(queued)}

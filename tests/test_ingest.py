@@ -15,6 +15,7 @@ from lwd_core.data.ingest import (
     MIN_CLAIM,
     claim_uploads,
     ingest_batch,
+    ingest_next,
     pending_raw,
     release_claim,
     shard_of,
@@ -273,6 +274,16 @@ def test_claims_take_the_longest_waiting_uploads_first(local_store):
         for key in claim.keys:  # ingested
             local_store.discard(key)
         release_claim(local_store, claim)
+
+
+def test_ingest_reports_how_long_each_episode_waited_in_raw(local_store):
+    _upload_fleet(local_store, range(950, 953))
+    for key in pending_raw(local_store):
+        os.utime(os.path.join(local_store.root, key), (time.time() - 30, time.time() - 30))
+    report = ingest_next(local_store, "worker-a", EXPECT)
+    assert report.count("accepted") == 3
+    assert all(29 < outcome.queued_s < 60 for outcome in report.outcomes)
+    assert report.summary()["queued_s"] == sorted(outcome.queued_s for outcome in report.outcomes)
 
 
 def test_a_dead_workers_leases_lapse_and_others_take_over(local_store):

@@ -64,13 +64,22 @@ class Outcome:
     success: bool | None = None
     intervention_steps: int = 0
     finished_us: int | None = None
+    uploaded_us: int | None = None  # as the store's listing dated it
     ingested_us: int | None = None
 
     @property
     def latency_s(self) -> float | None:
+        """Episode end to buffer."""
         if self.finished_us is None or self.ingested_us is None:
             return None
         return (self.ingested_us - self.finished_us) / 1e6
+
+    @property
+    def queued_s(self) -> float | None:
+        """Upload to buffer: the part of the latency spent waiting in raw/ (the rest is the robot's)."""
+        if self.uploaded_us is None or self.ingested_us is None:
+            return None
+        return (self.ingested_us - self.uploaded_us) / 1e6
 
 
 @dataclass
@@ -89,12 +98,13 @@ class IngestReport:
                 reasons[head] = reasons.get(head, 0) + 1
         accepted = [o for o in self.outcomes if o.status == "accepted"]
         latencies = sorted(o.latency_s for o in accepted if o.latency_s is not None)
+        queued = sorted(o.queued_s for o in accepted if o.queued_s is not None)
         return {"seen": len(self.outcomes), "accepted": self.count("accepted"),
                 "quarantined": self.count("quarantined"), "duplicates": self.count("duplicate"),
                 "transitions_accepted": sum(o.steps for o in accepted),
                 "successes": sum(bool(o.success) for o in accepted),
                 "intervention_steps": sum(o.intervention_steps for o in accepted),
-                "quarantine_reasons": reasons, "latency_s": latencies}
+                "quarantine_reasons": reasons, "latency_s": latencies, "queued_s": queued}
 
 
 def pending_raw(store: ObjectStore, limit: int = 0) -> list[str]:
@@ -128,6 +138,7 @@ class Claim:
     keys: list[str]
     shards: list[int]
     claimed_us: int
+    uploaded_us: dict[str, int] = field(default_factory=dict)  # per key, from the listing
 
 
 def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s: float = 120.0) -> Claim:
@@ -176,6 +187,7 @@ def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s:
 
     store.update_json(INGEST_LEASES_KEY, take, durable=False)
     claim.keys.sort()
+    claim.uploaded_us = {key: int(uploaded[key] * 1e6) for key in claim.keys}
     return claim
 
 
@@ -208,9 +220,14 @@ def ingest_next(store: ObjectStore, owner: str, expectations: Expectations, *, b
     nothing is waiting that another worker does not hold. ``lease_s`` must outlast a micro-batch."""
     claim = claim_uploads(store, owner, batch_size, lease_s)
     try:
-        return ingest_batch(store, claim.keys, expectations, **options) if claim.keys else None
+        if not claim.keys:
+            return None
+        report = ingest_batch(store, claim.keys, expectations, **options)
     finally:
         release_claim(store, claim)
+    for outcome in report.outcomes:
+        outcome.uploaded_us = claim.uploaded_us.get(outcome.raw_key)
+    return report
 
 
 def in_buffer(store: ObjectStore, task_id: str, episode_id: str) -> str | None:
