@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -38,22 +37,21 @@ def main() -> None:
     parser.add_argument("--ingest-every", type=float, default=5.0)
     parser.add_argument("--max-episode-steps", type=int, default=200)
     args = parser.parse_args()
-    os.environ["LWD_DATA_DIR"] = tempfile.mkdtemp(prefix="lwd-latency-")
-    os.environ.update({"LWD_FLEET__ROBOTS": str(args.robots), "LWD_FLEET__REALTIME_FACTOR": str(args.realtime),
-                       "LWD_FLEET__MAX_EPISODE_STEPS": str(args.max_episode_steps), "LWD_FLEET__POLL_SECONDS": "1.0"})
 
     from flows.fleet import fleet_supervisor
     from lwd_core.algo.checkpoint import save_checkpoint
     from lwd_core.algo.learner import Learner, LearnerSpec
     from lwd_core.config import load_config
-    from lwd_core.data.ingest import ingest_batch, pending_raw
+    from lwd_core.data.ingest import ingest_next
     from lwd_core.fleet.coordinator import Coordinator, release_for_checkpoint
     from lwd_core.security import episode_signature_check, keyring_for, release_signer
     from lwd_core.store import open_store
     from lwd_core.suite import ACTION_DIM, OBS_DIM, fleet_robot_ids
     from tasks.pipeline import expectations
 
-    config = load_config()
+    config = load_config(data_dir=tempfile.mkdtemp(prefix="lwd-latency-"))
+    config.fleet.robots, config.fleet.realtime_factor = args.robots, args.realtime
+    config.fleet.max_episode_steps, config.fleet.poll_seconds = args.max_episode_steps, 1.0
     store = open_store(config)
     keyring = keyring_for(config, fleet_robot_ids(config.fleet.robots))  # S3: keys from `lwd keys generate`
     coordinator = Coordinator(store, sign_release=release_signer(keyring))
@@ -69,6 +67,7 @@ def main() -> None:
     stop = supervisor.run_in_background()
     check = episode_signature_check(keyring)
     ingest_latencies: list[float] = []
+    queued: list[float] = []  # the part of each latency spent in raw/
     distribution: dict[str, dict] = {}
     started = time.monotonic()
     next_release = started + args.seconds / (args.releases + 1)
@@ -76,10 +75,9 @@ def main() -> None:
     try:
         while time.monotonic() - started < args.seconds:
             time.sleep(args.ingest_every)
-            keys = pending_raw(store)
-            if keys:
-                report = ingest_batch(store, keys, expectations(config), check_signature=check)
+            while (report := ingest_next(store, "bench-latency", expectations(config), check_signature=check)) is not None:
                 ingest_latencies += report.summary()["latency_s"]
+                queued += report.summary()["queued_s"]
             if released < args.releases and time.monotonic() >= next_release \
                     and coordinator.running(f"bench-{released}", robots):
                 released += 1
@@ -105,6 +103,7 @@ def main() -> None:
         "robots": args.robots, "realtime_factor": args.realtime, "seconds": round(elapsed, 1),
         "episodes_ingested": len(ingest_latencies), "ingest_every_s": args.ingest_every,
         "episode_to_buffer_p50_s": pct(ingest_latencies, 50), "episode_to_buffer_p99_s": pct(ingest_latencies, 99),
+        "upload_to_buffer_p50_s": pct(queued, 50), "upload_to_buffer_p99_s": pct(queued, 99),
         "release_to_robot_p50_s": pct(per_robot_all, 50), "release_to_robot_p99_s": pct(per_robot_all, 99),
         "release_to_whole_fleet_p50_s": pct(fleet_wide, 50), "release_to_whole_fleet_max_s": max(fleet_wide, default=None),
         "releases": distribution, "fleet_env_steps_per_s": round(steps / elapsed, 1),

@@ -39,10 +39,6 @@ def main() -> None:
     parser.add_argument("--data-dir", default="")
     args = parser.parse_args()
 
-    os.environ["LWD_DATA_DIR"] = args.data_dir or tempfile.mkdtemp(prefix="lwd-soak-")
-    os.environ["LWD_FLEET__MAX_EPISODE_STEPS"] = str(args.max_episode_steps)
-    os.environ["LWD_FLEET__ROBOTS"] = str(args.robots)
-
     from flows.fleet import fleet_supervisor
     from lwd_core.algo.checkpoint import save_checkpoint
     from lwd_core.algo.learner import Learner, LearnerSpec
@@ -56,7 +52,8 @@ def main() -> None:
     from lwd_core.suite import ACTION_DIM, OBS_DIM, fleet_robot_ids
     from tasks.pipeline import expectations
 
-    config = load_config()
+    config = load_config(data_dir=args.data_dir or tempfile.mkdtemp(prefix="lwd-soak-"))
+    config.fleet.robots, config.fleet.max_episode_steps = args.robots, args.max_episode_steps
     store = open_store(config)
     if store.protocol == "s3":
         store.ensure_bucket()
