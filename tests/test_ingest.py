@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -259,10 +260,16 @@ def test_shards_are_served_in_turn_so_no_upload_waits_behind_busier_ones(local_s
 
 
 def test_claims_take_the_longest_waiting_uploads_first(local_store):
-    _upload_fleet(local_store, range(900, 940))
-    keys = pending_raw(local_store)
-    uploaded_at = {key: time.time() - 600 + age for age, key in enumerate(reversed(keys))}  # against name order
+    """First come, first served, whatever the names, also for a shard with more uploads than a claim
+    takes: it keeps its place in line. (Claiming only lists raw/, so the uploads need no content.)"""
+    names = [f"upload-{index}" for index in range(1000)]
+    crowded = [name for name in names if shard_of(f"{name}.parquet") == shard_of("upload-0.parquet")][:10]
+    assert len(crowded) == 10
+    keys = [raw_key(ROBOT, name) for name in crowded + names[1:40]]
+    order = random.Random(7).sample(keys, len(keys))
+    uploaded_at = {key: time.time() - 600 + position for position, key in enumerate(order)}
     for key, when in uploaded_at.items():
+        local_store.put_atomic(key, b"-")
         os.utime(os.path.join(local_store.root, key), (when, when))
     while waiting := pending_raw(local_store):
         claim = claim_uploads(local_store, "worker-a", batch_size=4)

@@ -162,9 +162,9 @@ def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s:
 
         def waiting_since(shard: int) -> float:
             # Since its oldest upload (first come, first served: the backlog drains in order), or since
-            # its last turn if later: what a turn left behind, an upload that cannot be removed say,
-            # queues again behind the others instead of heading every claim.
-            return max(uploaded[pending[shard][0]] * 1e6, shards.get(str(shard), {}).get("claimed_us", 0))
+            # its last whole turn if later: what a whole turn left behind, an upload that cannot be
+            # removed say, queues again behind the others instead of heading every claim.
+            return max(uploaded[pending[shard][0]] * 1e6, shards.get(str(shard), {}).get("served_us", 0))
 
         free = sorted((shard for shard in pending if str(shard) not in held),
                       key=lambda shard: (waiting_since(shard), (shard - first) % RAW_SHARDS))
@@ -181,7 +181,10 @@ def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s:
                 continue
             claim.shards.append(shard)
             claim.keys += pending[shard][:room]
-            shards[str(shard)] = {"owner": owner, "claimed_us": now, "expires_us": now + int(lease_s * 1e6)}
+            # A shard too big for this claim keeps its place in line for the rest of its uploads.
+            served = now if len(pending[shard]) <= room else shards.get(str(shard), {}).get("served_us", 0)
+            shards[str(shard)] = {"owner": owner, "claimed_us": now, "expires_us": now + int(lease_s * 1e6),
+                                  "served_us": served}
         workers[owner] = {"seen_us": now, "done": not claim.keys}
         return {"shards": shards, "workers": workers}
 
@@ -208,7 +211,7 @@ def release_claim(store: ObjectStore, claim: Claim) -> None:
         for shard in claim.shards:
             lease = shards.get(str(shard), {})
             if lease.get("owner") == claim.owner and lease.get("claimed_us") == claim.claimed_us:
-                shards[str(shard)] = {"owner": None, "claimed_us": claim.claimed_us, "expires_us": 0}
+                shards[str(shard)] = lease | {"owner": None, "expires_us": 0}
         return table | {"shards": shards}
 
     store.update_json(INGEST_LEASES_KEY, give_back, durable=False)
