@@ -19,7 +19,7 @@ import posixpath
 import stat
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,12 @@ import fsspec
 from lwd_core.config import reveal
 
 TEMP_PREFIX = ".tmp-"
+
+
+def _local_files(base: str) -> Iterator[str]:
+    """Every file under a local directory: os.walk costs a fraction of fsspec's per-entry work
+    (ingest lists raw/ per claim)."""
+    return (os.path.join(directory, name) for directory, _, names in os.walk(base) for name in names)
 
 
 def _listed(path: str, suffix: str) -> bool:
@@ -293,11 +299,14 @@ class ObjectStore:
         elif self.fs.exists(path):
             self.fs.rm_file(path)
 
+    def _listing_root(self, prefix: str) -> str:
+        return posixpath.join(self.root, prefix.strip("/")) if prefix else self.root
+
     def list(self, prefix: str = "", suffix: str = "") -> list[str]:
         """Keys under ``prefix`` (a directory-like prefix), sorted, without in-flight temp files."""
-        base = posixpath.join(self.root, prefix.strip("/")) if prefix else self.root
-        if self.protocol == "file":  # os.walk: a fraction of fsspec's per-entry cost (ingest lists per claim)
-            paths = (os.path.join(directory, name) for directory, _, names in os.walk(base) for name in names)
+        base = self._listing_root(prefix)
+        if self.protocol == "file":
+            paths = _local_files(base)
         elif self.fs.exists(base):
             paths = self.fs.find(base)
         else:
@@ -307,17 +316,15 @@ class ObjectStore:
     def list_modified(self, prefix: str = "", suffix: str = "") -> dict[str, float]:
         """The keys :meth:`list` names, each with when it was last written (seconds since the epoch, by
         the store's clock): S3 returns it in the same listing; locally one ``lstat`` per object."""
-        base = posixpath.join(self.root, prefix.strip("/")) if prefix else self.root
+        base = self._listing_root(prefix)
         modified: dict[str, float] = {}
         if self.protocol == "file":
-            for directory, _, names in os.walk(base):
-                for name in names:
-                    path = os.path.join(directory, name)
-                    if _listed(path, suffix):
-                        try:
-                            modified[self.key_of(path)] = os.lstat(path).st_mtime
-                        except FileNotFoundError:  # removed since the directory was read
-                            continue
+            for path in _local_files(base):
+                if _listed(path, suffix):
+                    try:
+                        modified[self.key_of(path)] = os.lstat(path).st_mtime
+                    except FileNotFoundError:  # removed since the directory was read
+                        continue
         elif self.fs.exists(base):
             for path, info in self.fs.find(base, detail=True).items():
                 if _listed(path, suffix):

@@ -160,11 +160,14 @@ def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s:
         workers = {name: seen for name, seen in _section(table, "workers").items()
                    if not seen.get("done") and seen.get("seen_us", 0) > now - lease_s * 1e6 and name != owner}
 
+        def last_whole_turn_us(shard: int) -> int:
+            return shards.get(str(shard), {}).get("served_us", 0)
+
         def waiting_since(shard: int) -> float:
             # Since its oldest upload (first come, first served: the backlog drains in order), or since
             # its last whole turn if later: what a whole turn left behind, an upload that cannot be
             # removed say, queues again behind the others instead of heading every claim.
-            return max(uploaded[pending[shard][0]] * 1e6, shards.get(str(shard), {}).get("served_us", 0))
+            return max(uploaded[pending[shard][0]] * 1e6, last_whole_turn_us(shard))
 
         free = sorted((shard for shard in pending if str(shard) not in held),
                       key=lambda shard: (waiting_since(shard), (shard - first) % RAW_SHARDS))
@@ -182,7 +185,7 @@ def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s:
             claim.shards.append(shard)
             claim.keys += pending[shard][:room]
             # A shard too big for this claim keeps its place in line for the rest of its uploads.
-            served = now if len(pending[shard]) <= room else shards.get(str(shard), {}).get("served_us", 0)
+            served = now if len(pending[shard]) <= room else last_whole_turn_us(shard)
             shards[str(shard)] = {"owner": owner, "claimed_us": now, "expires_us": now + int(lease_s * 1e6),
                                   "served_us": served}
         workers[owner] = {"seen_us": now, "done": not claim.keys}
