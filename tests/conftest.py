@@ -18,6 +18,7 @@ os.environ.setdefault("MUJOCO_GL", "disable")
 _COMPILATION_CACHE = tempfile.mkdtemp(prefix="lwd-test-jax-cache-")
 os.environ.setdefault("LWD_COMPILATION_CACHE_DIR", _COMPILATION_CACHE)
 
+from lwd_core.algo.compilation import use_compilation_cache  # noqa: E402
 from lwd_core.data.episode import Episode  # noqa: E402
 from lwd_core.store import ObjectStore  # noqa: E402
 from lwd_core.suite import (  # noqa: E402
@@ -27,6 +28,10 @@ from lwd_core.suite import (  # noqa: E402
     pad_observation,
     sparse_rewards,
 )
+
+
+# This process too: tests that build the same learner (same sizes, other seeds or data) compile once.
+use_compilation_cache(os.environ["LWD_COMPILATION_CACHE_DIR"])
 
 
 def pytest_sessionfinish(session, exitstatus):
