@@ -29,7 +29,6 @@ from lwd_core.suite import (  # noqa: E402
     sparse_rewards,
 )
 
-
 # This process too: tests that build the same learner (same sizes, other seeds or data) compile once.
 use_compilation_cache(os.environ["LWD_COMPILATION_CACHE_DIR"])
 
