@@ -8,6 +8,7 @@ from lwd_core.data.nstep import (
     NStepSchedule,
     action_chunks,
     build_transitions,
+    discounted_return,
     nstep_targets,
     returns_to_go,
 )
@@ -50,6 +51,13 @@ def test_one_step_is_plain_td():
 
 def test_returns_to_go():
     np.testing.assert_allclose(returns_to_go(np.array([-1.0, -1.0, 0.0]), G), [-1 - G, -1, 0.0])
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 0.99, 1.0])
+def test_discounted_return_is_the_first_return_to_go(gamma):
+    rewards = np.where(np.random.default_rng(0).random(1000) < 0.9, -1.0, 0.0)
+    assert discounted_return(rewards, gamma) == pytest.approx(float(returns_to_go(rewards, gamma)[0]), rel=1e-6)
+    assert discounted_return(np.zeros(0), gamma) == 0.0
 
 
 def test_chunks_pad_with_last_action():

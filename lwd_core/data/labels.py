@@ -14,7 +14,7 @@ import polars as pl
 
 from lwd_core.data.episode import Episode
 from lwd_core.data.layout import BufferKind, buffer_prefix, labels_key, labels_prefix
-from lwd_core.data.nstep import NStepSchedule, returns_to_go
+from lwd_core.data.nstep import NStepSchedule, discounted_return
 from lwd_core.store import ObjectStore, now_us
 from lwd_core.suite import get_task, sparse_rewards
 
@@ -34,7 +34,7 @@ def label_episode(episode: Episode, gamma: float, schedule: NStepSchedule) -> di
         "first_success_step": int(success_steps[0]) if len(success_steps) else -1,
         "intervention_steps": int(episode.interventions.sum()),
         "return": float(rewards.sum()),
-        "discounted_return": float(returns_to_go(rewards, gamma)[0]),
+        "discounted_return": discounted_return(rewards, gamma),
         "n_offline": schedule.n_for(horizon, "offline"),
         "n_online": schedule.n_for(horizon, "online"),
         "labelled_us": now_us(),

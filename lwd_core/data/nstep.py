@@ -66,6 +66,13 @@ def nstep_targets(
     return reward_sum.astype(np.float32), discount.astype(np.float32), bootstrap_index
 
 
+def discounted_return(rewards: np.ndarray, gamma: float) -> float:
+    """The episode's discounted return from its first step: ``returns_to_go(...)[0]`` without the
+    per-step loop (labelling runs it for every ingested episode)."""
+    rewards = np.asarray(rewards, np.float64)
+    return float(np.dot(rewards, gamma ** np.arange(len(rewards), dtype=np.float64)))
+
+
 def returns_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
     out = np.zeros(len(rewards), dtype=np.float64)
     running = 0.0
