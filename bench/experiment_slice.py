@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+from lwd_core.algo.compilation import use_compilation_cache
 from lwd_core.config import LWDConfig
 from lwd_core.experiment import Experiment, write_report
 from lwd_core.sim.pool import SimPool
@@ -44,6 +45,7 @@ def main() -> None:
         for section, values in TINY.items():
             document.setdefault(section, {}).update(values)
     config = LWDConfig(data_dir=args.out / "data", **document)
+    use_compilation_cache(config.compilation_cache_dir)  # a rerun loads the compiled programs
     started = time.monotonic()
     with SimPool(args.workers or config.experiment.workers) as pool:
         results = Experiment(config.experiment, config.algo, pool).run()
