@@ -23,9 +23,12 @@ FLYWHEEL_ARGS ?= --config configs/small.yaml --rounds 3 --auto-approve
 flywheel: setup
 	$(UV) run --frozen lwd flywheel $(FLYWHEEL_ARGS) $(ARGS)
 
+# Two pytest workers, a test file each: the suite spends much of its time waiting on servers and
+# child processes, which a second worker fills (TEST_WORKERS=0 runs it in one process).
+TEST_WORKERS ?= 2
 test: setup
 	$(UV) run --frozen lint-imports
-	$(UV) run --frozen pytest $(ARGS)
+	$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # The performance benchmarks in one run (docs/results/performance.json); QAM=path/to/a/checkout of
 # github.com/ColinQiyangLi/qam adds the learner's side-by-side with the reference.
