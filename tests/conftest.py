@@ -33,6 +33,17 @@ from lwd_core.suite import (  # noqa: E402
 use_compilation_cache(os.environ["LWD_COMPILATION_CACHE_DIR"])
 
 
+# The longest test files (minutes each) first: `make test` hands each of its two workers a whole file at
+# a time, and one of these starting last would leave the other worker idle for its whole length.
+LONGEST_FIRST = ("test_flows.py", "test_faults.py", "test_experiment.py", "test_learner.py",
+                 "test_production_stack.py", "test_qam.py", "test_deployments.py", "test_distributed.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
