@@ -133,7 +133,7 @@ def test_random_kills_lose_nothing_duplicate_nothing_and_end_on_one_approved_rel
         def live_actors() -> list[subprocess.Popen]:
             return [c.process for c in supervisor.children if c.process is not None and c.process.poll() is None]
 
-        # Fewer learner kills: each waits for a fresh process to import, compile and commit a checkpoint.
+        # The learner is killed least often: each kill waits for a fresh process to import, compile and commit.
         kinds = ["actor"] * 9 + ["ingest"] * 8 + ["learner"] * 4
         rng.shuffle(kinds)
         for kind in kinds:
