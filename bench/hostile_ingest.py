@@ -42,6 +42,7 @@ def _frame_bytes(frame: pl.DataFrame) -> bytes:
 def cases() -> dict[str, bytes]:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import make_episode
+    from corpus import with_footer
 
     from lwd_core.store import now_us
     from lwd_core.suite import ACTION_DIM, OBS_DIM
@@ -53,6 +54,7 @@ def cases() -> dict[str, bytes]:
         "honest-1000-steps": honest.to_parquet_bytes(),
         "two-million-rows": _frame_bytes(pl.DataFrame({"step": pl.zeros(2_000_000, pl.Int32, eager=True)})),
         "megabyte-instruction": _frame_bytes(honest.to_frame().with_columns(pl.lit("x" * 8_000_000).alias("instruction"))),
+        "megabyte-instruction-in-footer": with_footer(honest, lambda footer: footer | {"lwd.instruction": "x" * 4_000_000}),
     }
 
 

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from conftest import make_episode
 
-from lwd_core.data.episode import Episode
+from lwd_core.data.episode import LAYOUT_KEY, Episode, footer_key
 from lwd_core.suite import ACTION_DIM, OBS_DIM
 
 ROBOT, TASK, VERSION = "robot-00", "restock-horizontal", "policy-v1"
@@ -33,6 +35,23 @@ def _frame_bytes(frame: pl.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.write_parquet(buffer)
     return buffer.getvalue()
+
+
+def with_footer(episode: Episode, change) -> bytes:
+    """A file of ``episode`` whose footer metadata ``change`` rewrote (a hostile uploader's)."""
+    table = pq.read_table(io.BytesIO(episode.to_parquet_bytes()))
+    metadata = {key.decode(): value.decode() for key, value in table.schema.metadata.items() if key != b"ARROW:schema"}
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(change(metadata)), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def with_string_columns(episode: Episode) -> bytes:
+    """A layout-2 footer over every column, the per-episode strings repeated in columns too."""
+    footer = {LAYOUT_KEY: "2", **{footer_key(name): value for name, value in episode.strings().items()}}
+    sink = pa.BufferOutputStream()
+    pq.write_table(episode.to_arrow().replace_schema_metadata(footer), sink)
+    return sink.getvalue().to_pybytes()
 
 
 def bad_corpus(max_steps: int) -> list[BadCase]:
@@ -129,4 +148,12 @@ def bad_corpus(max_steps: int) -> list[BadCase]:
     obs = good.next_observations.copy()
     obs[-1, 0] = -np.inf
     cases.append(BadCase("inf-next-observation", good.replace(next_observations=obs).to_parquet_bytes(), "NaN or inf"))
+    # The per-episode strings a file keeps in its footer.
+    cases.append(BadCase("footer-without-task", with_footer(good, lambda m: {k: v for k, v in m.items() if k != "lwd.task_id"}),
+                         "footer metadata missing"))
+    cases.append(BadCase("footer-megabyte-instruction", with_footer(good, lambda m: m | {"lwd.instruction": "x" * 4_000_000}),
+                         "footer values over"))
+    cases.append(BadCase("footer-robot-changed", with_footer(good, lambda m: m | {"lwd.robot_id": "robot-01"}),
+                         "does not match its content"))
+    cases.append(BadCase("strings-in-footer-and-columns", with_string_columns(fleet_episode(seed=112)), "unexpected columns"))
     return cases

@@ -4,12 +4,19 @@ import io
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from corpus import with_footer, with_string_columns
 
 from lwd_core.data.episode import (
     EPISODE_SCHEMA,
+    LAYOUT_KEY,
+    STEP_COLUMNS,
     Episode,
     EpisodeFormatError,
+    decode_episode,
+    footer_key,
     read_parquet_metadata,
 )
 from lwd_core.data.layout import (
@@ -130,3 +137,53 @@ def test_files_from_other_writers_decode(episode_factory):
     buffer = io.BytesIO()
     episode.to_frame().write_parquet(buffer, row_group_size=5)
     assert Episode.from_parquet_bytes(buffer.getvalue()).episode_id == episode.episode_id
+
+
+def _layout_1_bytes(episode: Episode) -> bytes:
+    """A file as this project wrote them before layout 2: the per-episode strings as columns."""
+    sink = pa.BufferOutputStream()
+    table = episode.to_arrow().replace_schema_metadata({LAYOUT_KEY: "1", "lwd.episode_id": episode.episode_id})
+    pq.write_table(table, sink, compression="lz4", use_dictionary=["episode_id", "robot_id"])
+    return sink.getvalue().to_pybytes()
+
+
+def test_files_keep_per_episode_strings_once_in_the_footer(episode_factory):
+    episode = episode_factory(steps=7)
+    data = episode.to_parquet_bytes({"lwd.signature": "sig"})
+    assert tuple(pl.read_parquet(io.BytesIO(data)).columns) == STEP_COLUMNS
+    meta = read_parquet_metadata(data)
+    assert meta[LAYOUT_KEY] == "2" and meta["lwd.signature"] == "sig"
+    assert {name: meta[footer_key(name)] for name in ("episode_id", *episode.metadata())} == episode.strings()
+    back, metadata = decode_episode(data, max_rows=100)
+    assert_same_episode(episode, back)
+    assert metadata == meta
+
+
+def test_layout_1_files_still_decode_to_the_same_episode(episode_factory):
+    episode = episode_factory(steps=9)
+    assert_same_episode(episode, Episode.from_parquet_bytes(_layout_1_bytes(episode)))
+    assert Episode.from_parquet_bytes(episode.to_parquet_bytes()).episode_id == episode.episode_id
+
+
+def test_extra_metadata_cannot_set_the_episodes_own_keys(episode_factory):
+    with pytest.raises(ValueError, match="lwd.robot_id"):
+        episode_factory().to_parquet_bytes({"lwd.robot_id": "robot-99"})
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: {k: v for k, v in m.items() if k != "lwd.task_id"}, "footer metadata missing"),
+    (lambda m: m | {"lwd.instruction": "x" * 100_000}, "footer values over 4096 characters"),
+    (lambda m: m | {"lwd.robot_id": "robot-99"}, "does not match its content"),
+    (lambda m: m | {LAYOUT_KEY: "3"}, "unknown file layout '3'"),
+])
+def test_hostile_footers_rejected_with_reason(episode_factory, change, message):
+    with pytest.raises(EpisodeFormatError, match=message):
+        decode_episode(with_footer(episode_factory(), change), max_rows=100)
+
+
+def test_layout_2_file_with_string_columns_rejected(episode_factory):
+    """A layout-2 file may not carry the strings twice (the columns would be what a reader of the
+    file's rows sees, unchecked against the id)."""
+    episode = episode_factory()
+    with pytest.raises(EpisodeFormatError, match="unexpected columns"):
+        decode_episode(with_string_columns(episode), max_rows=100)

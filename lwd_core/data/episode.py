@@ -3,8 +3,11 @@
 Why per environment step rather than per policy decision: the training action chunk (h) and n-step
 horizon are learner settings, so the learner cuts chunks as windows of consecutive executed actions;
 ``chunk_pos`` keeps where each action sat in the chunk the actor emitted, so acting-time chunks are
-recoverable too. Episode-level fields repeat on every row (dictionary-encoded by Parquet, so nearly free)
-which lets a buffer concatenate episodes and filter with plain column predicates.
+recoverable too. The per-episode strings (id, robot, task, instruction, policy version, source,
+outcome) are file-level facts: a file keeps them once, in its footer's key-value metadata (layout 2),
+and the frame form (:meth:`Episode.to_frame`) repeats them on every row, so that frames of several
+episodes concatenate and filter with plain column predicates. Files of layout 1, which kept them as
+columns repeated on every row, are still read.
 
 ``episode_id`` is the sha256 of the episode's canonical content (metadata + arrays), so the same episode
 uploaded twice has the same id (exactly-once ingestion) and a corrupted or altered file no longer
@@ -26,7 +29,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = "1"
+# The content hash's domain tag: part of every episode id, so it is not the file layout's version.
+CONTENT_HASH_VERSION = "1"
+# The footer key naming a file's layout, and the layout this module writes ("1": per-episode strings as
+# columns, what files without the key are read as; "2": per-episode strings in the footer).
+LAYOUT_KEY = "lwd.schema_version"
+FILE_LAYOUT = "2"
 SOURCES = ("demo", "play", "rollout")
 OUTCOMES = ("success", "failure")
 Source = Literal["demo", "play", "rollout"]
@@ -53,11 +61,16 @@ EPISODE_SCHEMA: dict[str, pl.DataType] = {
     "next_obs": pl.List(pl.Float32()),
 }
 METADATA_KEYS = ("robot_id", "task_id", "instruction", "policy_version", "source", "outcome")
+_STRING_COLUMNS = ["episode_id", *METADATA_KEYS]
+STEP_COLUMNS = tuple(name for name in EPISODE_SCHEMA if name not in _STRING_COLUMNS)
 # Footer bounds checked before anything is decoded (:func:`check_footer_bounds`). An honest row is
-# under 1 kB uncompressed (two observations and an action of float32, flags, short strings stored
-# once per file in a dictionary page); these allow 4x that, plus a fixed allowance per column.
+# under 1 kB uncompressed (two observations and an action of float32, flags; in layout 1 also short
+# strings, stored once per file in a dictionary page); these allow 4x that, plus a fixed allowance per
+# column.
 MAX_ROW_BYTES = 4096
 COLUMN_ALLOWANCE_BYTES = 64 * 1024
+# A per-episode string in a layout-2 footer (an honest instruction is under 200 characters).
+MAX_FOOTER_VALUE_CHARS = 4096
 
 
 class EpisodeFormatError(ValueError):
@@ -143,7 +156,7 @@ class Episode:
 
     def content_hash(self) -> str:
         digest = hashlib.sha256()
-        digest.update(f"lwd-episode-v{SCHEMA_VERSION}".encode())
+        digest.update(f"lwd-episode-v{CONTENT_HASH_VERSION}".encode())
         digest.update(json.dumps(self.metadata(), sort_keys=True).encode())
         for name in ("observations", "actions", "rewards", "successes", "interventions", "terminals",
                      "chunk_pos", "timestamps_us", "next_observations"):
@@ -157,16 +170,25 @@ class Episode:
         return dataclasses.replace(self, episode_id="", **changes)
 
     # -- tabular form ------------------------------------------------------------------------------
+    def strings(self) -> dict[str, str]:
+        """The per-episode strings: the id and :meth:`metadata`."""
+        return {"episode_id": self.episode_id, **self.metadata()}
+
     def to_arrow(self) -> pa.Table:
-        """Columns straight from the arrays (no per-row Python objects): the vectors become list
-        columns over one flat values buffer."""
+        """Every column of :data:`EPISODE_SCHEMA`, the per-episode strings repeated on every row."""
+        steps = self.num_steps
+        columns = {name: pa.repeat(pa.scalar(value, pa.string()), steps) for name, value in self.strings().items()}
+        step_table = self._step_table()
+        columns.update(zip(step_table.column_names, step_table.columns, strict=True))
+        return pa.table({name: columns[name] for name in EPISODE_SCHEMA})
+
+    def _step_table(self) -> pa.Table:
+        """The per-step columns (:data:`STEP_COLUMNS`) straight from the arrays (no per-row Python
+        objects): the vectors become list columns over one flat values buffer."""
         steps = self.num_steps
         done = np.zeros(steps, dtype=bool)
         done[-1] = True
-        strings = {"episode_id": self.episode_id, **self.metadata()}
-        columns: dict[str, pa.Array] = {name: pa.repeat(pa.scalar(value, pa.string()), steps)
-                                        for name, value in strings.items()}
-        columns.update({
+        columns = {
             "step": pa.array(np.arange(steps, dtype=np.int32)),
             "obs": _list_array(self.observations),
             "action": _list_array(self.actions),
@@ -178,21 +200,26 @@ class Episode:
             "done": pa.array(done),
             "timestamp": pa.array(self.timestamps_us, type=pa.timestamp("us", tz="UTC")),
             "next_obs": _list_array(self.next_observations),
-        })
-        return pa.table({name: columns[name] for name in EPISODE_SCHEMA})
+        }
+        return pa.table({name: columns[name] for name in STEP_COLUMNS})
 
     def to_frame(self) -> pl.DataFrame:
         return pl.from_arrow(self.to_arrow())
 
     @classmethod
     def from_arrow(cls, table: pa.Table, verify_id: bool = True) -> Episode:
-        """The one decoding path (Parquet bytes and frames both come here): schema, per-episode
-        constants, step order and vector widths are checked on the column buffers, and the id is
-        recomputed from the arrays those buffers hold."""
+        """From every column of :data:`EPISODE_SCHEMA` (a frame, or a layout-1 file): the per-episode
+        strings must hold one value each for the whole episode."""
         check_arrow_schema(table.schema)
         if table.num_rows == 0:
             raise EpisodeFormatError("episode has no rows")
-        meta = {key: _constant(table[key], key) for key in ("episode_id", *METADATA_KEYS)}
+        return cls._from_steps(table, {key: _constant(table[key], key) for key in _STRING_COLUMNS}, verify_id)
+
+    @classmethod
+    def _from_steps(cls, table: pa.Table, strings: dict[str, str], verify_id: bool) -> Episode:
+        """The one decoding path (Parquet bytes and frames both come here): step order and vector
+        widths are checked on the column buffers, and the id is recomputed from the arrays those
+        buffers hold. ``table`` has the per-step columns (its schema already checked, rows > 0)."""
         step = table["step"]
         order = np.arange(table.num_rows)
         steps = step.to_numpy() if not step.null_count else None
@@ -207,7 +234,7 @@ class Episode:
         if not done[-1] or done[:-1].any():
             raise EpisodeFormatError("'done' must be set on the last step only")
         episode = cls(
-            **{key: meta[key] for key in METADATA_KEYS},
+            **{key: strings[key] for key in METADATA_KEYS},
             observations=_stack(table["obs"], "obs"),
             actions=_stack(table["action"], "action"),
             rewards=table["reward"].to_numpy(),
@@ -217,7 +244,7 @@ class Episode:
             chunk_pos=table["chunk_pos"].to_numpy(),
             timestamps_us=table["timestamp"].cast(pa.int64()).to_numpy(),
             next_observations=_stack(table["next_obs"], "next_obs"),
-            episode_id=meta["episode_id"],
+            episode_id=strings["episode_id"],
         )
         if verify_id and episode.content_hash() != episode.episode_id:
             raise EpisodeFormatError(
@@ -231,11 +258,15 @@ class Episode:
 
     # -- Parquet bytes -----------------------------------------------------------------------------
     def to_parquet_bytes(self, extra_metadata: dict[str, str] | None = None) -> bytes:
-        metadata = {"lwd.schema_version": SCHEMA_VERSION, "lwd.episode_id": self.episode_id}
-        metadata.update(extra_metadata or {})
-        table = self.to_arrow()
+        """Layout 2: the per-step columns, and the per-episode strings in the footer beside
+        ``extra_metadata`` (a signature, say), which must not name them."""
+        content = {LAYOUT_KEY: FILE_LAYOUT, **{footer_key(name): value for name, value in self.strings().items()}}
+        clash = sorted(set(extra_metadata or ()) & set(content))
+        if clash:
+            raise ValueError(f"extra metadata may not set the episode's own footer keys {clash}")
         sink = pa.BufferOutputStream()
-        pq.write_table(table.replace_schema_metadata(metadata), sink, **_WRITE_OPTIONS)
+        pq.write_table(self._step_table().replace_schema_metadata({**content, **(extra_metadata or {})}), sink,
+                       **_WRITE_OPTIONS)
         return sink.getvalue().to_pybytes()
 
     @classmethod
@@ -244,25 +275,53 @@ class Episode:
 
 
 def decode_episode(data: bytes, max_rows: int | None = None, verify_id: bool = True) -> tuple[Episode, dict[str, str]]:
-    """Parquet bytes -> (episode, key-value metadata), parsing the footer once. With ``max_rows``
-    the footer's bounds (:func:`check_footer_bounds`) are checked before any data page is decoded."""
+    """Parquet bytes of either layout -> (episode, key-value metadata), parsing the footer once. With
+    ``max_rows`` the footer's bounds (:func:`check_footer_bounds`) are checked before any data page
+    is decoded."""
     parquet = _open_parquet(data)
     if max_rows is not None:
         check_footer_bounds(parquet.metadata, max_rows)
     metadata = _key_value_metadata(parquet.metadata)
+    strings = footer_strings(metadata)
+    if strings is not None:
+        check_arrow_schema(parquet.schema_arrow, STEP_COLUMNS)
+        if parquet.metadata.num_rows == 0:
+            raise EpisodeFormatError("episode has no rows")
     try:
         table = parquet.read(use_threads=False)
     except Exception as exc:  # pyarrow raises several types for corrupt pages
         raise EpisodeFormatError(f"unreadable Parquet: {type(exc).__name__}: {exc}") from exc
-    return Episode.from_arrow(table, verify_id=verify_id), metadata
+    if strings is None:
+        return Episode.from_arrow(table, verify_id=verify_id), metadata
+    return Episode._from_steps(table, strings, verify_id), metadata
 
 
-# Small files written on the hot path (robots upload, ingest re-encodes): LZ4 and dictionaries
-# only for the repeated per-episode strings cost a fraction of zstd + dictionary attempts on float
-# pages, for ~10% more bytes.
-_STRING_COLUMNS = ["episode_id", *METADATA_KEYS]
-_WRITE_OPTIONS: dict[str, Any] = {"compression": "lz4", "use_dictionary": _STRING_COLUMNS,
-                                  "write_statistics": _STRING_COLUMNS}
+def footer_key(name: str) -> str:
+    """Where a layout-2 file's footer keeps a per-episode string (``lwd.robot_id``, say)."""
+    return f"lwd.{name}"
+
+
+def footer_strings(metadata: dict[str, str]) -> dict[str, str] | None:
+    """The per-episode strings of a layout-2 footer, checked (present, bounded); None for layout 1."""
+    layout = metadata.get(LAYOUT_KEY, "1")
+    if layout == "1":
+        return None
+    if layout != FILE_LAYOUT:
+        raise EpisodeFormatError(f"unknown file layout {layout[:40]!r}; this reader knows '1' and {FILE_LAYOUT!r}")
+    missing = [footer_key(name) for name in _STRING_COLUMNS if footer_key(name) not in metadata]
+    if missing:
+        raise EpisodeFormatError(f"footer metadata missing: {missing}")
+    strings = {name: metadata[footer_key(name)] for name in _STRING_COLUMNS}
+    long = {footer_key(name): len(value) for name, value in strings.items() if len(value) > MAX_FOOTER_VALUE_CHARS}
+    if long:
+        raise EpisodeFormatError(f"footer values over {MAX_FOOTER_VALUE_CHARS} characters: {long}")
+    return strings
+
+
+# Small files written on the hot path (robots upload, ingest re-encodes): LZ4, and no dictionaries or
+# statistics (float pages gain nothing from them), cost a fraction of zstd with dictionary attempts,
+# for ~10% more bytes.
+_WRITE_OPTIONS: dict[str, Any] = {"compression": "lz4", "use_dictionary": False, "write_statistics": False}
 
 
 def _list_array(rows: np.ndarray) -> pa.Array:
@@ -288,7 +347,7 @@ def _constant(column: pa.ChunkedArray, name: str) -> str:
 def _arrow_type_ok(name: str, kind: pa.DataType) -> bool:
     expected = EPISODE_SCHEMA[name]
     if expected == pl.String():
-        if pa.types.is_dictionary(kind) and name in _STRING_COLUMNS:  # read as such (decode_episode)
+        if pa.types.is_dictionary(kind):  # a frame's categorical, or a layout-1 file written from one
             kind = kind.value_type
         return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
     if expected == pl.List(pl.Float32()):
@@ -303,42 +362,37 @@ _ARROW_SCALARS = {"step": pa.int32(), "chunk_pos": pa.int16(), "reward": pa.floa
 
 
 @functools.cache
-def _canonical_schemas() -> tuple[pa.Schema, pa.Schema]:
-    """The schema this module's files read back as, and the one it writes."""
+def _canonical_schemas() -> dict[tuple[str, ...], tuple[pa.Schema, ...]]:
+    """Per set of columns, the schemas this module makes: a file's per-step columns as read back (what
+    ingest and training compare most) and as written, and a frame's columns."""
     one_step = Episode(robot_id="r", task_id="t", instruction="i", policy_version="v", source="rollout",
                        outcome="failure", observations=np.zeros((1, 1)), actions=np.zeros((1, 1)), rewards=[-1.0],
                        successes=[False], interventions=[False], terminals=[False], chunk_pos=[0], timestamps_us=[1],
                        next_observations=np.zeros((1, 1)))
-    written = one_step.to_arrow()
-    sink = pa.BufferOutputStream()
-    pq.write_table(written, sink, **_WRITE_OPTIONS)
-    # Read-back first: it is what ingest and training compare most.
-    return _open_parquet(sink.getvalue().to_pybytes()).schema_arrow, written.schema
+    read_back = _open_parquet(one_step.to_parquet_bytes()).schema_arrow
+    return {STEP_COLUMNS: (read_back, one_step._step_table().schema), tuple(EPISODE_SCHEMA): (one_step.to_arrow().schema,)}
 
 
-def check_arrow_schema(schema: pa.Schema) -> None:
-    if any(schema.equals(canonical) for canonical in _canonical_schemas()):
+def check_arrow_schema(schema: pa.Schema, columns: tuple[str, ...] = tuple(EPISODE_SCHEMA)) -> None:
+    """``schema`` has exactly ``columns`` (every column of :data:`EPISODE_SCHEMA` by default), each of
+    its type."""
+    if any(schema.equals(canonical) for canonical in _canonical_schemas().get(columns, ())):
         return  # what this module writes, or reads back from what it writes
-    missing = [name for name in EPISODE_SCHEMA if name not in schema.names]
+    missing = [name for name in columns if name not in schema.names]
     if missing:
         raise EpisodeFormatError(f"missing columns: {missing}")
-    extra = [name for name in schema.names if name not in EPISODE_SCHEMA]
+    extra = [name for name in schema.names if name not in columns]
     if extra:
         raise EpisodeFormatError(f"unexpected columns: {extra}")
     if len(set(schema.names)) != len(schema.names):
         raise EpisodeFormatError("repeated column names")
     wrong = {name: f"{schema.field(name).type} (expected {EPISODE_SCHEMA[name]})"
-             for name in EPISODE_SCHEMA if not _arrow_type_ok(name, schema.field(name).type)}
+             for name in columns if not _arrow_type_ok(name, schema.field(name).type)}
     if wrong:
         raise EpisodeFormatError(f"wrong column types: {wrong}")
 
 
 def _open_parquet(data: bytes) -> pq.ParquetFile:
-    try:
-        # Strings read as dictionaries: a per-episode constant is then a one-entry dictionary.
-        return pq.ParquetFile(pa.BufferReader(data), read_dictionary=_STRING_COLUMNS)
-    except Exception:  # noqa: BLE001 - a string column missing (the schema check names it), or garbage
-        pass
     try:
         return pq.ParquetFile(pa.BufferReader(data))
     except Exception as exc:

@@ -115,8 +115,7 @@ class EdgeClient:
     def spool(self, episode: Episode) -> Path:
         """Durably keep a finished episode for upload; returns its spool path."""
         robot = safe_name(episode.robot_id, "robot id")
-        metadata = {"lwd.robot_id": robot, "lwd.finished_us": str(int(episode.timestamps_us[-1])),
-                    "lwd.spooled_us": str(now_us())}
+        metadata = {"lwd.finished_us": str(int(episode.timestamps_us[-1])), "lwd.spooled_us": str(now_us())}
         if self.sign:
             metadata.update(self.sign(episode))
         path = self.outbox / f"{robot}__{episode.episode_id}.parquet"
