@@ -346,11 +346,13 @@ class ObjectStore:
             return None, None
         return json.loads(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
 
-    def put_json_if(self, key: str, obj: Any, generation: str | None, durable: bool = True) -> bool:
+    def put_json_if(self, key: str, obj: Any, generation: str | None, durable: bool = True,
+                    indent: int | None = 2) -> bool:
         """Write only if the object is still at ``generation`` (None: only if it does not exist yet);
         False when another writer got there first. S3 conditional writes (If-Match / If-None-Match);
-        locally an exclusive lock around the compare and the atomic rename."""
-        data = json.dumps(obj, indent=2, sort_keys=True).encode()
+        locally an exclusive lock around the compare and the atomic rename. ``indent`` None writes
+        compact JSON (Python's C encoder: a large table rewritten often)."""
+        data = json.dumps(obj, indent=indent, sort_keys=True).encode()
         if self.protocol == "file":
             path = self._path(key)
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -376,13 +378,13 @@ class ObjectStore:
         return True
 
     def update_json(self, key: str, change: Callable[[Any | None], Any], attempts: int = 50,
-                    durable: bool = True) -> Any:
+                    durable: bool = True, indent: int | None = 2) -> Any:
         """Read-modify-write that never loses a concurrent update: ``change`` (of the current object,
         None if absent) is retried on the newer object until its write lands."""
         for _ in range(attempts):
             current, generation = self.get_json_versioned(key)
             new = change(current)
-            if self.put_json_if(key, new, generation, durable):
+            if self.put_json_if(key, new, generation, durable, indent):
                 return new
             time.sleep(0.01)
         raise StoreError(f"{key!r}: gave up after {attempts} concurrent updates")

@@ -145,7 +145,8 @@ def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s:
     """Lease shards of raw/ for one micro-batch: free shards, longest waiting first, up to
     ``batch_size`` uploads (oldest first), or to a fair share of the free backlog among the workers
     still at work. A claim that finds nothing marks its worker done, so the others stop counting it.
-    The lease table is written without an fsync: a crash that loses it loses claims, never an episode."""
+    The lease table is written without an fsync (a crash that loses it loses claims, never an episode)
+    and compact (it is rewritten twice per micro-batch)."""
     uploaded = store.list_modified(RAW_PREFIX, suffix=".parquet")
     pending: dict[int, list[str]] = {}
     for key in sorted(uploaded, key=lambda key: (uploaded[key], key)):
@@ -191,7 +192,7 @@ def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s:
         workers[owner] = {"seen_us": now, "done": not claim.keys}
         return {"shards": shards, "workers": workers}
 
-    store.update_json(INGEST_LEASES_KEY, take, durable=False)
+    store.update_json(INGEST_LEASES_KEY, take, durable=False, indent=None)
     claim.keys.sort()
     claim.uploaded_us = {key: int(uploaded[key] * 1e6) for key in claim.keys}
     return claim
@@ -217,7 +218,7 @@ def release_claim(store: ObjectStore, claim: Claim) -> None:
                 shards[str(shard)] = lease | {"owner": None, "expires_us": 0}
         return table | {"shards": shards}
 
-    store.update_json(INGEST_LEASES_KEY, give_back, durable=False)
+    store.update_json(INGEST_LEASES_KEY, give_back, durable=False, indent=None)
 
 
 def ingest_next(store: ObjectStore, owner: str, expectations: Expectations, *, batch_size: int = 64,
