@@ -46,12 +46,17 @@ def with_footer(episode: Episode, change) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def with_string_columns(episode: Episode) -> bytes:
-    """A layout-2 footer over every column, the per-episode strings repeated in columns too."""
+def layout_2_file(table: pa.Table, episode: Episode, **options) -> bytes:
+    """``table`` written as Parquet under ``episode``'s layout-2 footer (a crafted upload's columns)."""
     footer = {LAYOUT_KEY: "2", **{footer_key(name): value for name, value in episode.strings().items()}}
     sink = pa.BufferOutputStream()
-    pq.write_table(episode.to_arrow().replace_schema_metadata(footer), sink)
+    pq.write_table(table.replace_schema_metadata(footer), sink, **options)
     return sink.getvalue().to_pybytes()
+
+
+def with_string_columns(episode: Episode) -> bytes:
+    """A layout-2 footer over every column, the per-episode strings repeated in columns too."""
+    return layout_2_file(episode.to_arrow(), episode)
 
 
 def bad_corpus(max_steps: int) -> list[BadCase]:

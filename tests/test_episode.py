@@ -7,11 +7,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from corpus import with_footer, with_string_columns
+from corpus import layout_2_file, with_footer, with_string_columns
 
 from lwd_core.data.episode import (
     EPISODE_SCHEMA,
     LAYOUT_KEY,
+    MAX_ROW_VALUES,
     STEP_COLUMNS,
     Episode,
     EpisodeFormatError,
@@ -187,3 +188,37 @@ def test_layout_2_file_with_string_columns_rejected(episode_factory):
     episode = episode_factory()
     with pytest.raises(EpisodeFormatError, match="unexpected columns"):
         decode_episode(with_string_columns(episode), max_rows=100)
+
+
+def test_layout_2_file_without_rows_rejected(episode_factory):
+    episode = episode_factory()
+    with pytest.raises(EpisodeFormatError, match="no rows"):
+        decode_episode(layout_2_file(episode._step_table().slice(0, 0), episode), max_rows=100)
+
+
+def test_vectors_with_more_values_than_rows_can_hold_are_refused_from_the_footer(episode_factory):
+    """Dictionary-encoded zeros store a huge vector in a few bytes; the footer's count of values
+    gives it away before anything is decoded."""
+    episode = episode_factory(steps=10)
+    width = MAX_ROW_VALUES + 1
+    zeros = pa.ListArray.from_arrays(pa.array(np.arange(0, 11 * width, width, dtype=np.int32)),
+                                     pa.array(np.zeros(10 * width, np.float32)))
+    table = episode._step_table().set_column(STEP_COLUMNS.index("obs"), "obs", zeros)
+    with pytest.raises(EpisodeFormatError, match=f"holds {10 * width} values, over {10 * MAX_ROW_VALUES}"):
+        decode_episode(layout_2_file(table, episode, use_dictionary=True), max_rows=100)
+
+
+def test_layout_1_strings_stored_once_are_not_expanded_onto_every_row(episode_factory):
+    """A 1 MB instruction stored once, in a dictionary page, over 1,000 rows: read as plain strings
+    that would be 1 GB; it is read as the one-entry dictionary it is."""
+    episode = episode_factory(steps=1000)
+    table = episode.to_arrow()
+    once = pa.DictionaryArray.from_arrays(pa.array(np.zeros(1000, np.int32)), pa.array(["x" * 2**20]))
+    table = table.set_column(table.schema.get_field_index("instruction"), "instruction", once)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, store_schema=False)  # no Arrow schema: nothing says "dictionary"
+    pool = pa.default_memory_pool()
+    peak_before = pool.max_memory()
+    with pytest.raises(EpisodeFormatError, match="does not match its content"):
+        decode_episode(sink.getvalue().to_pybytes(), max_rows=1000)
+    assert pool.max_memory() - peak_before < 100 * 2**20

@@ -65,10 +65,13 @@ _STRING_COLUMNS = ["episode_id", *METADATA_KEYS]
 STEP_COLUMNS = tuple(name for name in EPISODE_SCHEMA if name not in _STRING_COLUMNS)
 # Footer bounds checked before anything is decoded (:func:`check_footer_bounds`). An honest row is
 # under 1 kB uncompressed (two observations and an action of float32, flags; in layout 1 also short
-# strings, stored once per file in a dictionary page); these allow 4x that, plus a fixed allowance per
-# column.
+# strings, stored once per file in a dictionary page and read as one); these allow 4x that, plus a
+# fixed allowance per column.
 MAX_ROW_BYTES = 4096
 COLUMN_ALLOWANCE_BYTES = 64 * 1024
+# Values per row of one column (a vector of float32 in MAX_ROW_BYTES): dictionary and run-length
+# encodings make decoded size independent of the bytes stored, so the count of values is bounded too.
+MAX_ROW_VALUES = MAX_ROW_BYTES // 4
 # A per-episode string in a layout-2 footer (an honest instruction is under 200 characters).
 MAX_FOOTER_VALUE_CHARS = 4096
 
@@ -219,7 +222,9 @@ class Episode:
     def _from_steps(cls, table: pa.Table, strings: dict[str, str], verify_id: bool) -> Episode:
         """The one decoding path (Parquet bytes and frames both come here): step order and vector
         widths are checked on the column buffers, and the id is recomputed from the arrays those
-        buffers hold. ``table`` has the per-step columns (its schema already checked, rows > 0)."""
+        buffers hold. ``table`` has the per-step columns (its schema already checked)."""
+        if table.num_rows == 0:
+            raise EpisodeFormatError("episode has no rows")
         step = table["step"]
         order = np.arange(table.num_rows)
         steps = step.to_numpy() if not step.null_count else None
@@ -246,9 +251,9 @@ class Episode:
             next_observations=_stack(table["next_obs"], "next_obs"),
             episode_id=strings["episode_id"],
         )
-        if verify_id and episode.content_hash() != episode.episode_id:
+        if verify_id and episode.content_hash() != strings["episode_id"]:  # an empty id was recomputed above
             raise EpisodeFormatError(
-                f"episode_id {episode.episode_id[:16]}... does not match its content (altered or corrupted)"
+                f"episode_id {strings['episode_id'][:16]!r}... does not match its content (altered or corrupted)"
             )
         return episode
 
@@ -285,8 +290,11 @@ def decode_episode(data: bytes, max_rows: int | None = None, verify_id: bool = T
     strings = footer_strings(metadata)
     if strings is not None:
         check_arrow_schema(parquet.schema_arrow, STEP_COLUMNS)
-        if parquet.metadata.num_rows == 0:
-            raise EpisodeFormatError("episode has no rows")
+    else:
+        # Layout 1: the string columns read as dictionaries, so that a value stored once (a megabyte
+        # instruction, say) is not expanded onto every row.
+        present = [name for name in _STRING_COLUMNS if name in parquet.schema_arrow.names]
+        parquet = pq.ParquetFile(pa.BufferReader(data), metadata=parquet.metadata, read_dictionary=present)
     try:
         table = parquet.read(use_threads=False)
     except Exception as exc:  # pyarrow raises several types for corrupt pages
@@ -401,24 +409,35 @@ def _open_parquet(data: bytes) -> pq.ParquetFile:
 
 def check_footer_bounds(meta: pq.FileMetaData, max_rows: int) -> None:
     """Reject from the footer alone, before any data page is decoded: more rows than an episode can
-    have, more columns than the schema, or a column (a multi-megabyte instruction string, say) whose
-    uncompressed size exceeds what that many rows can honestly take. A file that passes decodes into at
-    most ``max_rows * MAX_ROW_BYTES`` plus the column allowances."""
-    if meta.num_rows > max_rows:
-        raise EpisodeFormatError(f"too many rows: {meta.num_rows} > {max_rows} (from the footer; nothing decoded)")
+    have (the file's count, and its row groups' must agree), more columns than the schema, or a column
+    whose uncompressed size (a multi-megabyte instruction string, say) or count of values (a vector
+    of a million dictionary-encoded zeros per row, say) exceeds what that many rows can honestly take.
+    These are the footer's figures as written; a footer hand-patched to understate them is not caught
+    here."""
+    rows = sum(meta.row_group(group).num_rows for group in range(meta.num_row_groups))
+    if max(meta.num_rows, rows) > max_rows:
+        raise EpisodeFormatError(f"too many rows: {max(meta.num_rows, rows)} > {max_rows} (from the footer; "
+                                 "nothing decoded)")
+    if rows != meta.num_rows:
+        raise EpisodeFormatError(f"the footer counts {meta.num_rows} rows but its row groups {rows}")
     if meta.num_columns > len(EPISODE_SCHEMA):
         raise EpisodeFormatError(f"too many columns: {meta.num_columns} > {len(EPISODE_SCHEMA)}")
     sizes: dict[str, int] = {}
+    values: dict[str, int] = {}
     for group in range(meta.num_row_groups):
         row_group = meta.row_group(group)
         for index in range(row_group.num_columns):
             column = row_group.column(index)
             sizes[column.path_in_schema] = sizes.get(column.path_in_schema, 0) + column.total_uncompressed_size
-    limit = max(meta.num_rows, 1) * MAX_ROW_BYTES + COLUMN_ALLOWANCE_BYTES
+            values[column.path_in_schema] = values.get(column.path_in_schema, 0) + column.num_values
+    limit = max(rows, 1) * MAX_ROW_BYTES + COLUMN_ALLOWANCE_BYTES
     for name, size in sizes.items():
         if size > limit:
-            raise EpisodeFormatError(f"column {name!r} is {size} bytes uncompressed, over {limit} for "
-                                     f"{meta.num_rows} rows")
+            raise EpisodeFormatError(f"column {name!r} is {size} bytes uncompressed, over {limit} for {rows} rows")
+    value_limit = max(rows, 1) * MAX_ROW_VALUES
+    for name, count in values.items():
+        if count > value_limit:
+            raise EpisodeFormatError(f"column {name!r} holds {count} values, over {value_limit} for {rows} rows")
 
 
 def _key_value_metadata(meta: pq.FileMetaData) -> dict[str, str]:
