@@ -121,6 +121,15 @@ def test_buffer_holds_a_canonical_re_encoding(local_store):
     assert get_episode(local_store, key).episode_id == episode.episode_id
 
 
+def test_signature_fields_longer_than_a_signature_are_quarantined(local_store):
+    """They are what the buffer copy keeps of the uploader's footer, so they are kept only at a
+    signature's size."""
+    upload(local_store, "long-signature", fleet_episode(seed=71).to_parquet_bytes({"lwd.signature": "ab" * 10_000}))
+    (outcome,) = ingest_batch(local_store, pending_raw(local_store), EXPECT).outcomes
+    assert outcome.status == "quarantined" and "['lwd.signature'] over 256 characters" in outcome.reasons[0]
+    assert buffer_ids(local_store) == []
+
+
 def test_quarantine_reasons_are_bounded(local_store):
     from lwd_core.data.ingest import MAX_REASON_CHARS, MAX_REASONS
 

@@ -306,7 +306,13 @@ def _read_one(store: ObjectStore, raw: str, max_bytes: int, max_rows: int, check
             problem = _error(exc)
         if problem:
             return _quarantined(store, raw, data, [f"unauthenticated: {problem}"], episode)
-    return raw, data, episode, metadata
+    # Only the signature fields go on (to the buffer copy), and only of a signature's size.
+    kept = _signature_fields(metadata)
+    long = sorted(key for key, value in kept.items() if len(value) > MAX_SIGNATURE_FIELD_CHARS)
+    if long:
+        return _quarantined(store, raw, data, [f"malformed: footer {long} over {MAX_SIGNATURE_FIELD_CHARS} characters"],
+                            episode)
+    return raw, data, episode, kept
 
 
 def _settle_read(store: ObjectStore, raw: str, max_bytes: int, max_rows: int, check_signature: SignatureCheck | None
@@ -318,6 +324,10 @@ def _settle_read(store: ObjectStore, raw: str, max_bytes: int, max_rows: int, ch
     except (StoreError, ValueError) as exc:  # refused by the store: a pipe, a link, a key it never writes
         return _quarantined(store, raw, None, [f"unreadable: {_error(exc)}"])
     # Anything else (the store unreachable) propagates: the task retries, nothing is discarded.
+
+
+# An Ed25519 signature in hex is 128 characters, a signer a robot id of at most 128.
+MAX_SIGNATURE_FIELD_CHARS = 256
 
 
 def _signature_fields(metadata: dict[str, str]) -> dict[str, str]:
@@ -388,7 +398,7 @@ def ingest_batch(
             report.outcomes.append(outcome)
         # Re-encoded from the parsed episode: the buffer holds exactly what the id (and so the
         # signature) covers, never extra bytes or metadata an uploader slipped in beside it.
-        encoded = list(each(lambda item: item[1].to_parquet_bytes(_signature_fields(item[2])), writes))
+        encoded = list(each(lambda item: item[1].to_parquet_bytes(item[2]), writes))
         objects = [(outcome.destination, data) for (outcome, _, _), data in zip(writes, encoded, strict=True)]
         # The labels table shares the episodes' group commit and becomes visible after them.
         labels = _labels(label, [(outcome, episode) for outcome, episode, _ in writes]) if label is not None else None
