@@ -13,7 +13,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +45,7 @@ def _frame_bytes(frame: pl.DataFrame) -> bytes:
 def cases() -> dict[str, bytes]:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import make_episode
-    from corpus import with_footer
+    from corpus import layout_2_file, with_footer
 
     from lwd_core.store import now_us
     from lwd_core.suite import ACTION_DIM, OBS_DIM
@@ -55,7 +58,33 @@ def cases() -> dict[str, bytes]:
         "two-million-rows": _frame_bytes(pl.DataFrame({"step": pl.zeros(2_000_000, pl.Int32, eager=True)})),
         "megabyte-instruction": _frame_bytes(honest.to_frame().with_columns(pl.lit("x" * 8_000_000).alias("instruction"))),
         "megabyte-instruction-in-footer": with_footer(honest, lambda footer: footer | {"lwd.instruction": "x" * 4_000_000}),
+        # Stored once, in a dictionary page, with nothing saying "dictionary": 4 GB read row by row.
+        "megabyte-instruction-once-over-1000-rows": _table_bytes(_replaced(honest.to_arrow(), instruction=pa.DictionaryArray
+                                                                           .from_arrays(pa.array(np.zeros(1000, np.int32)),
+                                                                                        pa.array(["x" * 4_000_000]))),
+                                                                 store_schema=False),
+        # 20,000 dictionary-encoded zeros per observation: 80 MB per vector column from a few kB.
+        "million-value-vectors": layout_2_file(_replaced(honest._step_table(), obs=_zeros(1000, 20_000),
+                                                         next_obs=_zeros(1000, 20_000)),
+                                               honest, use_dictionary=True, compression="zstd"),
     }
+
+
+def _replaced(table: pa.Table, **columns: pa.Array) -> pa.Table:
+    for name, column in columns.items():
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    return table
+
+
+def _table_bytes(table: pa.Table, **options) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **options)
+    return sink.getvalue().to_pybytes()
+
+
+def _zeros(rows: int, width: int) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int32)),
+                                    pa.array(np.zeros(rows * width, np.float32)))
 
 
 def main() -> None:
