@@ -175,6 +175,7 @@ def test_extra_metadata_cannot_set_the_episodes_own_keys(episode_factory):
     (lambda m: {k: v for k, v in m.items() if k != "lwd.task_id"}, "footer metadata missing"),
     (lambda m: m | {"lwd.instruction": "x" * 100_000}, "footer values over 4096 characters"),
     (lambda m: m | {"lwd.robot_id": "robot-99"}, "does not match its content"),
+    (lambda m: m | {"lwd.episode_id": ""}, "does not match its content"),  # not recomputed and taken
     (lambda m: m | {LAYOUT_KEY: "3"}, "unknown file layout '3'"),
 ])
 def test_hostile_footers_rejected_with_reason(episode_factory, change, message):
