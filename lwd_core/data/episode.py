@@ -175,7 +175,7 @@ class Episode:
     # -- tabular form ------------------------------------------------------------------------------
     def strings(self) -> dict[str, str]:
         """The per-episode strings: the id and :meth:`metadata`."""
-        return {"episode_id": self.episode_id, **self.metadata()}
+        return {name: getattr(self, name) for name in _STRING_COLUMNS}
 
     def to_arrow(self) -> pa.Table:
         """Every column of :data:`EPISODE_SCHEMA`, the per-episode strings repeated on every row."""

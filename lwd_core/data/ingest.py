@@ -287,8 +287,8 @@ def _error(exc: BaseException) -> str:
 
 def _read_one(store: ObjectStore, raw: str, max_bytes: int, max_rows: int, check_signature: SignatureCheck | None
               ) -> Outcome | tuple[str, bytes, Episode, dict[str, str]]:
-    """One raw object parsed and authenticated, or the outcome that settles it (quarantined). Size, then
-    the Parquet footer's bounds, are checked before anything is decoded."""
+    """One raw object parsed and authenticated, with its signature fields, or the outcome that settles
+    it (quarantined). Size, then the Parquet footer's bounds, are checked before anything is decoded."""
     data = store.get_bounded(raw, max_bytes)
     if isinstance(data, int) or len(data) > max_bytes:  # grown since the size was read: still too big
         size = data if isinstance(data, int) else len(data)
@@ -377,7 +377,7 @@ def ingest_batch(
 
         writes = []
         seen: set[str] = set()
-        for raw, data, episode, metadata in parsed:
+        for raw, data, episode, signature in parsed:
             reasons = failures.get(episode.episode_id, [])
             if reasons:
                 report.outcomes.append(_quarantined(store, raw, data, [f"invalid: {r}" for r in reasons], episode))
@@ -393,7 +393,7 @@ def ingest_batch(
                 store.discard(raw)
             else:
                 outcome.destination = buffer_key("online", episode.task_id, episode.episode_id)
-                writes.append((outcome, episode, metadata))
+                writes.append((outcome, episode, signature))
             seen.add(episode.episode_id)
             report.outcomes.append(outcome)
         # Re-encoded from the parsed episode: the buffer holds exactly what the id (and so the
