@@ -171,14 +171,24 @@ class ObjectStore:
             raise StoreError(f"{path!r} is outside store root {self.root!r}")
         return path[len(root) :]
 
+    def _local_directory(self, path: str) -> str:
+        """The directory a local write of ``path`` goes in, made if missing, but only inside the root: a
+        directory linked out of it would take the write (and makedirs) elsewhere. Resolved before it is
+        made, so nothing is created outside either; realpath resolves the missing tail as written."""
+        directory = os.path.dirname(path)
+        resolved = os.path.realpath(directory)
+        if resolved != self.root and not resolved.startswith(self.root + os.sep):  # root is resolved at init
+            raise StoreError(f"{self.key_of(path)!r}: its directory resolves outside the store root: refused")
+        os.makedirs(directory, exist_ok=True)
+        return directory
+
     # -- single objects ----------------------------------------------------------------------------
     def put_atomic(self, key: str, data: bytes, durable: bool = True) -> str:
         """Write ``data`` under ``key`` so that readers see either nothing or all of it; locally,
         ``durable=False`` skips the fsync (state a crash may lose, a lease say, but never tear)."""
         path = self._path(key)
         if self.protocol == "file":
-            directory = os.path.dirname(path)
-            os.makedirs(directory, exist_ok=True)
+            directory = self._local_directory(path)
             tmp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
             try:
                 with open(tmp, "wb") as handle:
@@ -217,8 +227,7 @@ class ObjectStore:
                 path = self._path(key)
                 directory = os.path.dirname(path)
                 if directory not in made:
-                    os.makedirs(directory, exist_ok=True)
-                    made.add(directory)
+                    made.add(self._local_directory(path))
                 tmp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
                 staged.append((tmp, path))
                 with open(tmp, "wb") as handle:
@@ -355,9 +364,9 @@ class ObjectStore:
         data = json.dumps(obj, indent=indent, sort_keys=True).encode()
         if self.protocol == "file":
             path = self._path(key)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            lock = os.path.join(os.path.dirname(path), f"{TEMP_PREFIX}lock-{os.path.basename(path)}")
-            with open(lock, "a") as handle:
+            lock = os.path.join(self._local_directory(path), f"{TEMP_PREFIX}lock-{os.path.basename(path)}")
+            # Never through a link planted under the lock's name (it would create its target).
+            with open(lock, "a", opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW)) as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 try:
                     if self.get_json_versioned(key)[1] != generation:

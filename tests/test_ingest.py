@@ -110,6 +110,57 @@ def test_one_hostile_object_never_stops_the_batch_or_later_ones(local_store, key
     assert os.path.exists(outside), "a link is removed, never what it points to"
 
 
+def test_an_object_the_store_refuses_to_read_is_quarantined_and_ingest_goes_on(local_store, monkeypatch):
+    """A PermissionError on one object (a 0000-mode file, S3 AccessDenied) is that object's alone; a
+    connection error is the store's, and stops the batch with nothing discarded."""
+    good = _upload_fleet(local_store, range(30, 33))
+    refused = upload(local_store, "refused", fleet_episode(seed=33).to_parquet_bytes())
+    real_get = local_store.get_bounded
+
+    def get_refusing(key, max_bytes):
+        if key == refused:
+            raise PermissionError(13, "Permission denied", key)
+        return real_get(key, max_bytes)
+
+    monkeypatch.setattr(local_store, "get_bounded", get_refusing)
+    report = ingest_batch(local_store, pending_raw(local_store), EXPECT)
+    outcome = next(o for o in report.outcomes if o.raw_key == refused)
+    assert outcome.status == "quarantined" and outcome.reasons[0].startswith("unreadable, left in raw/: error: PermissionError")
+    assert local_store.get_json(outcome.destination)["raw_key"] == refused
+    assert sorted(buffer_ids(local_store)) == sorted(e.episode_id for e in good)
+    assert pending_raw(local_store) == [refused], "not deleted: a permission may be fixed and the episode recovered"
+
+    later = _upload_fleet(local_store, range(34, 36))  # the next run is not held up by it
+    assert ingest_next(local_store, "worker-a", EXPECT).count("accepted") == 2
+    assert sorted(buffer_ids(local_store)) == sorted(e.episode_id for e in good + later)
+    local_store.delete(refused)
+
+    def unreachable_store(key, max_bytes):
+        raise ConnectionError(f"no route to the store for {key}")
+
+    unreachable = upload(local_store, "unreachable", b"-")
+    monkeypatch.setattr(local_store, "get_bounded", unreachable_store)
+    with pytest.raises(ConnectionError):
+        ingest_batch(local_store, [unreachable], EXPECT)
+    assert pending_raw(local_store) == [unreachable], "an unreachable store discards nothing"
+
+
+def test_an_object_whose_quarantine_write_is_refused_is_reported_and_the_batch_goes_on(local_store, tmp_path):
+    """quarantine/ linked out of the store root: the local store refuses to write through it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, os.path.join(local_store.root, "quarantine"))
+    good = _upload_fleet(local_store, range(36, 38))
+    bad = upload(local_store, "not-parquet", b"not a parquet file")
+    report = ingest_batch(local_store, pending_raw(local_store), EXPECT)
+    outcome = next(o for o in report.outcomes if o.raw_key == bad)
+    assert outcome.status == "quarantined" and outcome.destination is None
+    assert "not quarantined: StoreError" in outcome.reasons[-1] and "outside the store root" in outcome.reasons[-1]
+    assert sorted(buffer_ids(local_store)) == sorted(e.episode_id for e in good)
+    assert list(outside.iterdir()) == [], "nothing was written through the link"
+    assert pending_raw(local_store) == [bad], "its raw copy stays: it was parked nowhere"
+
+
 def test_buffer_holds_a_canonical_re_encoding(local_store):
     from lwd_core.data.episode import read_parquet_metadata
 
@@ -255,6 +306,33 @@ def test_claims_lease_disjoint_shards_and_release_them(any_store):
     release_claim(any_store, first)
     held = [int(shard) for shard, lease in any_store.get_json(INGEST_LEASES_KEY)["shards"].items() if lease["owner"]]
     assert sorted(held) == sorted(second.shards)
+
+
+def test_a_claim_never_takes_shards_another_worker_claimed_after_its_listing(local_store, monkeypatch):
+    """worker-b claims, ingests and hands back its shards between worker-a's listing of raw/ and its
+    lease update: worker-a must not re-claim the keys its stale listing still names, and, left with
+    nothing else, it lists again and finds what was uploaded meanwhile."""
+    taken = [raw_key(ROBOT, episode.episode_id) for episode in _upload_fleet(local_store, range(360, 370))]
+    real_list = local_store.list_modified
+    other: dict = {}
+
+    def list_then_another_worker_runs(*args, **kwargs):
+        listing = real_list(*args, **kwargs)
+        if not other:  # once, and not for worker-b's own listing
+            other["claim"] = None
+            other["claim"] = claim_uploads(local_store, "worker-b", batch_size=64)
+            for key in other["claim"].keys:  # ingested
+                local_store.discard(key)
+            other["uploaded"] = _upload_fleet(local_store, range(370, 373))
+            release_claim(local_store, other["claim"])
+        return listing
+
+    monkeypatch.setattr(local_store, "list_modified", list_then_another_worker_runs)
+    claim = claim_uploads(local_store, "worker-a", batch_size=64)
+    assert sorted(other["claim"].keys) == sorted(taken)
+    assert not set(claim.keys) & set(taken), "no object was claimed twice"
+    assert claim.keys == sorted(raw_key(ROBOT, episode.episode_id) for episode in other["uploaded"])
+    release_claim(local_store, claim)
 
 
 def test_shards_are_served_in_turn_so_no_upload_waits_behind_busier_ones(local_store):

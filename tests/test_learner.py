@@ -230,6 +230,43 @@ def test_two_training_runs_cannot_both_move_the_latest_checkpoint(transitions, l
     assert local_store.get_json(CHECKPOINT_LATEST_KEY) == {"checkpoint": winner.checkpoint}
 
 
+def test_racing_snapshot_builds_never_move_the_latest_pointer_back(local_store, monkeypatch):
+    """One build lists the buffers; another, after a new episode is buffered, lists and moves the pointer
+    before the first writes. The first is refused and lists again: the pointer ends on the newest listing."""
+    from lwd_core.data.layout import (
+        SNAPSHOT_LATEST_KEY,
+        buffer_key,
+        buffer_prefix,
+        put_episode,
+    )
+    from lwd_core.data.snapshot import build_snapshot
+
+    def buffer(seed: int) -> None:
+        episode = make_episode(steps=5, obs_dim=OBS, action_dim=ACT, task_id="task-a", seed=seed)
+        put_episode(local_store, buffer_key("online", episode.task_id, episode.episode_id), episode)
+
+    buffer(500)
+    buffer(501)
+    first = build_snapshot(local_store)
+    real_list = local_store.list
+    racing: dict = {}
+
+    def list_then_another_build_runs(prefix: str = "", suffix: str = "") -> list[str]:
+        listing = real_list(prefix, suffix)
+        if prefix == buffer_prefix("online") and not racing:  # once, and not for the other build's listing
+            racing["newer"] = None
+            buffer(502)
+            racing["newer"] = build_snapshot(local_store)
+        return listing
+
+    monkeypatch.setattr(local_store, "list", list_then_another_build_runs)
+    slower = build_snapshot(local_store)
+    newer = racing["newer"]
+    assert len(newer["episodes"]) == 3 and newer["parent"] == first["snapshot_id"]
+    assert local_store.get_json(SNAPSHOT_LATEST_KEY) == {"snapshot_id": newer["snapshot_id"]}, "never moved back"
+    assert slower["snapshot_id"] == newer["snapshot_id"], "the slower build listed again"
+
+
 def test_fused_updates_equal_single_updates(transitions):
     """update_many (one scan, state donated) is the same arithmetic as update called in turn."""
     learner = Learner(tiny_spec())

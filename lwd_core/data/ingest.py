@@ -21,6 +21,7 @@ Several workers share ``raw/`` by leasing shards of it for one micro-batch at a 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 from collections.abc import Callable
@@ -141,23 +142,56 @@ class Claim:
     uploaded_us: dict[str, int] = field(default_factory=dict)  # per key, from the listing
 
 
+# A claim lists raw/ before it takes its leases. A shard another worker claims in between may be ingested
+# and handed back before this claim's lease update, leaving this listing stale there: such a shard waits
+# for a fresh listing, up to this many; the last attempt trusts its listing (a key already taken is only
+# skipped by ingest, never buffered twice), so that a claim always ends.
+CLAIM_ATTEMPTS = 3
+
+
 def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s: float = 120.0) -> Claim:
     """Lease shards of raw/ for one micro-batch: free shards, longest waiting first, up to
     ``batch_size`` uploads (oldest first), or to a fair share of the free backlog among the workers
-    still at work. A claim that finds nothing marks its worker done, so the others stop counting it.
-    The lease table is written without an fsync (a crash that loses it loses claims, never an episode)
-    and compact (it is rewritten twice per micro-batch)."""
+    still at work. A shard claimed by another worker since raw/ was listed is not free to this claim;
+    when that leaves it empty, raw/ is listed again, so that an empty claim means nothing is waiting:
+    it marks its worker done, so the others stop counting it."""
+    for attempt in range(1, CLAIM_ATTEMPTS + 1):
+        claim, passed_over = _claim_from_one_listing(store, owner, batch_size, lease_s,
+                                                     trust_listing=attempt == CLAIM_ATTEMPTS)
+        if claim.keys or not passed_over:
+            break
+    return claim
+
+
+def _claimed_us(table: object) -> dict[str, int | None]:
+    return {shard: lease.get("claimed_us") for shard, lease in _section(table, "shards").items()}
+
+
+def _claim_from_one_listing(store: ObjectStore, owner: str, batch_size: int, lease_s: float, trust_listing: bool
+                            ) -> tuple[Claim, bool]:
+    """One claim from one listing of raw/, and whether shards were passed over as claimed by others since
+    that listing. The lease table is written without an fsync (a crash that loses it loses claims, never
+    an episode) and compact (it is rewritten twice per micro-batch)."""
+    # The leases as of the listing (read just before it): a claim after it changes its shard's claimed_us,
+    # with no clock compared across machines.
+    as_listed = _claimed_us(store.get_json_versioned(INGEST_LEASES_KEY)[0])
     uploaded = store.list_modified(RAW_PREFIX, suffix=".parquet")
     pending: dict[int, list[str]] = {}
     for key in sorted(uploaded, key=lambda key: (uploaded[key], key)):
         pending.setdefault(shard_of(key), []).append(key)
     claim = Claim(owner, [], [], 0)
     first = shard_of(owner)  # ties go round from a different shard per worker
+    passed_over = False
 
     def take(table: dict | None) -> dict:
+        nonlocal passed_over
         now = now_us()
         shards = _section(table, "shards")
         held = {name for name, lease in shards.items() if lease.get("expires_us", 0) > now and lease.get("owner") != owner}
+        since = set() if trust_listing else {
+            str(shard) for shard in pending if shards.get(str(shard), {}).get("claimed_us") != as_listed.get(str(shard))}
+        passed_over = bool(since - held)
+        held |= since
         workers = {name: seen for name, seen in _section(table, "workers").items()
                    if not seen.get("done") and seen.get("seen_us", 0) > now - lease_s * 1e6 and name != owner}
 
@@ -189,13 +223,13 @@ def claim_uploads(store: ObjectStore, owner: str, batch_size: int = 64, lease_s:
             served = now if len(pending[shard]) <= room else last_whole_turn_us(shard)
             shards[str(shard)] = {"owner": owner, "claimed_us": now, "expires_us": now + int(lease_s * 1e6),
                                   "served_us": served}
-        workers[owner] = {"seen_us": now, "done": not claim.keys}
+        workers[owner] = {"seen_us": now, "done": not claim.keys and not passed_over}  # passed over: it lists again
         return {"shards": shards, "workers": workers}
 
     store.update_json(INGEST_LEASES_KEY, take, durable=False, indent=None)
     claim.keys.sort()
     claim.uploaded_us = {key: int(uploaded[key] * 1e6) for key in claim.keys}
-    return claim
+    return claim, passed_over
 
 
 def _section(table: object, name: str) -> dict[str, dict]:
@@ -255,27 +289,30 @@ def bounded(reasons: list[str]) -> list[str]:
     return kept + ([f"... and {len(reasons) - MAX_REASONS} more"] if len(reasons) > MAX_REASONS else [])
 
 
-def quarantine(store: ObjectStore, raw: str, data: bytes | None, reasons: list[str], episode_id: str | None) -> str:
+def quarantine(store: ObjectStore, raw: str, data: bytes | None, reasons: list[str], episode_id: str | None,
+               keep_raw: bool = False) -> str:
     """Park the object (``data`` None: too big or unreadable, only the reason is kept) and remove the raw
-    copy, which is what keeps a bad object from being seen again."""
+    copy, which is what keeps a bad object from being seen again; ``keep_raw`` leaves it (an object the
+    store refuses to hand over may be an operator's to recover)."""
     name = episode_id or f"unparsed-{sha256_hex(data if data is not None else raw.encode(errors='replace'))}"
     if data is not None:
         store.put_atomic(quarantine_key(name), data)
     reason_key = quarantine_reason_key(name)
     store.put_json(reason_key, {"raw_key": raw, "reasons": bounded(reasons),
                                 "bytes": None if data is None else len(data), "quarantined_us": now_us()})
-    store.discard(raw)
+    if not keep_raw:
+        store.discard(raw)
     return quarantine_key(name) if data is not None else reason_key
 
 
 def _quarantined(store: ObjectStore, raw: str, data: bytes | None, reasons: list[str],
-                 episode: Episode | None = None) -> Outcome:
+                 episode: Episode | None = None, keep_raw: bool = False) -> Outcome:
     reasons = bounded(reasons)
     outcome = Outcome(raw, "quarantined", reasons=reasons)
     if episode is not None:
         outcome.episode_id, outcome.task_id, outcome.robot_id = episode.episode_id, episode.task_id, episode.robot_id
     try:
-        outcome.destination = quarantine(store, raw, data, reasons, outcome.episode_id)
+        outcome.destination = quarantine(store, raw, data, reasons, outcome.episode_id, keep_raw)
     except Exception as exc:  # noqa: BLE001 - reported, and the batch goes on without it
         outcome.reasons = bounded([*reasons, f"not quarantined: {type(exc).__name__}: {exc}"])
     return outcome
@@ -323,7 +360,29 @@ def _settle_read(store: ObjectStore, raw: str, max_bytes: int, max_rows: int, ch
         return None  # taken by a concurrent ingest run
     except (StoreError, ValueError) as exc:  # refused by the store: a pipe, a link, a key it never writes
         return _quarantined(store, raw, None, [f"unreadable: {_error(exc)}"])
+    except OSError as exc:
+        if not _refused(exc):
+            raise
+        # Not deleted: a misconfigured permission must not cost the fleet its uploads. Its shard's turn
+        # still passes, so it waits behind the others instead of heading every claim.
+        return _quarantined(store, raw, None, [f"unreadable, left in raw/: {_error(exc)}"], keep_raw=True)
     # Anything else (the store unreachable) propagates: the task retries, nothing is discarded.
+
+
+# S3 refusals s3fs also raises as PermissionError that are about the credentials, not one object: every
+# read would fail the same way, so they stop the batch like an unreachable store.
+STORE_WIDE_REFUSALS = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                                 "RequestTimeTooSkewed", "AccountProblem", "AllAccessDisabled", "NotSignedUp"})
+
+
+def _refused(exc: OSError) -> bool:
+    """Whether the store refused this one object (its file mode, an S3 AccessDenied on it, a link that
+    replaced it after the check): settled on its own. Connection errors and timeouts are OSErrors too,
+    and are not."""
+    if isinstance(exc, PermissionError):
+        code = getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code")
+        return code not in STORE_WIDE_REFUSALS
+    return isinstance(exc, (IsADirectoryError, NotADirectoryError)) or exc.errno == errno.ELOOP
 
 
 # An Ed25519 signature in hex is 128 characters, a signer a robot id of at most 128.
