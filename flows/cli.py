@@ -327,13 +327,14 @@ def keys_generate(
     release: Annotated[bool, typer.Option(help="Also the release key (the rollout side's).")] = True,
 ) -> None:
     """Make the missing key pairs in fleet.keys_dir (default <data_dir>/keys); --rotate replaces them.
-    Give each robot only its own .key file, ingestion the robots' .pub files, actors release.pub."""
+    Give each robot (and teleoperator) only its own .key file, ingestion their .pub files, actors
+    release.pub."""
     from lwd_core.security import RELEASE, keyring_for
     from lwd_core.suite import fleet_robot_ids
 
     settings = _load(config)
     keyring = keyring_for(settings, generate=False)
-    names = fleet_robot_ids(robots or settings.fleet.robots, settings.fleet.hosts)
+    names = [*fleet_robot_ids(robots or settings.fleet.robots, settings.fleet.hosts), *settings.fleet.teleoperators]
     written = keyring.generate(names, release=release, rotate=rotate)
     typer.echo(json.dumps({"keys_dir": str(keyring.root), "written": written,
                            "fingerprints": {name: keyring.fingerprint(name)

@@ -112,6 +112,9 @@ class FleetConfig(_Section):
     keys_dir: str = ""
     # Ingestion quarantines episodes without their robot's valid signature.
     require_signatures: bool = True
+    # Identities (not robot ids) whose uploads may be demonstrations or play; robots upload rollouts
+    # only. Each signs like a robot: its public key is <keys_dir>/robots/<identity>.pub.
+    teleoperators: list[str] = Field(default_factory=list)
     # The scripted human takes over stalled or drifting rollouts (steps flagged as interventions).
     intervention: bool = True
     # Robots sharing one actor process (one batched policy call); 0: spread over the CPU cores.

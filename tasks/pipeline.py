@@ -30,10 +30,17 @@ def fleet_ids(config: LWDConfig) -> list[str]:
     return fleet_robot_ids(config.fleet.robots, config.fleet.hosts)
 
 
+def uploader_ids(config: LWDConfig) -> list[str]:
+    """Every identity that signs uploads: the fleet's robots and the teleoperators."""
+    return [*fleet_ids(config), *config.fleet.teleoperators]
+
+
 def expectations(config: LWDConfig) -> Expectations:
-    """The suite's parameters now: known tasks, robots, and every version the coordinator published."""
+    """The suite's parameters now: known tasks, robots, teleoperators, and every version the coordinator
+    published."""
     return Expectations.for_suite(select_tasks(config.fleet.tasks), fleet_ids(config),
-                                  Coordinator(open_store(config)).published_versions())
+                                  Coordinator(open_store(config)).published_versions(),
+                                  teleoperators=config.fleet.teleoperators)
 
 
 @task(retries=3, retry_delay_seconds=[1, 5, 20])
@@ -50,7 +57,7 @@ def ingest_next_batch(config: LWDConfig, owner: str, index: int, batch_size: int
     from lwd_core.data.nstep import NStepSchedule
 
     store = open_store(config)
-    keyring = keyring_for(config, fleet_ids(config))
+    keyring = keyring_for(config, uploader_ids(config))
     check = episode_signature_check(keyring) if config.fleet.require_signatures else None
     schedule = NStepSchedule.from_config(config.algo)
     report = ingest_next(store, owner, expectations(config), batch_size=batch_size, lease_s=lease_s,

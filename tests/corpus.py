@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from conftest import make_episode
 
 from lwd_core.data.episode import LAYOUT_KEY, Episode, footer_key
-from lwd_core.suite import ACTION_DIM, OBS_DIM
+from lwd_core.suite import ACTION_DIM, MAX_SCENE_OBS, OBS_DIM, SCENES
 
 ROBOT, TASK, VERSION = "robot-00", "restock-horizontal", "policy-v1"
 
@@ -108,13 +108,25 @@ def bad_corpus(max_steps: int) -> list[BadCase]:
     cases.append(BadCase("huge-observation", good.replace(observations=obs).to_parquet_bytes(), "outside the suite's bounds"))
     obs = good.observations.copy()
     obs[2, OBS_DIM - 10] = 0.5  # a padding slot of a cube-single observation
-    cases.append(BadCase("padding-not-zero", good.replace(observations=obs).to_parquet_bytes(), "outside the suite's bounds"))
+    cases.append(BadCase("padding-not-zero", good.replace(observations=obs).to_parquet_bytes(), "padding or scene id"))
+    obs = good.next_observations.copy()
+    obs[-1, MAX_SCENE_OBS - 1] = -1e-6  # the last padding slot, barely off zero
+    cases.append(BadCase("next-padding-not-zero", good.replace(next_observations=obs).to_parquet_bytes(),
+                         "padding or scene id"))
+    obs = good.observations.copy()
+    obs[:, MAX_SCENE_OBS:] = np.eye(len(SCENES))[SCENES.index("cube-triple")]  # a cube-single task's steps
+    cases.append(BadCase("wrong-scene-one-hot", good.replace(observations=obs).to_parquet_bytes(), "padding or scene id"))
     cases.append(BadCase("centuries-ahead", good.replace(timestamps_us=good.timestamps_us + 300 * 365 * 86400 * 10**6)
                          .to_parquet_bytes(), "timestamps outside"))
     terminals = good.terminals.copy()
     terminals[3] = True
     cases.append(BadCase("terminal-mid-episode", good.replace(terminals=terminals).to_parquet_bytes(),
                          "terminal step before the end"))
+    failed = fleet_episode(seed=113, success=False)
+    terminals = failed.terminals.copy()
+    terminals[-1] = True  # the suite's simulator terminates only at the goal
+    cases.append(BadCase("terminal-failure", failed.replace(terminals=terminals).to_parquet_bytes(),
+                         "terminal step that is not a success"))
     cases.append(BadCase("outcome-contradicts-flags", good.replace(outcome="failure").to_parquet_bytes(),
                          "outcome disagrees"))
     cases.append(BadCase("robot-claims-demo", fleet_episode(seed=107, source="demo").to_parquet_bytes(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,54 @@ def test_actor_accepts_only_signed_current_releases(local_store, keyring, tmp_pa
     refused(v2 | {"stable": signed_v1}, "replayed release")
     actor.close()
     assert coordinator.actor(ROBOT)["running_version"] == "v2"
+
+
+def test_a_restarted_actor_still_refuses_older_releases(local_store, keyring, tmp_path):
+    """The accepted revision survives a restart (it is on the robot's disk); a floor file that cannot
+    be read refuses every release rather than starting again from 0."""
+    coordinator = publisher(local_store, keyring)
+    robots = assign_tasks([ROBOT], (get_task("restock-horizontal"),))
+
+    def start_actor() -> Actor:  # a fresh process: nothing in memory, the same spool on disk
+        return Actor(local_store, EdgeClient(tmp_path / "spool", local_store, sign=episode_signer(keyring)), robots,
+                     max_steps=5, poll_s=0.0, verify_release=release_verifier(keyring))
+
+    def refused(actor: Actor, document: dict, why: str) -> None:
+        local_store.put_json("fleet/desired.json", document)
+        deadline = time.monotonic() + 120
+        while actor.robots[0].rejected is None and time.monotonic() < deadline:
+            actor.run(max_episodes=1, duration_s=1)
+        actor.close()
+        assert actor.robots[0].release is None
+        assert why in (coordinator.actor(ROBOT)["last_error"] or "")
+
+    old = coordinator.publish_all(tiny_policy_checkpoint(local_store, "checkpoints/v1", 0))
+    current = coordinator.publish_all(tiny_policy_checkpoint(local_store, "checkpoints/v2", 1))
+    first = start_actor()
+    first.run(max_episodes=1, duration_s=120)
+    first.close()
+    assert coordinator.actor(ROBOT)["running_version"] == "v2"
+
+    restarted = start_actor()
+    assert restarted.accepted_revision == current["revision"]
+    refused(restarted, old, "replayed release")
+
+    (restarted.floor_dir / f"{ROBOT}.json").write_text("{not json")
+    refused(start_actor(), current, "release floor")
+
+
+def test_a_signed_demonstration_from_a_teleoperator_is_accepted_and_from_a_robot_is_not(local_store, keyring):
+    """Teleoperators sign as robots do (their key pair in the keyring's robots/); only they may upload demos."""
+    keyring.generate(["operator-1"], release=False)
+    demo = fleet_episode(seed=1, robot_id="operator-1", source="demo")
+    robot_demo = fleet_episode(seed=1, source="demo")
+    keys = {upload(local_store, name, signed_bytes(episode, keyring)): name
+            for name, episode in (("teleoperator", demo), ("robot", robot_demo))}
+    exp = replace(EXPECT, teleoperators=frozenset({"operator-1"}))
+    report = ingest_batch(local_store, pending_raw(local_store), exp, check_signature=episode_signature_check(keyring))
+    status = {keys[o.raw_key]: (o.status, " ".join(o.reasons)) for o in report.outcomes}
+    assert status["teleoperator"] == ("accepted", "")
+    assert status["robot"][0] == "quarantined" and "source not allowed" in status["robot"][1]
 
 
 def test_keys_are_private_to_their_owner_and_rotate(tmp_path):

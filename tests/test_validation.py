@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from corpus import bad_corpus, fleet_episode
 from test_ingest import EXPECT, MAX_STEPS
 
+from lwd_core.config import LWDConfig
 from lwd_core.data import validation
 from lwd_core.data.episode import Episode, EpisodeFormatError
 from lwd_core.data.validation import (
@@ -50,3 +53,23 @@ def test_precheck_and_gx_agree_on_every_bad_case(name, bad):
     report = validate_episodes([good, bad], EXPECT)
     assert report.reasons(bad.episode_id) and report.reasons(good.episode_id) == []
     assert report.failures == validate_episodes([good, bad], EXPECT, precheck=False).failures
+
+
+def test_demonstrations_come_only_from_teleoperators():
+    exp = replace(EXPECT, teleoperators=frozenset({"operator-1"}))
+    demo = fleet_episode(seed=3, robot_id="operator-1", source="demo")
+    from_robot = fleet_episode(seed=3, source="demo")
+    rollout_from_operator = fleet_episode(seed=4, robot_id="operator-1")
+    for precheck in (True, False):
+        report = validate_episodes([demo, from_robot, rollout_from_operator], exp, precheck=precheck)
+        assert report.reasons(demo.episode_id) == []
+        for refused in (from_robot, rollout_from_operator):
+            assert any("source not allowed" in reason for reason in report.reasons(refused.episode_id))
+
+
+def test_pipeline_expectations_name_the_configured_teleoperators(tmp_path):
+    from tasks.pipeline import expectations
+
+    config = LWDConfig(data_dir=tmp_path, fleet={"teleoperators": ["operator-1"]})
+    assert expectations(config).teleoperators == {"operator-1"}
+    assert expectations(LWDConfig(data_dir=tmp_path)).teleoperators == frozenset()

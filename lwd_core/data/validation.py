@@ -24,9 +24,11 @@ from lwd_core.store import now_us
 from lwd_core.suite import (
     ACTION_DIM,
     OBS_DIM,
+    SCENE_OBS_DIMS,
     TASKS_BY_ID,
     TaskSpec,
     observation_bounds,
+    pad_observation,
     sparse_rewards,
 )
 
@@ -46,18 +48,20 @@ class Expectations:
     policy_versions: frozenset[str]
     max_steps: int
     sources: frozenset[str] = frozenset(SOURCES)
-    # Robots upload their own rollouts; demonstrations and play come only from these identities.
+    # Robots upload their own rollouts; demonstrations and play come only from these identities
+    # (config fleet.teleoperators), which upload nothing else.
     teleoperators: frozenset[str] = frozenset()
     # Timestamps must fall in [ingest time - max_age, ingest time + max_skew].
     max_age_s: float = 7 * 24 * 3600.0
     max_skew_s: float = 300.0
 
     @classmethod
-    def for_suite(cls, suite: Iterable[TaskSpec], robots: Iterable[str], policy_versions: Iterable[str]) -> Expectations:
+    def for_suite(cls, suite: Iterable[TaskSpec], robots: Iterable[str], policy_versions: Iterable[str],
+                  teleoperators: Iterable[str] = ()) -> Expectations:
         suite = list(suite)
         return cls(obs_dim=OBS_DIM, action_dim=ACTION_DIM, tasks=frozenset(t.task_id for t in suite),
                    robots=frozenset(robots), policy_versions=frozenset(policy_versions),
-                   max_steps=max(t.horizon for t in suite))
+                   max_steps=max(t.horizon for t in suite), teleoperators=frozenset(teleoperators))
 
 
 @dataclass
@@ -68,6 +72,23 @@ class ValidationReport:
 
     def reasons(self, episode_id: str) -> list[str]:
         return self.failures.get(episode_id, [])
+
+
+@lru_cache(maxsize=len(TASKS_BY_ID))
+def _fixed_layout(task: TaskSpec) -> tuple[int, np.ndarray]:
+    """Where a task's observation stops being scene state, and the exact values from there on: zero
+    padding and the task's own one-hot scene id (derived from pad_observation, the layout's one home)."""
+    state_dims = SCENE_OBS_DIMS[task.scene]
+    return state_dims, pad_observation(np.zeros(state_dims), task)[state_dims:]
+
+
+def _layout_matches(episode: Episode, task: TaskSpec | None) -> bool:
+    """Padding and scene id of every (next) observation are exactly the task's; a wrong shape is the
+    dimension checks' to report."""
+    if task is None or not episode.observations.shape[1:] == episode.next_observations.shape[1:] == (OBS_DIM,):
+        return True
+    start, fixed = _fixed_layout(task)
+    return bool((episode.observations[:, start:] == fixed).all() and (episode.next_observations[:, start:] == fixed).all())
 
 
 def _semantics(episode: Episode, exp: Expectations, now: int) -> dict[str, bool]:
@@ -83,11 +104,12 @@ def _semantics(episode: Episode, exp: Expectations, now: int) -> dict[str, bool]
     last_success = bool(episode.successes[-1]) if episode.num_steps else False
     return {
         "obs_in_bounds": in_bounds,
+        "obs_layout_matches_task": _layout_matches(episode, task),
         "timestamps_in_window": bool(stamps.min() >= now - exp.max_age_s * 1e6 and stamps.max() <= now + exp.max_skew_s * 1e6),
         "terminal_only_last": not bool(episode.terminals[:-1].any()),
         "outcome_matches_success": episode.outcome == ("success" if last_success else "failure"),
         "instruction_matches_task": task is None or episode.instruction == task.instruction,
-        "source_allowed": episode.source == "rollout" or episode.robot_id in exp.teleoperators,
+        "source_allowed": episode.robot_id in (exp.robots if episode.source == "rollout" else exp.teleoperators),
     }
 
 
@@ -103,7 +125,7 @@ def check_frame(episodes: Iterable[Episode], exp: Expectations) -> pl.DataFrame:
     per_episode: dict[str, list] = {name: [] for name in ("episode_id", "robot_id", "task_id", "policy_version",
                                                           "source", "outcome")}
     per_step: dict[str, list[np.ndarray]] = {name: [] for name in ("finite", "action_abs_max", "timestamp_delta_us",
-                                                                   "reward_matches_success")}
+                                                                   "reward_matches_success", "terminal_is_success")}
     dims: dict[str, list[int]] = {"obs_dim": [], "next_obs_dim": [], "action_dim": []}
     semantics: dict[str, list[bool]] = {}
     for episode in episodes:
@@ -119,6 +141,8 @@ def check_frame(episodes: Iterable[Episode], exp: Expectations) -> pl.DataFrame:
         per_step["action_abs_max"].append(np.nan_to_num(np.abs(episode.actions).max(1), nan=np.inf, posinf=np.inf))
         per_step["timestamp_delta_us"].append(np.diff(episode.timestamps_us, prepend=episode.timestamps_us[0] - 1))
         per_step["reward_matches_success"].append(episode.rewards == sparse_rewards(episode.successes))
+        # The suite's simulator terminates only at the goal (success and termination are one flag).
+        per_step["terminal_is_success"].append(~episode.terminals.astype(bool) | episode.successes.astype(bool))
     gather = pl.Series(rows_of)
     columns = {name: pl.Series(values, dtype=pl.String).gather(gather) for name, values in per_episode.items()}
     columns |= {name: np.repeat(np.asarray(values, np.int64), steps) for name, values in dims.items()}
@@ -133,7 +157,8 @@ def check_frame(episodes: Iterable[Episode], exp: Expectations) -> pl.DataFrame:
 def _suite_spec(exp: Expectations) -> list[tuple[str, str, dict, str]]:
     return [
         ("ExpectColumnValuesToBeInSet", "task_id", {"value_set": sorted(exp.tasks)}, "unknown task"),
-        ("ExpectColumnValuesToBeInSet", "robot_id", {"value_set": sorted(exp.robots)}, "unknown robot"),
+        ("ExpectColumnValuesToBeInSet", "robot_id", {"value_set": sorted(exp.robots | exp.teleoperators)},
+         "unknown robot"),
         ("ExpectColumnValuesToBeInSet", "policy_version", {"value_set": sorted(exp.policy_versions)},
          "unknown policy version"),
         ("ExpectColumnValuesToBeInSet", "source", {"value_set": sorted(exp.sources)}, "unexpected source"),
@@ -155,16 +180,20 @@ def _suite_spec(exp: Expectations) -> list[tuple[str, str, dict, str]]:
          "reward disagrees with the success flag (sparse 0/-1)"),
         ("ExpectColumnValuesToBeInSet", "obs_in_bounds", {"value_set": [True]},
          "observation outside the suite's bounds for its task"),
+        ("ExpectColumnValuesToBeInSet", "obs_layout_matches_task", {"value_set": [True]},
+         "observation padding or scene id is not the task's (padding must be 0, the scene one-hot its own)"),
         ("ExpectColumnValuesToBeInSet", "timestamps_in_window", {"value_set": [True]},
          f"timestamps outside [now - {exp.max_age_s:.0f}s, now + {exp.max_skew_s:.0f}s]"),
         ("ExpectColumnValuesToBeInSet", "terminal_only_last", {"value_set": [True]},
          "terminal step before the end of the episode"),
+        ("ExpectColumnValuesToBeInSet", "terminal_is_success", {"value_set": [True]},
+         "terminal step that is not a success (the suite's episodes terminate only at the goal)"),
         ("ExpectColumnValuesToBeInSet", "outcome_matches_success", {"value_set": [True]},
          "outcome disagrees with the last step's success flag"),
         ("ExpectColumnValuesToBeInSet", "instruction_matches_task", {"value_set": [True]},
          "instruction is not the task's"),
         ("ExpectColumnValuesToBeInSet", "source_allowed", {"value_set": [True]},
-         "source not allowed for this uploader (robots upload rollouts only)"),
+         "source not allowed for this uploader (robots upload rollouts only, teleoperators demonstrations and play)"),
     ]
 
 

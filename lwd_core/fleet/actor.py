@@ -7,11 +7,15 @@ simulator, teleoperator (who takes over when the policy stalls or drifts) and ve
 Weights change only between episodes. Before a swap the actor fetches the release named by the
 coordinator and loads the policy only if its bytes hash to the release's sha256; a mismatch is
 reported and the robot keeps its current weights. Finished episodes go to the edge client's spool.
+
+Each robot's highest accepted release revision (its floor) is kept on local disk, written before the
+robot switches, so a restarted actor still refuses an old signed release published again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -20,13 +24,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lwd_core.algo.text import tokenize
+from lwd_core.data.layout import safe_name
 from lwd_core.fleet.coordinator import Coordinator, Release, now_us
-from lwd_core.fleet.edge import EdgeClient
+from lwd_core.fleet.edge import EdgeClient, fsync_write
 from lwd_core.sim.rollout import EpisodeRunner, make_env
 from lwd_core.sim.teleop import InterventionMonitor, Teleoperator
 from lwd_core.store import ObjectStore
@@ -35,6 +41,7 @@ from lwd_core.suite import CONTROL_PERIOD_S, TaskSpec
 log = logging.getLogger(__name__)
 _SWAPS_KEPT = 20
 _IDLE_WAIT_S = 0.05
+FLOOR_DIR = "release-floor"  # inside the spool unless the actor is given a directory
 
 
 class PolicyCache:
@@ -72,6 +79,35 @@ class Robot:
     per_version: dict[str, dict[str, int]] = field(default_factory=dict)
     swaps: list[dict[str, Any]] = field(default_factory=list)
     last_error: str | None = None
+    # Highest release revision accepted (persisted); None: its floor file is unreadable, so no floor
+    # can be established and every release is refused until an operator checks and removes the file.
+    revision_floor: int | None = 0
+
+
+def _floor_path(floor_dir: Path, robot_id: str) -> Path:
+    return floor_dir / f"{safe_name(robot_id, 'robot id')}.json"
+
+
+def read_revision_floor(floor_dir: Path, robot_id: str) -> int | None:
+    """The robot's persisted floor: 0 if it never accepted a release here, None if the file cannot be
+    trusted (it is written atomically, so a bad one means tampering or a disk fault: fail closed)."""
+    path = _floor_path(floor_dir, robot_id)
+    if not path.exists():
+        return 0
+    try:
+        revision = json.loads(path.read_text())["revision"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.error("%s: release floor %s unreadable (%s): refusing every release", robot_id, path, exc)
+        return None
+    if type(revision) is not int or revision < 0:
+        log.error("%s: release floor %s holds %r, not a revision: refusing every release", robot_id, path, revision)
+        return None
+    return revision
+
+
+def write_revision_floor(floor_dir: Path, robot_id: str, revision: int) -> None:
+    floor_dir.mkdir(parents=True, exist_ok=True)
+    fsync_write(_floor_path(floor_dir, robot_id), json.dumps({"revision": revision}).encode())
 
 
 def assign_tasks(robot_ids: list[str], suite: tuple[TaskSpec, ...] | list[TaskSpec]) -> dict[str, TaskSpec]:
@@ -97,23 +133,27 @@ class Actor:
         clock: Callable[[], int] | None = None,
         verify_release: Callable[[dict[str, Any]], bool] | None = None,
         realtime_factor: float = 0.0,
+        floor_dir: str | os.PathLike | None = None,
     ):
         """``verify_release``: the release key's verifier (lwd_core.security.release_verifier); each
         release must verify and be no older than the last one accepted before its hashes are trusted
         (production actors always pass it; None skips only that check, never the hash checks). ``realtime_factor``:
         pace control steps at that multiple of the robots' 20 Hz (1.0: real time); 0: as fast as the
-        simulator goes."""
+        simulator goes. ``floor_dir``: where each robot's accepted-revision floor survives restarts
+        (None: ``release-floor`` in the edge client's spool)."""
         import jax
 
         self.store = store
         self.coordinator = Coordinator(store)
         self.edge = edge
         self.robots = [Robot(robot_id, task) for robot_id, task in sorted(robots.items())]
+        self.floor_dir = Path(floor_dir) if floor_dir is not None else edge.root / FLOOR_DIR
         for robot in self.robots:
             # A restarted actor keeps its robot's history: outcomes per version feed canary decisions.
             previous = self.coordinator.actor(robot.robot_id) or {}
             robot.per_version = previous.get("per_version", {})
             robot.swaps = previous.get("swaps", [])
+            robot.revision_floor = read_revision_floor(self.floor_dir, robot.robot_id)
         self.intervene = intervene
         self.max_steps = max_steps
         self.seed = seed
@@ -121,7 +161,6 @@ class Actor:
         self.clock = clock
         self.policies = PolicyCache(store)
         self.verify_release = verify_release
-        self.accepted_revision = 0
         self.step_period_s = CONTROL_PERIOD_S / realtime_factor if realtime_factor > 0 else 0.0
         self._next_step = 0.0
         self._rng = jax.random.PRNGKey(seed)
@@ -129,6 +168,20 @@ class Actor:
         self._desired_at = 0.0
         self._last_report = 0.0
         self.episodes_finished = 0
+
+    @property
+    def accepted_revision(self) -> int:
+        """The highest revision any of this process's robots accepted. Every publish re-signs all current
+        releases at the new fleet-wide revision, so a genuine release is never below it."""
+        return max((robot.revision_floor or 0 for robot in self.robots), default=0)
+
+    def _check_revision(self, robot: Robot, release: Release) -> None:
+        if robot.revision_floor is None:
+            raise PermissionError(f"release floor {_floor_path(self.floor_dir, robot.robot_id)} is unreadable: "
+                                  f"no revision can be trusted until an operator checks and removes it")
+        if release.revision < self.accepted_revision:
+            raise PermissionError(f"revision {release.revision} is older than the accepted "
+                                  f"{self.accepted_revision}: a replayed release")
 
     # -- coordinator I/O -----------------------------------------------------------------------
     def _desired_document(self) -> dict[str, Any]:
@@ -163,10 +216,11 @@ class Actor:
             if self.verify_release is not None:
                 if not self.verify_release(asdict(desired)):
                     raise PermissionError("release signature does not verify")
-                if desired.revision < self.accepted_revision:
-                    raise PermissionError(f"revision {desired.revision} is older than the accepted "
-                                          f"{self.accepted_revision}: a replayed release")
+                self._check_revision(robot, desired)
             self.policies.get(desired)
+            # Durable before the switch: a crash after it must not reopen the door to older releases.
+            floor = max(robot.revision_floor or 0, desired.revision)
+            write_revision_floor(self.floor_dir, robot.robot_id, floor)
         except Exception as exc:  # bad signature, integrity, missing checkpoint: keep what we have
             robot.rejected = desired
             robot.last_error = f"refused {desired.version}: {type(exc).__name__}: {exc}"
@@ -174,7 +228,7 @@ class Actor:
             self.report(robot, "rejected-release")
             return
         robot.release, robot.rejected, robot.last_error = desired, None, None
-        self.accepted_revision = max(self.accepted_revision, desired.revision)
+        robot.revision_floor = floor
         robot.swaps = ([{"version": desired.version, "approved_us": desired.approved_us,
                          "published_us": desired.published_us, "swapped_us": now_us()}] + robot.swaps)[:_SWAPS_KEPT]
         self.report(robot, "running")

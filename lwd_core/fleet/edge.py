@@ -47,7 +47,8 @@ REJECTED = "rejected"
 TEMP_SUFFIX = ".partial"
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
+def fsync_write(path: Path, data: bytes) -> None:
+    """Atomic and durable on local disk: temp file, fsync, rename, fsync of the directory."""
     tmp = path.with_name(f".{uuid.uuid4().hex}{TEMP_SUFFIX}")
     with open(tmp, "wb") as handle:
         handle.write(data)
@@ -119,7 +120,7 @@ class EdgeClient:
         if self.sign:
             metadata.update(self.sign(episode))
         path = self.outbox / f"{robot}__{episode.episode_id}.parquet"
-        _fsync_write(path, episode.to_parquet_bytes(metadata))
+        fsync_write(path, episode.to_parquet_bytes(metadata))
         self._append(LEDGER, {"episode_id": episode.episode_id, "robot_id": robot,
                               "finished_us": int(episode.timestamps_us[-1])})
         self._wake.set()
