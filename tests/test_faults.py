@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from lwd_core.security import episode_signature_check, keyring_for
 from lwd_core.store import open_store
 from tasks.pipeline import expectations
 config = load_config(); store = open_store(config); check = episode_signature_check(keyring_for(config))
+print("ready", flush=True)  # imports done: the test kills it from here on
 while True:
     keys = pending_raw(store, 256)
     if keys:
@@ -87,15 +89,28 @@ def fleet_env(s3_store, tmp_path, monkeypatch):
     return LWDConfig()
 
 
-def _script(code: str, *args: str) -> subprocess.Popen:
+def _script(code: str, *args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=dict(os.environ),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=stdout, stderr=subprocess.DEVNULL, text=True)
+
+
+def _wait_until_ready(process: subprocess.Popen, timeout: float) -> None:
+    """Until the script prints its ready line (or exits): imports take minutes on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "timed out waiting for the script's imports"
+        if select.select([process.stdout], [], [], min(remaining, 1.0))[0]:
+            if process.stdout.readline().strip() == "ready":
+                return
 
 
 def _kill(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
@@ -143,8 +158,9 @@ def test_random_kills_lose_nothing_duplicate_nothing_and_end_on_one_approved_rel
                 _wait(lambda: bool(live_actors()), 60, "a live actor")
                 rng.choice(live_actors()).send_signal(signal.SIGKILL)
             elif kind == "ingest":
-                ingester = _script(INGEST)
-                time.sleep(rng.uniform(2.0, 5.0))  # imports, then batches: killed mid-way
+                ingester = _script(INGEST, stdout=subprocess.PIPE)
+                _wait_until_ready(ingester, 600)
+                time.sleep(rng.uniform(0.0, 3.0))  # somewhere in its batches
                 _kill(ingester)
             else:
                 before = latest_committed_checkpoint(store, RUN_ROOT)
