@@ -3,7 +3,6 @@ never arrays, so retries and the UI stay cheap."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,7 +13,7 @@ from lwd_core.config import LWDConfig
 from lwd_core.data.ingest import ingest_next, pending_raw, write_ingest_log
 from lwd_core.data.labels import label_episode, unlabelled_keys, write_labels
 from lwd_core.data.layout import get_episode, snapshot_key
-from lwd_core.data.snapshot import build_snapshot, load_snapshot
+from lwd_core.data.snapshot import build_snapshot
 from lwd_core.data.validation import Expectations
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.security import episode_signature_check, keyring_for
@@ -112,46 +111,28 @@ def learner_slot() -> Iterator[None]:
 
 @task(retries=1, retry_delay_seconds=5, timeout_seconds=6 * 3600)
 def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: str, resume: bool) -> dict:
-    """Train on a snapshot from the last checkpoint (:mod:`lwd_core.algo.training`); an MLflow run with
-    the metrics as they come, the checkpoint, and a registered model version.
+    """Train on a snapshot from the last checkpoint (:class:`lwd_core.algo.learner_process.LearnerProcess`);
+    an MLflow run with the metrics as they come, the checkpoint, and a registered model version.
 
     One learner at a time (:func:`learner_slot`). Multi-host: every learner process runs this; all
     train, process 0 alone holds the slot, logs and checkpoints.
     """
-    import jax
-
-    from lwd_core.algo import distributed
-    from lwd_core.algo.training import (
-        follow_snapshot_training,
-        plan_snapshot_training,
-        run_snapshot_training,
-    )
+    # Imported here: flax and optax load only where a learner runs.
+    from lwd_core.algo.learner_process import LearnerProcess
 
     use_compilation_cache(config.compilation_cache_dir)
-    distributed.initialize_from_env()  # no-op unless a multi-host launcher set it up
-    mesh = distributed.data_mesh() if jax.device_count() > 1 else None
     store = open_store(config)
-
-    def make_plan():
-        return plan_snapshot_training(store, load_snapshot(store, snapshot_id), config.algo, method, resume, steps,
-                                      process_index=jax.process_index())
-
-    if jax.process_index() != 0:
-        follow_snapshot_training(make_plan(), mesh)
-        return {"snapshot_id": snapshot_id, "process": jax.process_index()}
+    learner = LearnerProcess.join(store, snapshot_id, config.algo, method, resume, steps)
+    if not learner.leads:
+        learner.follow()
+        return {"snapshot_id": snapshot_id, "process": learner.process_index}
     with learner_slot():  # planned inside the slot: it resumes from whatever the previous learner left
-        plan = make_plan()
+        plan = learner.plan()
         with (tracking.training_run(config, plan, store.uri(snapshot_key(plan.snapshot_id))) as log_metrics,
               progress(f"training {plan.stage} on {plan.snapshot_id}", plan.steps, key="training-progress") as advance):
-            def on_log(step: int, metrics: dict[str, float]) -> None:
-                log_metrics(step, metrics)
-                advance(step - plan.start_step)
-
-            start = time.monotonic()
-            result = run_snapshot_training(store, plan, on_log=on_log, mesh=mesh,
-                                           on_checkpoint=tracking.checkpoint_logger(store, plan))
-            advance(plan.steps)
-            trained = tracking.finish_training_run(config, store, plan, result, time.monotonic() - start)
+            result = learner.lead(plan, on_log=log_metrics, on_progress=advance,
+                                  on_checkpoint=tracking.checkpoint_logger(store, plan))
+            trained = tracking.finish_training_run(config, store, plan, result, result.seconds)
     get_run_logger().info("trained %d steps (%s) on %s in %.0fs -> %s (model version %s)", plan.steps, plan.stage,
                           plan.snapshot_id, trained["seconds"], trained["checkpoint"], trained["model_version"])
     return trained

@@ -212,6 +212,7 @@ class TrainResult:
     history: list[dict[str, float]]
     checkpoint: str | None = None
     resumed_from: str | None = None
+    seconds: float = 0.0  # wall time, where the caller measured it
 
 
 # Runs this long fuse each logging window into one call (lax.scan); shorter ones do not pay for a
