@@ -23,6 +23,7 @@ from flows.label_rewards import label_rewards
 from flows.promote import review, watch_champion
 from flows.snapshot_buffer import snapshot_buffer
 from flows.train import train
+from lwd_core.algo.agents import MethodName
 from lwd_core.config import LWDConfig, load_config
 from lwd_core.data.ingest import pending_raw
 from lwd_core.data.layout import buffer_prefix
@@ -65,7 +66,7 @@ def _row(round_index: int, trained: dict, gate: dict, deployed: dict, fleet: dic
 
 
 @flow(name="flywheel", log_prints=True)
-def flywheel(rounds: int = 1, robots: int = 0, method: str = "lwd", gate_episodes_per_task: int = 0,
+def flywheel(rounds: int = 1, robots: int = 0, method: MethodName = "lwd", gate_episodes_per_task: int = 0,
              config: LWDConfig | None = None) -> dict:
     """The operator's knobs: ``rounds``; ``robots`` (0: ``fleet.robots``), which sizes the fleet for
     every stage (ingestion's known robots, canary subsets); ``method`` (an agent name); and
@@ -127,7 +128,7 @@ def flywheel(rounds: int = 1, robots: int = 0, method: str = "lwd", gate_episode
 
 
 @flow(name="flywheel-round")
-def flywheel_round(round_index: int = 0, method: str = "lwd", config: LWDConfig | None = None) -> dict:
+def flywheel_round(round_index: int = 0, method: MethodName = "lwd", config: LWDConfig | None = None) -> dict:
     """One online round over whatever the deployed fleet uploaded: ingest -> label -> snapshot ->
     train -> gate -> review -> rollout. What the retrain trigger runs when the fleet is managed
     elsewhere (``lwd fleet up``, robots)."""

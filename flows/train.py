@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from prefect import flow
 
+from lwd_core.algo.agents import MethodName
 from lwd_core.config import LWDConfig, load_config
 from tasks.pipeline import train_on_snapshot
 
 
 @flow(name="train")
-def train(snapshot_id: str = "", steps: int = 0, method: str = "lwd", resume: bool = True,
+def train(snapshot_id: str = "", steps: int = 0, method: MethodName = "lwd", resume: bool = True,
           config: LWDConfig | None = None) -> dict:
     """``snapshot_id`` empty: the latest snapshot; ``steps``: extraction updates (0: the config's offline or
     online budget; an offline run adds pretraining and warm-up on top)."""

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from lwd_core.algo.agents import MethodName
+from lwd_core.algo.agents.bc import BC
 from lwd_core.algo.learner import Learner, TrainState
 from lwd_core.algo.replay import MixedReplay
 from lwd_core.algo.training import (
@@ -59,7 +61,7 @@ FLEET_ROBOTS = 16
 class Arm:
     key: str
     label: str
-    method: str
+    method: MethodName
     value_model: str = "divl"
     online: bool = False
     # Continue another arm's offline result instead of training one (LWD online continues LWD offline).
@@ -219,9 +221,9 @@ class Experiment:
         self.log(f"offline data: {len(demos)} demonstrations, {len(demos_and_play) - len(demos)} play episodes")
 
         # Stage 1: the pretrained policy.
-        base_learner = new_learner(algo, "bc")
+        base_learner = new_learner(algo, BC.name)
         pretrained = base_learner.init(algo.seed)
-        pretrained = self.train(base_learner, pretrained, self.replay("bc", demos, [], "offline", algo.seed),
+        pretrained = self.train(base_learner, pretrained, self.replay(BC.name, demos, [], "offline", algo.seed),
                                 algo.pretrain_steps, "pretrain")
         pretrained_flow = pretrained.params["base"]
         pretrained = base_learner.start_from_pretrained(pretrained, pretrained_flow)

@@ -69,6 +69,24 @@ def rollout_refusal(version: str, tags: dict[str, str], champion: str | None) ->
     return None
 
 
+def gate_metrics(candidate_eval: dict, champion_eval: dict | None) -> dict[str, float]:
+    """What a gate run logs: mean and per-task success of the candidate (short and long groups where
+    the evaluation has them), and the champion's mean."""
+    metrics = {"candidate_mean_success": candidate_eval["all"]["success_rate"],
+               **{f"success/{t}": r["success_rate"] for t, r in candidate_eval["tasks"].items()},
+               **{f"success_{g}": candidate_eval[g]["success_rate"] for g in ("short", "long") if g in candidate_eval}}
+    if champion_eval:
+        metrics["champion_mean_success"] = champion_eval["all"]["success_rate"]
+    return metrics
+
+
+def gate_table(candidate_eval: dict, champion_eval: dict | None) -> list[dict[str, Any]]:
+    """Per task: the candidate's success with its 95% interval beside the champion's."""
+    return [{"task": t, "candidate": r["success_rate"], "candidate_ci": f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+             "champion": champion_eval["tasks"][t]["success_rate"] if champion_eval else None}
+            for t, r in candidate_eval["tasks"].items()]
+
+
 def gate_report_markdown(candidate: str, candidate_eval: dict, champion: str | None, champion_eval: dict | None,
                          decision: GateDecision, gate_run_url: str = "") -> str:
     """What a reviewer reads on the model version page: per-task success of the candidate against the

@@ -73,6 +73,11 @@ _syncfs = _load_syncfs()
 COMMIT_MANIFEST = "_MANIFEST.json"
 
 
+def commit_manifest_key(prefix: str) -> str:
+    """The manifest that commits a multi-object artifact under ``prefix`` (:meth:`ObjectStore.put_committed`)."""
+    return f"{prefix.strip('/')}/{COMMIT_MANIFEST}"
+
+
 class StoreError(RuntimeError):
     pass
 
@@ -414,11 +419,11 @@ class ObjectStore:
             self.put_atomic(f"{prefix}/{name}", data)
             files[name] = {"sha256": sha256_hex(data), "bytes": len(data)}
         manifest = {"files": files, **(dict(extra) if extra else {})}
-        self.put_json(f"{prefix}/{COMMIT_MANIFEST}", manifest)
+        self.put_json(commit_manifest_key(prefix), manifest)
         return manifest
 
     def is_committed(self, prefix: str) -> bool:
-        return self.exists(f"{prefix.strip('/')}/{COMMIT_MANIFEST}")
+        return self.exists(commit_manifest_key(prefix))
 
     def get_committed(self, prefix: str, name: str, manifest_sha256: str | None = None) -> bytes:
         """Read one object of a committed artifact, checking its sha256 against the manifest (and the
@@ -426,9 +431,9 @@ class ObjectStore:
         prefix = prefix.strip("/")
         if not self.is_committed(prefix):
             raise StoreError(f"{prefix!r} has no {COMMIT_MANIFEST}: not committed (partial write?)")
-        manifest_bytes = self.get(f"{prefix}/{COMMIT_MANIFEST}")
+        manifest_bytes = self.get(commit_manifest_key(prefix))
         if manifest_sha256 is not None and sha256_hex(manifest_bytes) != manifest_sha256:
-            raise IntegrityError(f"{prefix}/{COMMIT_MANIFEST} does not match the signed release's manifest sha256")
+            raise IntegrityError(f"{commit_manifest_key(prefix)} does not match the signed release's manifest sha256")
         manifest = json.loads(manifest_bytes)
         if name not in manifest["files"]:
             raise StoreError(f"{name!r} is not part of committed artifact {prefix!r}")
@@ -437,24 +442,6 @@ class ObjectStore:
         if sha256_hex(data) != expected:
             raise IntegrityError(f"{prefix}/{name}: sha256 mismatch with manifest (expected {expected})")
         return data
-
-    # -- interop -----------------------------------------------------------------------------------
-    def polars_storage_options(self) -> dict[str, str] | None:
-        """Options in the form polars' native readers understand (they ignore s3fs's names)."""
-        if self.protocol != "s3":
-            return None
-        opts: dict[str, str] = {}
-        client = self.storage_options.get("client_kwargs", {})
-        if self.storage_options.get("key"):
-            opts["aws_access_key_id"] = self.storage_options["key"]
-        if self.storage_options.get("secret"):
-            opts["aws_secret_access_key"] = self.storage_options["secret"]
-        if client.get("endpoint_url"):
-            opts["aws_endpoint_url"] = client["endpoint_url"]
-            if client["endpoint_url"].startswith("http://"):
-                opts["aws_allow_http"] = "true"
-        opts["aws_region"] = client.get("region_name", "us-east-1")
-        return opts
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.url!r})"

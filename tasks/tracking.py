@@ -10,7 +10,6 @@ Registry conventions (MLflow 3: aliases and tags replace stages):
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from typing import Any
 
 from lwd_core.config import LWDConfig
 from lwd_core.data.layout import POLICY_FILE, SPEC_FILE
-from lwd_core.store import COMMIT_MANIFEST, ObjectStore
+from lwd_core.store import COMMIT_MANIFEST, ObjectStore, commit_manifest_key
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_CODE = str(Path(__file__).with_name("mlflow_policy.py"))
@@ -29,7 +28,6 @@ MODEL_CODE = str(Path(__file__).with_name("mlflow_policy.py"))
 def mlflow_setup(config: LWDConfig):
     import mlflow
 
-    os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
     mlflow.set_tracking_uri(config.tracking.mlflow_uri)
     if mlflow.get_experiment_by_name(config.tracking.experiment) is None:
         from mlflow.exceptions import MlflowException
@@ -49,7 +47,8 @@ def client(config: LWDConfig):
     return MlflowClient(tracking_uri=config.tracking.mlflow_uri)
 
 
-# What the pyfunc model imports: pinned to this environment's versions so it loads elsewhere.
+# What the pyfunc model imports: pinned to this environment's versions so it loads elsewhere. Passed
+# as pip_requirements, they are not inferred, so MLflow has no conflicting pins to check with pip.
 MODEL_REQUIREMENTS = ("jax", "jaxlib", "flax", "optax", "numpy", "pandas", "pydantic", "pydantic-settings", "pyyaml",
                       "fsspec", "polars", "msgpack")
 
@@ -187,6 +186,26 @@ def log_snapshot_input(mlflow, store_uri: str, snapshot_id: str) -> None:
                          context="training")
 
 
+def pending_candidate(config: LWDConfig) -> str | None:
+    """The newest registered version that has not been gated yet."""
+    versions = client(config).search_model_versions(f"name='{config.tracking.registered_model}'")
+    pending = [int(v.version) for v in versions if v.tags.get("gate") == "pending"]
+    return str(max(pending)) if pending else None
+
+
+def log_gate_run(config: LWDConfig, decision: dict, verdict: Any) -> None:
+    """A gate run: the decision (``gate.json``), success metrics, and the reviewer's evidence."""
+    from lwd_core.gating import gate_metrics
+
+    mlflow = mlflow_setup(config)
+    candidate, champion = decision["candidate"], decision["champion"]
+    with mlflow.start_run(run_name=f"gate-v{candidate}"):
+        mlflow.set_tags({"kind": "gate", "candidate": candidate, "champion": champion or "", "passed": verdict.passed})
+        mlflow.log_metrics(gate_metrics(decision["candidate_eval"], decision["champion_eval"]))
+        mlflow.log_dict(decision, "gate.json")
+        log_gate_evidence(config, candidate, decision, verdict)
+
+
 def log_gate_evidence(config: LWDConfig, candidate: str, decision: dict, verdict: Any) -> None:
     """Inside the gate's run: the per-task bar plot with intervals, and the reviewer's table as the
     model version's description, linking back to this run."""
@@ -242,7 +261,7 @@ def checkpoint_logger(store: ObjectStore, plan: Any) -> Callable[[str, int], Non
     def log(checkpoint: str, step: int) -> None:
         if step >= plan.target_step:
             return
-        manifest = store.get_json(f"{checkpoint}/{COMMIT_MANIFEST}")
+        manifest = store.get_json(commit_manifest_key(checkpoint))
         mlflow.create_external_model(
             name=f"checkpoint-{step}", source_run_id=mlflow.active_run().info.run_id, model_type="flow-policy-checkpoint",
             params={"checkpoint": store.uri(checkpoint), "policy_sha256": manifest["files"][POLICY_FILE]["sha256"]},
@@ -265,7 +284,7 @@ def finish_training_run(config: LWDConfig, store: ObjectStore, plan: Any, result
     mlflow.log_metric("updates_per_second", plan.steps / max(seconds, 1e-9))
     if result.resumed_from:
         mlflow.set_tag("resumed_from", result.resumed_from)
-    manifest = store.get_json(f"{result.checkpoint}/{COMMIT_MANIFEST}")
+    manifest = store.get_json(commit_manifest_key(result.checkpoint))
     mlflow.log_dict(manifest, f"checkpoint/{COMMIT_MANIFEST}")
     mlflow.set_tag("checkpoint", store.uri(result.checkpoint))
     version = register_policy(config, store, result.checkpoint, tags={

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import last_json, lwd
 
-from flows.rollout import live_robots
 from lwd_core.config import LWDConfig
 from lwd_core.data.layout import buffer_prefix, get_episode
 from lwd_core.fleet.actor import Actor, assign_tasks
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.fleet.edge import EdgeClient
+from lwd_core.fleet.staged_rollout import live_robots
 from lwd_core.security import episode_signer, keyring_for, release_verifier
 from lwd_core.store import open_store
 from lwd_core.suite import ACTION_DIM, select_tasks

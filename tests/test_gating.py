@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from lwd_core.gating import canary_decision, gate_decision, rollout_refusal
+from lwd_core.gating import (
+    canary_decision,
+    gate_decision,
+    gate_metrics,
+    gate_table,
+    rollout_refusal,
+)
 
 
 def _eval(rate: float) -> dict:
@@ -28,6 +34,49 @@ def test_canary_rolls_back_on_regression_or_timeout():
     assert not late.promote and late.reason == "canary timeout"
     # No baseline episodes yet: any canary result is accepted.
     assert canary_decision(2, 0, 0, 0, finished_in_time=True, tolerance=0.25).promote
+
+
+def _task_eval(rates: dict[str, float]) -> dict:
+    rows = {t: {"success_rate": r, "ci_low": r - 0.1, "ci_high": r + 0.1} for t, r in rates.items()}
+    return {"tasks": rows, "all": {"success_rate": sum(rates.values()) / len(rates)}}
+
+
+def test_gate_records_what_the_reviewer_compares():
+    candidate, champion = _task_eval({"a": 0.5, "b": 1.0}), _task_eval({"a": 0.25, "b": 0.75})
+    assert gate_metrics(candidate, champion) == {"candidate_mean_success": 0.75, "success/a": 0.5, "success/b": 1.0,
+                                                 "champion_mean_success": 0.5}
+    assert "champion_mean_success" not in gate_metrics(candidate, None)
+    assert gate_table(candidate, champion)[0] == {"task": "a", "candidate": 0.5, "candidate_ci": "[0.40, 0.60]",
+                                                  "champion": 0.25}
+    assert gate_table(candidate, None)[1]["champion"] is None
+
+
+def test_a_canary_is_judged_against_the_stable_release_on_the_fleet(local_store, keyring):
+    from conftest import publisher
+    from test_fleet import tiny_policy_checkpoint
+
+    from lwd_core.fleet.staged_rollout import (
+        distribute,
+        distribution_summary,
+        judge_canary,
+        live_robots,
+    )
+
+    coordinator = publisher(local_store, keyring)
+    stable, candidate = (tiny_policy_checkpoint(local_store, f"checkpoints/v{i}", i) for i in (1, 2))
+    record = {stable.version: {"episodes": 10, "successes": 9}, candidate.version: {"episodes": 2, "successes": 0}}
+    coordinator.report("robot-00", {"running_version": candidate.version, "per_version": record})
+    assert live_robots(coordinator, heartbeat_timeout_s=60) == ["robot-00"]
+    verdict, report = judge_canary(coordinator, candidate, ["robot-00"], stable.version, episodes_per_robot=2,
+                                   timeout_s=5, tolerance=0.25)
+    assert not verdict.promote and report["watched"] and report["baseline_success_rate"] == 0.9
+    late, _ = judge_canary(coordinator, candidate, ["robot-00"], stable.version, 3, timeout_s=0.0, tolerance=1.0)
+    assert late.reason == "canary timeout"
+    deployed = distribute(coordinator, candidate, ["robot-00"], timeout_s=5)
+    assert deployed == {"status": "deployed", "distribution_latency_s": []}
+    assert coordinator.desired()["stable"]["version"] == candidate.version
+    partial = distribution_summary(False, [1.0, 3.0])
+    assert partial["status"] == "deployed-partially" and partial["distribution_latency_p50_s"] == 2.0
 
 
 def test_checkpoint_evaluation_is_cached_and_paired_without_prefect(local_store):

@@ -108,7 +108,7 @@ def test_a_dead_worker_fails_the_call_instead_of_hanging():
     with SimPool(2, reply_timeout_s=120) as pool:
 
         def killing_policy(obs, tasks):
-            os.kill(pool.worker_pids[1], signal.SIGKILL)
+            os.kill(pool._workers[1].process.pid, signal.SIGKILL)  # a worker crashes
             return zero_policy(obs, tasks)
 
         requests = [EpisodeRequest("restock-horizontal", seed, max_steps=12) for seed in (1, 2)]

@@ -20,8 +20,8 @@ def test_online_ratio_is_exact():
 def test_empty_online_buffer_means_all_offline():
     replay = MixedReplay(buffer(np.zeros(10), 0.0), None, online_ratio=0.9)
     assert not replay.sample(32)["from_online"].any()
-    replay.set_online(buffer(np.zeros(5), 1.0))
-    assert replay.sample(10)["from_online"].sum() == 9
+    empty = MixedReplay(buffer(np.zeros(10), 0.0), buffer(np.zeros(0), 1.0), online_ratio=0.9)
+    assert empty.sizes["online"] == 0 and not empty.sample(32)["from_online"].any()
 
 
 def test_tasks_balanced_despite_unequal_volume():

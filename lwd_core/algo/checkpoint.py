@@ -14,7 +14,7 @@ from flax import serialization
 
 from lwd_core.algo.learner import Learner, LearnerSpec, TrainState
 from lwd_core.data.layout import POLICY_FILE, SPEC_FILE, STATE_FILE
-from lwd_core.store import COMMIT_MANIFEST, IntegrityError, ObjectStore, sha256_hex
+from lwd_core.store import IntegrityError, ObjectStore, commit_manifest_key, sha256_hex
 
 
 def save_checkpoint(
@@ -32,7 +32,7 @@ def load_checkpoint(store: ObjectStore, prefix: str) -> tuple[Learner, TrainStat
     spec = LearnerSpec.from_json(store.get_committed(prefix, SPEC_FILE).decode())
     learner = Learner(spec)
     state = learner.from_bytes(store.get_committed(prefix, STATE_FILE))
-    manifest = store.get_json(f"{prefix.strip('/')}/{COMMIT_MANIFEST}")
+    manifest = store.get_json(commit_manifest_key(prefix))
     return learner, state, manifest
 
 

@@ -11,7 +11,7 @@ integer token (0 = none) used by the advantage-conditioned RECAP baseline; other
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -20,12 +20,6 @@ import jax.numpy as jnp
 from lwd_core.algo.networks import MLP, Observer
 
 NUM_CONDITIONS = 3  # 0: none/dropped, 1: advantage negative, 2: advantage positive
-
-
-class Backbone(Protocol):
-    """What the action head needs from a (possibly pretrained) vision-language backbone."""
-
-    def __call__(self, obs: jax.Array, tokens: jax.Array) -> jax.Array: ...
 
 
 class TimeEmbedding(nn.Module):

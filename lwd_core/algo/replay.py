@@ -61,10 +61,6 @@ class MixedReplay:
         self._online_index = TaskIndex(self.online["task"]) if self.online else None
         self.samples_drawn = 0
 
-    def set_online(self, online: dict[str, np.ndarray] | None) -> None:
-        self.online = online if online and len(online["obs"]) else None
-        self._online_index = TaskIndex(self.online["task"]) if self.online else None
-
     @property
     def sizes(self) -> dict[str, int]:
         return {"offline": len(self.offline["obs"]), "online": len(self.online["obs"]) if self.online else 0}

@@ -29,7 +29,7 @@ from lwd_core.data.layout import (
     actor_status_key,
     safe_name,
 )
-from lwd_core.store import COMMIT_MANIFEST, ObjectStore, now_us, sha256_hex
+from lwd_core.store import ObjectStore, commit_manifest_key, now_us, sha256_hex
 
 _HISTORY = 20
 
@@ -58,7 +58,7 @@ def release_for_checkpoint(store: ObjectStore, checkpoint: str, version: str, ap
     """A release pinned to the checkpoint's commit manifest: the policy's sha256 it records, and the
     manifest's own sha256 (which covers every file)."""
     checkpoint = checkpoint.strip("/")
-    manifest = store.get(f"{checkpoint}/{COMMIT_MANIFEST}")
+    manifest = store.get(commit_manifest_key(checkpoint))
     return Release(version=safe_name(version, "model version"), checkpoint=checkpoint,
                    policy_sha256=json.loads(manifest)["files"][POLICY_FILE]["sha256"],
                    manifest_sha256=sha256_hex(manifest), approved_us=approved_us or now_us())

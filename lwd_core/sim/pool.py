@@ -239,10 +239,6 @@ class SimPool:
         return self.workers * self.max_concurrent
 
     @property
-    def worker_pids(self) -> list[int]:
-        return [worker.process.pid for worker in self._workers]
-
-    @property
     def envs_created(self) -> int:
         """Simulators built so far, all workers together."""
         if self._local is not None:

@@ -1,0 +1,59 @@
+"""The fleet side of a staged rollout, without Prefect or MLflow: which robots are live, a canary
+watched and judged against the stable release, and a release distributed to every robot."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from lwd_core.fleet.coordinator import Coordinator, Release, now_us
+from lwd_core.gating import CanaryDecision, canary_decision
+
+
+def live_robots(coordinator: Coordinator, heartbeat_timeout_s: float) -> list[str]:
+    now = now_us()
+    return sorted(r for r, s in coordinator.actors().items() if (now - s["heartbeat_us"]) / 1e6 <= heartbeat_timeout_s)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+def judge_canary(coordinator: Coordinator, release: Release, canary: list[str], baseline_version: str,
+                 episodes_per_robot: int, timeout_s: float, tolerance: float) -> tuple[CanaryDecision, dict[str, Any]]:
+    """Once each canary robot finished ``episodes_per_robot`` episodes on ``release`` (or at the
+    timeout), :func:`lwd_core.gating.canary_decision` against the baseline release's fleet record;
+    with the report a rollout shows."""
+    needed = episodes_per_robot * len(canary)
+    watched = wait_until(lambda: coordinator.outcomes(release.version, canary)[0] >= needed, timeout_s)
+    episodes, successes = coordinator.outcomes(release.version, canary)
+    base_episodes, base_successes = coordinator.outcomes(baseline_version)
+    verdict = canary_decision(episodes, successes, base_episodes, base_successes, watched, tolerance)
+    report = {"robots": canary, "episodes": episodes, "success_rate": verdict.canary_rate,
+              "baseline_version": baseline_version, "baseline_success_rate": verdict.baseline_rate,
+              "baseline_episodes": base_episodes, "watched": watched, "reason": verdict.reason}
+    return verdict, report
+
+
+def distribute(coordinator: Coordinator, release: Release, robots: list[str], timeout_s: float) -> dict[str, Any]:
+    """Every robot gets ``release``; waits until the live ``robots`` run it (or the timeout)."""
+    coordinator.publish_all(release)
+    everyone = wait_until(lambda: coordinator.running(release.version, robots), timeout_s) if robots else True
+    return distribution_summary(everyone, coordinator.distribution_latencies_s(release.version))
+
+
+def distribution_summary(everyone: bool, latencies: list[float]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"status": "deployed" if everyone else "deployed-partially",
+                               "distribution_latency_s": latencies}
+    if latencies:
+        summary["distribution_latency_p50_s"] = float(np.percentile(latencies, 50))
+        summary["distribution_latency_p99_s"] = float(np.percentile(latencies, 99))
+    return summary
