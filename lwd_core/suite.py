@@ -105,6 +105,12 @@ def sparse_rewards(successes: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(successes, dtype=bool), sparse_reward(True), sparse_reward(False)).astype(np.float32)
 
 
+# What a human's demonstration or play episode names as its policy (a rollout names a published release).
+TELEOP_POLICY_VERSION = "teleop"
+# The offline dataset's teleoperator (a fleet's own come from config fleet.teleoperators).
+OFFLINE_TELEOPERATOR_ID = "teleop-0"
+
+
 def fleet_robot_ids(count: int, hosts: Sequence[str] = ()) -> list[str]:
     """Robot naming: ``robot-00`` ... for ``count`` robots on one host; with several fleet hosts,
     ``count`` on each, named ``<host>-robot-00`` ..., so hosts never share an id."""

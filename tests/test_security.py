@@ -31,7 +31,7 @@ from lwd_core.security import (
     release_verifier,
 )
 from lwd_core.store import sha256_hex
-from lwd_core.suite import get_task
+from lwd_core.suite import TELEOP_POLICY_VERSION, get_task
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,8 +154,8 @@ def test_a_restarted_actor_still_refuses_older_releases(local_store, keyring, tm
 def test_a_signed_demonstration_from_a_teleoperator_is_accepted_and_from_a_robot_is_not(local_store, keyring):
     """Teleoperators sign as robots do (their key pair in the keyring's robots/); only they may upload demos."""
     keyring.generate(["operator-1"], release=False)
-    demo = fleet_episode(seed=1, robot_id="operator-1", source="demo")
-    robot_demo = fleet_episode(seed=1, source="demo")
+    demo = fleet_episode(seed=1, robot_id="operator-1", source="demo", policy_version=TELEOP_POLICY_VERSION)
+    robot_demo = fleet_episode(seed=1, source="demo", policy_version=TELEOP_POLICY_VERSION)
     keys = {upload(local_store, name, signed_bytes(episode, keyring)): name
             for name, episode in (("teleoperator", demo), ("robot", robot_demo))}
     exp = replace(EXPECT, teleoperators=frozenset({"operator-1"}))

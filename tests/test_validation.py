@@ -17,6 +17,7 @@ from lwd_core.data.validation import (
     passes_precheck,
     validate_episodes,
 )
+from lwd_core.suite import TELEOP_POLICY_VERSION
 
 
 def _parsed_bad_episodes() -> list[tuple[str, Episode]]:
@@ -57,14 +58,19 @@ def test_precheck_and_gx_agree_on_every_bad_case(name, bad):
 
 def test_demonstrations_come_only_from_teleoperators():
     exp = replace(EXPECT, teleoperators=frozenset({"operator-1"}))
-    demo = fleet_episode(seed=3, robot_id="operator-1", source="demo")
-    from_robot = fleet_episode(seed=3, source="demo")
+    demo = fleet_episode(seed=3, robot_id="operator-1", source="demo", policy_version=TELEOP_POLICY_VERSION)
+    from_robot = fleet_episode(seed=3, source="demo", policy_version=TELEOP_POLICY_VERSION)
     rollout_from_operator = fleet_episode(seed=4, robot_id="operator-1")
+    demo_naming_a_release = fleet_episode(seed=5, robot_id="operator-1", source="demo")
+    rollout_passing_for_a_human = fleet_episode(seed=6, policy_version=TELEOP_POLICY_VERSION)
+    episodes = [demo, from_robot, rollout_from_operator, demo_naming_a_release, rollout_passing_for_a_human]
     for precheck in (True, False):
-        report = validate_episodes([demo, from_robot, rollout_from_operator], exp, precheck=precheck)
+        report = validate_episodes(episodes, exp, precheck=precheck)
         assert report.reasons(demo.episode_id) == []
         for refused in (from_robot, rollout_from_operator):
             assert any("source not allowed" in reason for reason in report.reasons(refused.episode_id))
+        for refused in (demo_naming_a_release, rollout_passing_for_a_human):
+            assert any("policy version and source disagree" in reason for reason in report.reasons(refused.episode_id))
 
 
 def test_pipeline_expectations_name_the_configured_teleoperators(tmp_path):

@@ -26,6 +26,7 @@ from lwd_core.suite import (
     OBS_DIM,
     SCENE_OBS_DIMS,
     TASKS_BY_ID,
+    TELEOP_POLICY_VERSION,
     TaskSpec,
     observation_bounds,
     pad_observation,
@@ -110,6 +111,8 @@ def _semantics(episode: Episode, exp: Expectations, now: int) -> dict[str, bool]
         "outcome_matches_success": episode.outcome == ("success" if last_success else "failure"),
         "instruction_matches_task": task is None or episode.instruction == task.instruction,
         "source_allowed": episode.robot_id in (exp.robots if episode.source == "rollout" else exp.teleoperators),
+        # A human's episode names no release, and a rollout must not pass for a human's.
+        "version_matches_source": (episode.policy_version == TELEOP_POLICY_VERSION) == (episode.source != "rollout"),
     }
 
 
@@ -159,7 +162,8 @@ def _suite_spec(exp: Expectations) -> list[tuple[str, str, dict, str]]:
         ("ExpectColumnValuesToBeInSet", "task_id", {"value_set": sorted(exp.tasks)}, "unknown task"),
         ("ExpectColumnValuesToBeInSet", "robot_id", {"value_set": sorted(exp.robots | exp.teleoperators)},
          "unknown robot"),
-        ("ExpectColumnValuesToBeInSet", "policy_version", {"value_set": sorted(exp.policy_versions)},
+        ("ExpectColumnValuesToBeInSet", "policy_version",
+         {"value_set": sorted(exp.policy_versions | ({TELEOP_POLICY_VERSION} if exp.teleoperators else set()))},
          "unknown policy version"),
         ("ExpectColumnValuesToBeInSet", "source", {"value_set": sorted(exp.sources)}, "unexpected source"),
         ("ExpectColumnValuesToBeInSet", "outcome", {"value_set": list(OUTCOMES)}, "unknown outcome"),
@@ -194,6 +198,8 @@ def _suite_spec(exp: Expectations) -> list[tuple[str, str, dict, str]]:
          "instruction is not the task's"),
         ("ExpectColumnValuesToBeInSet", "source_allowed", {"value_set": [True]},
          "source not allowed for this uploader (robots upload rollouts only, teleoperators demonstrations and play)"),
+        ("ExpectColumnValuesToBeInSet", "version_matches_source", {"value_set": [True]},
+         f"policy version and source disagree (rollouts name a release, demonstrations and play {TELEOP_POLICY_VERSION!r})"),
     ]
 
 

@@ -29,7 +29,12 @@ from lwd_core.memory import trim_heap
 from lwd_core.sim.rollout import ChunkPolicy, EpisodeRunner, make_env
 from lwd_core.sim.teleop import Teleoperator
 from lwd_core.store import ObjectStore
-from lwd_core.suite import CONTROL_PERIOD_S, TaskSpec
+from lwd_core.suite import (
+    CONTROL_PERIOD_S,
+    OFFLINE_TELEOPERATOR_ID,
+    TELEOP_POLICY_VERSION,
+    TaskSpec,
+)
 
 Kind = Literal["demo", "failed_rollout", "play"]
 KINDS: tuple[Kind, ...] = ("demo", "failed_rollout", "play")
@@ -115,7 +120,8 @@ def record_episode(env, task: TaskSpec, kind: Kind, seed: int, policy: ChunkPoli
     if kind == "play":
         partial = int(task.horizon * rng.uniform(_PLAY_MIN_FRACTION, 1.0))
         max_steps = min(partial, max_steps or partial)
-    runner = EpisodeRunner(env, task, robot_id="teleop-0", policy_version="teleop", seed=seed, teleop=operator,
+    runner = EpisodeRunner(env, task, robot_id=OFFLINE_TELEOPERATOR_ID, policy_version=TELEOP_POLICY_VERSION,
+                           seed=seed, teleop=operator,
                            source="demo" if kind == "demo" else "play", max_steps=max_steps)
     while not runner.done:
         runner.step()
