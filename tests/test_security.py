@@ -16,7 +16,7 @@ from test_ingest import EXPECT, upload
 
 from lwd_core.config import LWDConfig
 from lwd_core.data.ingest import ingest_batch, pending_raw
-from lwd_core.fleet.actor import Actor, assign_tasks
+from lwd_core.fleet.actor import Actor, assign_tasks, read_revision_floor
 from lwd_core.fleet.edge import EdgeClient
 from lwd_core.security import (
     SIGNATURE_KEY,
@@ -146,6 +146,21 @@ def test_a_restarted_actor_still_refuses_older_releases(local_store, keyring, tm
     restarted = start_actor()
     assert restarted.accepted_revision == current["revision"]
     refused(restarted, old, "replayed release")
+
+    # A canary that went to other robots, then rolled back: the running release re-signed at a newer
+    # revision lifts this robot's floor too, so the canary's document, replayed with this robot in its
+    # canary list (the list is not signed), is refused, after a restart as well.
+    canary_v3 = coordinator.publish_canary(tiny_policy_checkpoint(local_store, "checkpoints/v3", 2), ["robot-77"])
+    rolled_back = coordinator.end_canary()
+    follower = start_actor()
+    follower.run(max_episodes=1, duration_s=120)
+    follower.close()
+    assert follower.robots[0].revision_floor == rolled_back["revision"] > canary_v3["revision"]
+    canary_v3["canary"]["robots"] = [ROBOT]
+    refused(start_actor(), canary_v3, "replayed release")
+
+    # Revisions count per store: another store's floor does not hold this one's releases back.
+    assert read_revision_floor(restarted.floor_dir, ROBOT, "file:///another-store") == 0
 
     (restarted.floor_dir / f"{ROBOT}.json").write_text("{not json")
     refused(start_actor(), current, "release floor")

@@ -88,15 +88,20 @@ def _floor_path(floor_dir: Path, robot_id: str) -> Path:
     return floor_dir / f"{safe_name(robot_id, 'robot id')}.json"
 
 
-def read_revision_floor(floor_dir: Path, robot_id: str) -> int | None:
-    """The robot's persisted floor: 0 if it never accepted a release here, None if the file cannot be
-    trusted (it is written atomically, so a bad one means tampering or a disk fault: fail closed)."""
+def read_revision_floor(floor_dir: Path, robot_id: str, store_url: str) -> int | None:
+    """The robot's persisted floor: 0 if it never accepted a release of this store here, None if the
+    file cannot be trusted (it is written atomically, so a bad one means tampering or a disk fault:
+    fail closed). Revisions count per store: another store's floor (the host moved to a new bucket,
+    say) does not apply."""
     path = _floor_path(floor_dir, robot_id)
     if not path.exists():
         return 0
     try:
-        revision = json.loads(path.read_text())["revision"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        floor = json.loads(path.read_text())
+        revision = floor["revision"]
+        if floor.get("store", store_url) != store_url:
+            return 0
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.error("%s: release floor %s unreadable (%s): refusing every release", robot_id, path, exc)
         return None
     if type(revision) is not int or revision < 0:
@@ -105,9 +110,9 @@ def read_revision_floor(floor_dir: Path, robot_id: str) -> int | None:
     return revision
 
 
-def write_revision_floor(floor_dir: Path, robot_id: str, revision: int) -> None:
+def write_revision_floor(floor_dir: Path, robot_id: str, revision: int, store_url: str) -> None:
     floor_dir.mkdir(parents=True, exist_ok=True)
-    fsync_write(_floor_path(floor_dir, robot_id), json.dumps({"revision": revision}).encode())
+    fsync_write(_floor_path(floor_dir, robot_id), json.dumps({"revision": revision, "store": store_url}).encode())
 
 
 def assign_tasks(robot_ids: list[str], suite: tuple[TaskSpec, ...] | list[TaskSpec]) -> dict[str, TaskSpec]:
@@ -153,7 +158,7 @@ class Actor:
             previous = self.coordinator.actor(robot.robot_id) or {}
             robot.per_version = previous.get("per_version", {})
             robot.swaps = previous.get("swaps", [])
-            robot.revision_floor = read_revision_floor(self.floor_dir, robot.robot_id)
+            robot.revision_floor = read_revision_floor(self.floor_dir, robot.robot_id, store.url)
         self.intervene = intervene
         self.max_steps = max_steps
         self.seed = seed
@@ -181,7 +186,8 @@ class Actor:
                                   f"no revision can be trusted until an operator checks and removes it")
         if release.revision < self.accepted_revision:
             raise PermissionError(f"revision {release.revision} is older than the accepted "
-                                  f"{self.accepted_revision}: a replayed release")
+                                  f"{self.accepted_revision}: a replayed release (if this store's desired state "
+                                  f"was reset, clear {self.floor_dir})")
 
     # -- coordinator I/O -----------------------------------------------------------------------
     def _desired_document(self) -> dict[str, Any]:
@@ -207,8 +213,10 @@ class Actor:
     def _maybe_swap(self, robot: Robot) -> None:
         """Between episodes: move to the desired release if it verifies."""
         desired = self.coordinator.release_for(robot.robot_id, self._desired_document())
-        if desired is None or (robot.release and desired.version == robot.release.version
-                               and desired.policy_sha256 == robot.release.policy_sha256):
+        if desired is None:
+            return
+        if robot.release and desired.version == robot.release.version and desired.policy_sha256 == robot.release.policy_sha256:
+            self._follow_revision(robot, desired)
             return
         if desired == robot.rejected:
             return  # already refused this exact release; wait for a different one
@@ -220,7 +228,7 @@ class Actor:
             self.policies.get(desired)
             # Durable before the switch: a crash after it must not reopen the door to older releases.
             floor = max(robot.revision_floor or 0, desired.revision)
-            write_revision_floor(self.floor_dir, robot.robot_id, floor)
+            write_revision_floor(self.floor_dir, robot.robot_id, floor, self.store.url)
         except Exception as exc:  # bad signature, integrity, missing checkpoint: keep what we have
             robot.rejected = desired
             robot.last_error = f"refused {desired.version}: {type(exc).__name__}: {exc}"
@@ -232,6 +240,21 @@ class Actor:
         robot.swaps = ([{"version": desired.version, "approved_us": desired.approved_us,
                          "published_us": desired.published_us, "swapped_us": now_us()}] + robot.swaps)[:_SWAPS_KEPT]
         self.report(robot, "running")
+
+    def _follow_revision(self, robot: Robot, current: Release) -> None:
+        """The running release re-signed at a newer revision (every publish re-signs all current
+        releases): the floor rises with it, or a release replaced meanwhile (a rolled-back canary, say)
+        could be replayed to this robot later."""
+        if robot.revision_floor is None or current.revision <= robot.revision_floor:
+            return
+        if self.verify_release is not None and not self.verify_release(asdict(current)):
+            return  # not the rollout side's: the floor follows signed revisions only
+        try:
+            write_revision_floor(self.floor_dir, robot.robot_id, current.revision, self.store.url)
+        except OSError as exc:
+            log.error("%s: release floor not raised to %d: %s", robot.robot_id, current.revision, exc)
+            return
+        robot.revision_floor = current.revision
 
     def _start_episode(self, robot: Robot) -> bool:
         self._maybe_swap(robot)
