@@ -29,6 +29,7 @@ from lwd_core.data.layout import (
     raw_key,
 )
 from lwd_core.data.validation import Expectations
+from lwd_core.store import StoreError
 from lwd_core.suite import ACTION_DIM, OBS_DIM
 
 MAX_STEPS = 60
@@ -133,6 +134,11 @@ def test_an_object_the_store_refuses_to_read_is_quarantined_and_ingest_goes_on(l
     later = _upload_fleet(local_store, range(34, 36))  # the next run is not held up by it
     assert ingest_next(local_store, "worker-a", EXPECT).count("accepted") == 2
     assert sorted(buffer_ids(local_store)) == sorted(e.episode_id for e in good + later)
+    # Refused alone, it is not told apart from a store that refuses us (S3 answers a HEAD with a bare
+    # 403): the batch stops, to be retried, and nothing is written or removed.
+    with pytest.raises(StoreError, match="refused every object"):
+        ingest_batch(local_store, [refused], EXPECT)
+    assert pending_raw(local_store) == [refused]
     local_store.delete(refused)
 
     def unreachable_store(key, max_bytes):

@@ -352,8 +352,15 @@ def _read_one(store: ObjectStore, raw: str, max_bytes: int, max_rows: int, check
     return raw, data, episode, kept
 
 
+@dataclass
+class _Refused:
+    """A read the store refused for this object (settled after the batch's reads: see ingest_batch)."""
+    raw: str
+    error: OSError
+
+
 def _settle_read(store: ObjectStore, raw: str, max_bytes: int, max_rows: int, check_signature: SignatureCheck | None
-                 ) -> Outcome | tuple[str, bytes, Episode, dict[str, str]] | None:
+                 ) -> Outcome | _Refused | tuple[str, bytes, Episode, dict[str, str]] | None:
     try:
         return _read_one(store, raw, max_bytes, max_rows, check_signature)
     except FileNotFoundError:
@@ -363,10 +370,21 @@ def _settle_read(store: ObjectStore, raw: str, max_bytes: int, max_rows: int, ch
     except OSError as exc:
         if not _refused(exc):
             raise
-        # Not deleted: a misconfigured permission must not cost the fleet its uploads. Its shard's turn
-        # still passes, so it waits behind the others instead of heading every claim.
-        return _quarantined(store, raw, None, [f"unreadable, left in raw/: {_error(exc)}"], keep_raw=True)
+        return _Refused(raw, exc)
     # Anything else (the store unreachable) propagates: the task retries, nothing is discarded.
+
+
+def _settle_refusals(store: ObjectStore, reads: list) -> list[Outcome]:
+    """Reads the store refused. When it refused every object of the batch, the store is refusing us
+    (credentials, a policy; on S3 a refused HEAD names no cause): the batch stops, to be retried. Else
+    each is reported and left in raw/: a misconfigured permission must not cost the fleet its uploads,
+    and its shard's turn still passes, so it waits behind the others instead of heading every claim."""
+    refused = [item for item in reads if isinstance(item, _Refused)]
+    if refused and len(refused) == sum(item is not None for item in reads):
+        raise StoreError(f"the store refused every object of the batch ({len(refused)}), e.g. "
+                         f"{refused[0].raw}: {_error(refused[0].error)}") from refused[0].error
+    return [_quarantined(store, item.raw, None, [f"unreadable, left in raw/: {_error(item.error)}"], keep_raw=True)
+            for item in refused]
 
 
 # S3 refusals s3fs also raises as PermissionError that are about the credentials, not one object: every
@@ -431,7 +449,7 @@ def ingest_batch(
         reads = list(each(lambda raw: _settle_read(store, raw, max_bytes, expectations.max_steps, check_signature),
                               keys))
         parsed = [item for item in reads if isinstance(item, tuple)]
-        report.outcomes += [item for item in reads if isinstance(item, Outcome)]
+        report.outcomes += [item for item in reads if isinstance(item, Outcome)] + _settle_refusals(store, reads)
         failures = _validate([episode for _, _, episode, _ in parsed], expectations)
 
         writes = []
