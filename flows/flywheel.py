@@ -23,7 +23,7 @@ from flows.label_rewards import label_rewards
 from flows.promote import review, watch_champion
 from flows.snapshot_buffer import snapshot_buffer
 from flows.train import train
-from lwd_core.algo.agents import MethodName
+from lwd_core.algo.method_names import MethodName
 from lwd_core.config import LWDConfig, load_config
 from lwd_core.data.ingest import pending_raw
 from lwd_core.data.layout import buffer_prefix

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from lwd_core.algo.agents import MethodName
+from lwd_core.algo.method_names import MethodName
 from lwd_core.config import LWDConfig, load_config
 from tasks.pipeline import train_on_snapshot
 

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from lwd_core.algo.agents import MethodName
 from lwd_core.algo.agents.bc import BC
 from lwd_core.algo.learner import Learner, TrainState
+from lwd_core.algo.method_names import MethodName
 from lwd_core.algo.replay import MixedReplay
 from lwd_core.algo.training import (
     build_replay,

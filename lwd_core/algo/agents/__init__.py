@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from lwd_core.algo.agents.base import Agent, UpdateContext
 from lwd_core.algo.agents.bc import BC
 from lwd_core.algo.agents.hgdagger import HGDAgger
 from lwd_core.algo.agents.lwd import LWD
 from lwd_core.algo.agents.recap import RECAP
+from lwd_core.algo.method_names import MethodName
 
 AGENTS: dict[str, Agent] = {agent.name: agent for agent in (LWD(), BC(), HGDAgger(), RECAP())}
-# The registry's names as a type, so a Prefect form offers a choice (a test keeps it equal to AGENTS).
-MethodName = Literal["lwd", "bc", "hgdagger", "recap"]
 
 
 def get_agent(method: str) -> Agent:
