@@ -56,6 +56,7 @@ def approved_release(config: LWDConfig, model_version: str) -> tuple[str, Releas
     refusal = rollout_refusal(version, tags, champion)
     if refusal:
         raise PermissionError(refusal)
+    publisher(config)  # the release key is at hand before anything is tagged as started
     return version, release_of(open_store(config), version, tags)
 
 
