@@ -95,14 +95,15 @@ def _script(code: str, *args: str, stdout=subprocess.DEVNULL) -> subprocess.Pope
 
 
 def _wait_until_ready(process: subprocess.Popen, timeout: float) -> None:
-    """Until the script prints its ready line (or exits): imports take minutes on a loaded machine."""
+    """Until the script prints its ready line: imports take minutes on a loaded machine."""
     deadline = time.monotonic() + timeout
-    while process.poll() is None:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "timed out waiting for the script's imports"
-        if select.select([process.stdout], [], [], min(remaining, 1.0))[0]:
-            if process.stdout.readline().strip() == "ready":
-                return
+    while process.poll() is None and time.monotonic() < deadline:
+        if select.select([process.stdout], [], [], 1.0)[0] and process.stdout.readline().strip() == "ready":
+            return
+    code = process.poll()
+    _kill(process)
+    raise AssertionError(f"the script exited ({code}) before it was ready" if code is not None
+                         else "timed out waiting for the script's imports")
 
 
 def _kill(process: subprocess.Popen) -> None:
