@@ -379,3 +379,38 @@ print(json.dumps({{"shape": list(actions.shape), "finite": bool(np.isfinite(acti
     assert ROOT not in Path(result["code"]).resolve().parents, "lwd_core came from the checkout, not the model"
     assert result["inputs"] == ["obs", "instruction"] and result["finite"]
     assert result["shape"][0] == 1 and result["shape"][1] == config.algo.action_chunk * ACTION_DIM, result
+
+
+
+def test_two_learners_never_hold_the_learner_slot_at_once(prefect_server):
+    """The global concurrency limit behind every training task: a second learner waits for the first."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.pipeline import learner_slot
+
+    held: dict[str, tuple[float, float]] = {}
+    first_holds, second_trying = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with temporary_settings({PREFECT_API_URL: prefect_server["url"]}), learner_slot():
+            start = time.monotonic()
+            first_holds.set()
+            assert second_trying.wait(timeout=600), "the second learner never started"
+            time.sleep(2.0)  # for the second's request to reach the server (no overlap either way)
+            held["first"] = (start, time.monotonic())
+
+    def second() -> None:
+        with temporary_settings({PREFECT_API_URL: prefect_server["url"]}):
+            second_trying.set()
+            with learner_slot():
+                held["second"] = (time.monotonic(), time.monotonic())
+
+    threads = [threading.Thread(target=first)]
+    threads[0].start()
+    assert first_holds.wait(timeout=600), "the first learner never got the slot"
+    threads.append(threading.Thread(target=second))
+    threads[1].start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert set(held) == {"first", "second"}
+    assert held["second"][0] >= held["first"][1], f"the learners overlapped: {held}"
