@@ -17,6 +17,7 @@ written to ``buffer/offline/_DATASET.json``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -99,6 +100,17 @@ def episode_seed(base_seed: int, task_id: str, kind: str, index: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+# Offline episodes are stamped on a simulated timeline, not the wall clock: the same seed records the same
+# episode, id included, so the offline stage trains on the same data in the same order on every run.
+OFFLINE_EPOCH_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
+
+
+def simulated_clock(seed: int) -> Callable[[], int]:
+    """Control steps at the robots' 20 Hz from a start the seed fixes (one 10 s slot per seed class)."""
+    ticks, start = itertools.count(), OFFLINE_EPOCH_US + (seed % 1_000_000) * 10_000_000
+    return lambda: start + next(ticks) * round(CONTROL_PERIOD_S * 1e6)
+
+
 def record_episode(env, task: TaskSpec, kind: Kind, seed: int, policy: ChunkPolicy | None = None,
                    max_steps: int | None = None) -> Episode:
     """One offline episode of the given kind, recorded through the simulator (at most ``max_steps``)."""
@@ -107,7 +119,8 @@ def record_episode(env, task: TaskSpec, kind: Kind, seed: int, policy: ChunkPoli
     operator = Teleoperator(env, rng, noise=style[0], smoothing=style[1], random_prob=style[2])
     if kind == "failed_rollout":
         runner = EpisodeRunner(env, task, robot_id="pretrain-fleet", source="rollout", seed=seed,
-                               policy_version="pretrained" if policy else "pretrain-scripted", max_steps=max_steps)
+                               policy_version="pretrained" if policy else "pretrain-scripted", max_steps=max_steps,
+                               clock=simulated_clock(seed))
         if policy is None:
             operator.reset(runner.raw_observation, runner.info)
         while not runner.done:
@@ -121,8 +134,8 @@ def record_episode(env, task: TaskSpec, kind: Kind, seed: int, policy: ChunkPoli
         partial = int(task.horizon * rng.uniform(_PLAY_MIN_FRACTION, 1.0))
         max_steps = min(partial, max_steps or partial)
     runner = EpisodeRunner(env, task, robot_id=OFFLINE_TELEOPERATOR_ID, policy_version=TELEOP_POLICY_VERSION,
-                           seed=seed, teleop=operator,
-                           source="demo" if kind == "demo" else "play", max_steps=max_steps)
+                           seed=seed, teleop=operator, source="demo" if kind == "demo" else "play",
+                           max_steps=max_steps, clock=simulated_clock(seed))
     while not runner.done:
         runner.step()
     return runner.episode()
