@@ -193,21 +193,25 @@ class ObjectStore:
         ``durable=False`` skips the fsync (state a crash may lose, a lease say, but never tear)."""
         path = self._path(key)
         if self.protocol == "file":
-            directory = self._local_directory(path)
-            tmp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    if durable:
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            self._replace_local(self._local_directory(path), path, data, durable)
         else:
             self.fs.pipe_file(path, data)
         return self.uri(key)
+
+    @staticmethod
+    def _replace_local(directory: str, path: str, data: bytes, durable: bool) -> None:
+        """A temp file in ``directory`` (already checked to lie inside the root), renamed over ``path``."""
+        tmp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def put_many_atomic(self, items: list[tuple[str, bytes]], workers: int = 1,
                         last: tuple[str, bytes] | None = None) -> list[str]:
@@ -369,14 +373,15 @@ class ObjectStore:
         data = json.dumps(obj, indent=indent, sort_keys=True).encode()
         if self.protocol == "file":
             path = self._path(key)
-            lock = os.path.join(self._local_directory(path), f"{TEMP_PREFIX}lock-{os.path.basename(path)}")
+            directory = self._local_directory(path)
+            lock = os.path.join(directory, f"{TEMP_PREFIX}lock-{os.path.basename(path)}")
             # Never through a link planted under the lock's name (it would create its target).
             with open(lock, "a", opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW)) as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 try:
                     if self.get_json_versioned(key)[1] != generation:
                         return False
-                    self.put_atomic(key, data, durable)
+                    self._replace_local(directory, path, data, durable)
                     return True
                 finally:
                     fcntl.flock(handle, fcntl.LOCK_UN)
