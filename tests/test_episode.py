@@ -166,6 +166,35 @@ def test_layout_1_files_still_decode_to_the_same_episode(episode_factory):
     assert Episode.from_parquet_bytes(episode.to_parquet_bytes()).episode_id == episode.episode_id
 
 
+def test_decoded_episodes_re_encode_to_the_canonical_bytes(episode_factory):
+    """Ingest re-encodes what it decoded: the bytes are those built from the arrays, however the file
+    was written (the decoded columns are reused only when they are exactly those)."""
+    episode = episode_factory(steps=12)
+    canonical = episode.to_parquet_bytes({"lwd.signature": "sig"})
+    shuffled = episode.to_frame().sample(fraction=1.0, shuffle=True, seed=3)
+    several_groups = io.BytesIO()
+    episode.to_frame().write_parquet(several_groups, row_group_size=5)
+    for data in (canonical, _layout_1_bytes(episode), _frame_bytes(shuffled), several_groups.getvalue()):
+        assert decode_episode(data)[0].to_parquet_bytes({"lwd.signature": "sig"}) == canonical
+    changed = decode_episode(canonical)[0].replace(robot_id="robot-9")
+    assert Episode.from_parquet_bytes(changed.to_parquet_bytes()).robot_id == "robot-9"
+    # A null inside a vector decodes to NaN, and is re-encoded as NaN, never as a null.
+    obs = pa.array([[None if (row, col) == (2, 0) else 0.5 for col in range(episode.obs_dim)]
+                    for row in range(12)], pa.list_(pa.float32()))
+    holed = pq.read_table(io.BytesIO(canonical)).set_column(STEP_COLUMNS.index("obs"), "obs", obs)
+    sink = pa.BufferOutputStream()
+    pq.write_table(holed, sink)
+    decoded = decode_episode(sink.getvalue().to_pybytes(), verify_id=False)[0]
+    assert np.isnan(decoded.observations[2, 0])
+    assert pq.read_table(io.BytesIO(decoded.to_parquet_bytes()))["obs"].combine_chunks().values.null_count == 0
+
+
+def _frame_bytes(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    return buffer.getvalue()
+
+
 def test_extra_metadata_cannot_set_the_episodes_own_keys(episode_factory):
     with pytest.raises(ValueError, match="lwd.robot_id"):
         episode_factory().to_parquet_bytes({"lwd.robot_id": "robot-99"})

@@ -106,6 +106,10 @@ class Episode:
     timestamps_us: np.ndarray
     next_observations: np.ndarray
     episode_id: str = ""
+    # The per-step Arrow columns this episode was decoded from, when they are exactly what
+    # :meth:`_step_table` builds (canonical types, no nulls inside vectors): re-encoding reuses them.
+    # Not an init field, so that :meth:`replace` never carries them to changed content.
+    _decoded_steps: pa.Table | None = dataclasses.field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         canon = {
@@ -188,6 +192,8 @@ class Episode:
     def _step_table(self) -> pa.Table:
         """The per-step columns (:data:`STEP_COLUMNS`) straight from the arrays (no per-row Python
         objects): the vectors become list columns over one flat values buffer."""
+        if self._decoded_steps is not None:
+            return self._decoded_steps
         steps = self.num_steps
         done = np.zeros(steps, dtype=bool)
         done[-1] = True
@@ -225,36 +231,43 @@ class Episode:
         buffers hold. ``table`` has the per-step columns (its schema already checked)."""
         if table.num_rows == 0:
             raise EpisodeFormatError("episode has no rows")
-        step = table["step"]
-        order = np.arange(table.num_rows)
-        steps = step.to_numpy() if not step.null_count else None
-        if steps is None or not np.array_equal(steps, order):
-            if steps is None or not np.array_equal(np.sort(steps), order):
+        columns = {name: _single_chunk(table[name]) for name in STEP_COLUMNS}
+        nulls = [name for name, column in columns.items() if column.null_count]
+        if nulls:
+            also = f" (so do {nulls[1:]})" if len(nulls) > 1 else ""
+            raise EpisodeFormatError(f"column {nulls[0]!r} has nulls{also}")
+        steps = columns["step"].to_numpy()
+        order = np.arange(len(steps))
+        if not np.array_equal(steps, order):
+            if not np.array_equal(np.sort(steps), order):
                 raise EpisodeFormatError("steps must be 0..T-1 with no gaps or repeats")
-            table = table.take(np.argsort(steps, kind="stable"))
-        for name in ("reward", "success", "intervention", "terminal", "done", "chunk_pos", "timestamp"):
-            if table[name].null_count:
-                raise EpisodeFormatError(f"column {name!r} has nulls")
-        done = table["done"].to_numpy()
+            columns = {name: column.take(np.argsort(steps, kind="stable")) for name, column in columns.items()}
+        done = columns["done"].to_numpy(zero_copy_only=False)
         if not done[-1] or done[:-1].any():
             raise EpisodeFormatError("'done' must be set on the last step only")
         episode = cls(
             **{key: strings[key] for key in METADATA_KEYS},
-            observations=_stack(table["obs"], "obs"),
-            actions=_stack(table["action"], "action"),
-            rewards=table["reward"].to_numpy(),
-            successes=table["success"].to_numpy(),
-            interventions=table["intervention"].to_numpy(),
-            terminals=table["terminal"].to_numpy(),
-            chunk_pos=table["chunk_pos"].to_numpy(),
-            timestamps_us=table["timestamp"].cast(pa.int64()).to_numpy(),
-            next_observations=_stack(table["next_obs"], "next_obs"),
+            observations=_stack(columns["obs"], "obs"),
+            actions=_stack(columns["action"], "action"),
+            rewards=columns["reward"].to_numpy(),
+            successes=columns["success"].to_numpy(zero_copy_only=False),
+            interventions=columns["intervention"].to_numpy(zero_copy_only=False),
+            terminals=columns["terminal"].to_numpy(zero_copy_only=False),
+            chunk_pos=columns["chunk_pos"].to_numpy(),
+            timestamps_us=columns["timestamp"].view(pa.int64()).to_numpy(),
+            next_observations=_stack(columns["next_obs"], "next_obs"),
             episode_id=strings["episode_id"],
         )
         if verify_id and episode.content_hash() != strings["episode_id"]:  # an empty id was recomputed above
             raise EpisodeFormatError(
                 f"episode_id {strings['episode_id'][:16]!r}... does not match its content (altered or corrupted)"
             )
+        written = _canonical_schemas()[STEP_COLUMNS][1]
+        if table.schema.equals(written) and not any(
+                columns[name].values.null_count for name in ("obs", "action", "next_obs")):
+            # Typed as written (a list's value field is named as this module names it), so that the
+            # re-encoding is byte for byte the one built from the arrays.
+            object.__setattr__(episode, "_decoded_steps", pa.Table.from_arrays(list(columns.values()), schema=written))
         return episode
 
     @classmethod
@@ -451,16 +464,19 @@ def read_parquet_metadata(data: bytes) -> dict[str, str]:
     return _key_value_metadata(_open_parquet(data).metadata)
 
 
-def _stack(column: pa.ChunkedArray, name: str) -> np.ndarray:
+def _single_chunk(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _stack(lists: pa.Array, name: str) -> np.ndarray:
     """(steps, width) float32 from a list column's offsets and values, without per-row objects."""
-    if column.null_count:
-        raise EpisodeFormatError(f"column {name!r} has nulls")
-    lists = column.combine_chunks()
-    lengths = np.diff(lists.offsets.to_numpy())
-    if lengths.min() != lengths.max():
-        raise EpisodeFormatError(f"column {name!r} has rows of different lengths {np.unique(lengths).tolist()}")
+    offsets = lists.offsets.to_numpy()
+    lengths = offsets[1:] - offsets[:-1]
     width = int(lengths[0])
+    if (lengths != width).any():
+        raise EpisodeFormatError(f"column {name!r} has rows of different lengths {np.unique(lengths).tolist()}")
     if width == 0:
         raise EpisodeFormatError(f"column {name!r} has empty rows")
-    values = lists.flatten().to_numpy(zero_copy_only=False)  # nulls inside a row become NaN (not finite)
-    return values.astype(np.float32, copy=False).reshape(len(lists), width)
+    values = lists.values.slice(int(offsets[0]), len(lists) * width)
+    # Nulls inside a row become NaN (not finite, so validation rejects them).
+    return values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(lists), width)
