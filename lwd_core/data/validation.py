@@ -83,6 +83,11 @@ def _fixed_layout(task: TaskSpec) -> tuple[int, np.ndarray]:
     return state_dims, pad_observation(np.zeros(state_dims), task)[state_dims:]
 
 
+@lru_cache(maxsize=len(TASKS_BY_ID) + 1)
+def _bounds(task: TaskSpec | None) -> np.ndarray:
+    return observation_bounds(task) if task is not None else np.full(OBS_DIM, np.inf, np.float32)
+
+
 def _layout_matches(episode: Episode, task: TaskSpec | None) -> bool:
     """Padding and scene id of every (next) observation are exactly the task's; a wrong shape is the
     dimension checks' to report."""
@@ -92,22 +97,20 @@ def _layout_matches(episode: Episode, task: TaskSpec | None) -> bool:
     return bool((episode.observations[:, start:] == fixed).all() and (episode.next_observations[:, start:] == fixed).all())
 
 
-def _semantics(episode: Episode, exp: Expectations, now: int) -> dict[str, bool]:
-    """Per-episode facts that are finite and well-formed yet absurd."""
+def _semantics(episode: Episode, exp: Expectations) -> dict[str, bool]:
+    """Per-episode facts that are finite and well-formed yet absurd (those over the per-step columns,
+    the timestamps' window and an early terminal, :func:`check_frame` reduces per episode)."""
     task = TASKS_BY_ID.get(episode.task_id)
-    bounds = observation_bounds(task) if task is not None else np.full(OBS_DIM, np.inf, np.float32)
+    bounds = _bounds(task)
     in_bounds = True
     if episode.observations.shape[1:] == bounds.shape == episode.next_observations.shape[1:]:
         # NaN compares False: out of bounds, like inf.
         in_bounds = bool((np.abs(episode.observations) <= bounds).all()
                          and (np.abs(episode.next_observations) <= bounds).all())
-    stamps = episode.timestamps_us
     last_success = bool(episode.successes[-1]) if episode.num_steps else False
     return {
         "obs_in_bounds": in_bounds,
         "obs_layout_matches_task": _layout_matches(episode, task),
-        "timestamps_in_window": bool(stamps.min() >= now - exp.max_age_s * 1e6 and stamps.max() <= now + exp.max_skew_s * 1e6),
-        "terminal_only_last": not bool(episode.terminals[:-1].any()),
         "outcome_matches_success": episode.outcome == ("success" if last_success else "failure"),
         "instruction_matches_task": task is None or episode.instruction == task.instruction,
         "source_allowed": episode.robot_id in (exp.robots if episode.source == "rollout" else exp.teleoperators),
@@ -117,41 +120,53 @@ def _semantics(episode: Episode, exp: Expectations, now: int) -> dict[str, bool]
 
 
 def check_frame(episodes: Iterable[Episode], exp: Expectations) -> pl.DataFrame:
-    """One row per step with the scalar columns the suite checks, built in one pass: per-step
-    columns are concatenated arrays, per-episode values are gathered to their rows."""
+    """One row per step with the scalar columns the suite checks, built in one pass: vectors reduce
+    per episode to a value per step (their widths may differ), the per-step columns are computed over
+    the batch's concatenated arrays, and per-episode values are gathered to their rows."""
     episodes = list(episodes)
     if not episodes:
         return pl.DataFrame()
     now = now_us()
     steps = np.array([episode.num_steps for episode in episodes])
-    rows_of = np.repeat(np.arange(len(episodes)), steps)
-    per_episode: dict[str, list] = {name: [] for name in ("episode_id", "robot_id", "task_id", "policy_version",
-                                                          "source", "outcome")}
-    per_step: dict[str, list[np.ndarray]] = {name: [] for name in ("finite", "action_abs_max", "timestamp_delta_us",
-                                                                   "reward_matches_success", "terminal_is_success")}
-    dims: dict[str, list[int]] = {"obs_dim": [], "next_obs_dim": [], "action_dim": []}
+    starts = np.cumsum(steps) - steps
+    per_episode = {name: [getattr(episode, name) for episode in episodes]
+                   for name in ("episode_id", "robot_id", "task_id", "policy_version", "source", "outcome")}
+    dims = {"obs_dim": [episode.observations.shape[1] for episode in episodes],
+            "next_obs_dim": [episode.next_observations.shape[1] for episode in episodes],
+            "action_dim": [episode.actions.shape[1] for episode in episodes]}
     semantics: dict[str, list[bool]] = {}
     for episode in episodes:
-        for name in per_episode:
-            per_episode[name].append(getattr(episode, name))
-        dims["obs_dim"].append(episode.observations.shape[1])
-        dims["next_obs_dim"].append(episode.next_observations.shape[1])
-        dims["action_dim"].append(episode.actions.shape[1])
-        for name, value in _semantics(episode, exp, now).items():
+        for name, value in _semantics(episode, exp).items():
             semantics.setdefault(name, []).append(value)
-        per_step["finite"].append(np.isfinite(episode.observations).all(1) & np.isfinite(episode.actions).all(1)
-                                  & np.isfinite(episode.next_observations).all(1) & np.isfinite(episode.rewards))
-        per_step["action_abs_max"].append(np.nan_to_num(np.abs(episode.actions).max(1), nan=np.inf, posinf=np.inf))
-        per_step["timestamp_delta_us"].append(np.diff(episode.timestamps_us, prepend=episode.timestamps_us[0] - 1))
-        per_step["reward_matches_success"].append(episode.rewards == sparse_rewards(episode.successes))
-        # The suite's simulator terminates only at the goal (success and termination are one flag).
-        per_step["terminal_is_success"].append(~episode.terminals.astype(bool) | episode.successes.astype(bool))
-    gather = pl.Series(rows_of)
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(episode, name) for episode in episodes])
+
+    rewards, successes, terminals, stamps = (joined(name) for name in ("rewards", "successes", "terminals",
+                                                                       "timestamps_us"))
+    finite = np.concatenate([np.isfinite(e.observations).all(1) & np.isfinite(e.actions).all(1)
+                             & np.isfinite(e.next_observations).all(1) for e in episodes]) & np.isfinite(rewards)
+    action_abs_max = np.concatenate([np.abs(e.actions).max(1) for e in episodes])  # NaN propagates
+    timestamp_delta = np.diff(stamps, prepend=stamps[0] - 1)
+    timestamp_delta[starts] = 1  # an episode's first step follows nothing
+    semantics["timestamps_in_window"] = list((np.minimum.reduceat(stamps, starts) >= now - exp.max_age_s * 1e6)
+                                             & (np.maximum.reduceat(stamps, starts) <= now + exp.max_skew_s * 1e6))
+    early_terminals = terminals.copy()
+    early_terminals[starts + steps - 1] = False
+    semantics["terminal_only_last"] = list(~np.logical_or.reduceat(early_terminals, starts))
+
+    gather = pl.Series(np.repeat(np.arange(len(episodes)), steps))
     columns = {name: pl.Series(values, dtype=pl.String).gather(gather) for name, values in per_episode.items()}
     columns |= {name: np.repeat(np.asarray(values, np.int64), steps) for name, values in dims.items()}
-    columns |= {name: np.concatenate(parts) for name, parts in per_step.items()}
-    columns["timestamp_delta_us"] = columns["timestamp_delta_us"].astype(np.int64)
-    columns["episode_steps"] = np.repeat(steps.astype(np.int64), steps)
+    columns |= {
+        "finite": finite,
+        "action_abs_max": np.nan_to_num(action_abs_max, nan=np.inf, posinf=np.inf),
+        "timestamp_delta_us": timestamp_delta.astype(np.int64),
+        "reward_matches_success": rewards == sparse_rewards(successes),
+        # The suite's simulator terminates only at the goal (success and termination are one flag).
+        "terminal_is_success": ~terminals | successes,
+        "episode_steps": np.repeat(steps.astype(np.int64), steps),
+    }
     columns |= {name: np.repeat(np.asarray(values, bool), steps) for name, values in semantics.items()}
     return pl.DataFrame(columns)
 
