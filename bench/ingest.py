@@ -12,6 +12,7 @@ import io
 import json
 import multiprocessing
 import os
+import queue
 import sys
 import tempfile
 import time
@@ -95,8 +96,24 @@ def timed_ingest(store: ObjectStore, data_dir: str, processes: int, batch: int, 
                for index in range(processes)]
     for worker in workers:
         worker.start()
+
+    def check_alive() -> None:  # a worker that dies ends the run with its exit code, not a hang
+        crashed = [worker.exitcode for worker in workers if worker.exitcode not in (None, 0)]
+        if crashed:
+            ready.abort()
+            raise SystemExit(f"an ingest worker exited with code {crashed[0]} (its traceback is above)")
+
+    while ready.n_waiting < processes:  # set-up (imports, first calls) before the shared start
+        check_alive()
+        time.sleep(0.01)
     ready.wait()
-    reports = [results.get(timeout=600) for _ in workers]
+    reports: list[tuple[float, float, int]] = []
+    while len(reports) < processes:
+        check_alive()
+        try:
+            reports.append(results.get(timeout=0.5))
+        except queue.Empty:
+            pass
     for worker in workers:
         worker.join()
     return max(end for _, end, _ in reports) - min(start for start, _, _ in reports), sum(n for _, _, n in reports)
