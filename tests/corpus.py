@@ -31,7 +31,7 @@ class BadCase:
     reason: str  # substring the quarantine reason must contain
 
 
-def _frame_bytes(frame: pl.DataFrame) -> bytes:
+def frame_bytes(frame: pl.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.write_parquet(buffer)
     return buffer.getvalue()
@@ -63,8 +63,8 @@ def bad_corpus(max_steps: int) -> list[BadCase]:
     good = fleet_episode(seed=100)
     cases = []
     cases.append(BadCase("truncated", good.to_parquet_bytes()[: len(good.to_parquet_bytes()) // 2], "malformed"))
-    cases.append(BadCase("wrong-schema", _frame_bytes(good.to_frame().drop("intervention")), "missing columns"))
-    cases.append(BadCase("wrong-type", _frame_bytes(good.to_frame().with_columns(pl.col("reward").cast(pl.Float64))),
+    cases.append(BadCase("wrong-schema", frame_bytes(good.to_frame().drop("intervention")), "missing columns"))
+    cases.append(BadCase("wrong-type", frame_bytes(good.to_frame().with_columns(pl.col("reward").cast(pl.Float64))),
                          "wrong column types"))
     obs = good.observations.copy()
     obs[3, 2] = np.nan
@@ -93,14 +93,14 @@ def bad_corpus(max_steps: int) -> list[BadCase]:
     rewards[0] = 5.0
     cases.append(BadCase("reward-mismatch", good.replace(rewards=rewards).to_parquet_bytes(), "reward disagrees"))
     altered = good.to_frame().with_columns(pl.col("reward") * 0 - 1)  # content changed, id kept
-    cases.append(BadCase("id-mismatch", _frame_bytes(altered), "does not match its content"))
+    cases.append(BadCase("id-mismatch", frame_bytes(altered), "does not match its content"))
     cases.append(BadCase("too-long", fleet_episode(seed=106, steps=max_steps + 1).to_parquet_bytes(),
                          "too many rows"))
     # Bounds read from the footer, before decoding: cheap to send, expensive to decode.
-    cases.append(BadCase("two-million-rows", _frame_bytes(pl.DataFrame({"step": pl.zeros(2_000_000, pl.Int32, eager=True)})),
+    cases.append(BadCase("two-million-rows", frame_bytes(pl.DataFrame({"step": pl.zeros(2_000_000, pl.Int32, eager=True)})),
                          "too many rows"))
     cases.append(BadCase("megabyte-instruction",
-                         _frame_bytes(good.to_frame().with_columns(pl.lit("x" * 4_000_000).alias("instruction"))),
+                         frame_bytes(good.to_frame().with_columns(pl.lit("x" * 4_000_000).alias("instruction"))),
                          "bytes uncompressed"))
     # Finite and well-formed, but absurd.
     obs = good.observations.copy()
@@ -136,26 +136,26 @@ def bad_corpus(max_steps: int) -> list[BadCase]:
     # Broken files and frames.
     cases.append(BadCase("empty-file", b"", "malformed"))
     cases.append(BadCase("random-bytes", np.random.default_rng(0).bytes(4096), "malformed"))
-    cases.append(BadCase("no-steps", _frame_bytes(good.to_frame().head(0)), "no rows"))
-    cases.append(BadCase("extra-column", _frame_bytes(good.to_frame().with_columns(pl.lit(1).alias("payload"))), "too many columns"))
-    cases.append(BadCase("null-reward", _frame_bytes(good.to_frame().with_columns(
+    cases.append(BadCase("no-steps", frame_bytes(good.to_frame().head(0)), "no rows"))
+    cases.append(BadCase("extra-column", frame_bytes(good.to_frame().with_columns(pl.lit(1).alias("payload"))), "too many columns"))
+    cases.append(BadCase("null-reward", frame_bytes(good.to_frame().with_columns(
         pl.when(pl.col("step") == 2).then(None).otherwise(pl.col("reward")).alias("reward"))), "has nulls"))
     ragged = good.to_frame().with_columns(pl.when(pl.col("step") == 1).then(pl.col("obs").list.slice(0, 10))
                                           .otherwise(pl.col("obs")).alias("obs"))
-    cases.append(BadCase("ragged-observations", _frame_bytes(ragged), "different lengths"))
-    cases.append(BadCase("next-observation-dim", _frame_bytes(good.to_frame().with_columns(
+    cases.append(BadCase("ragged-observations", frame_bytes(ragged), "different lengths"))
+    cases.append(BadCase("next-observation-dim", frame_bytes(good.to_frame().with_columns(
         pl.col("next_obs").list.slice(0, OBS_DIM - 2))), "next_observations must have the shape"))
     cases.append(BadCase("negative-timestamps", good.replace(timestamps_us=good.timestamps_us - good.timestamps_us[0] - 10**9)
                          .to_parquet_bytes(), "timestamps outside"))
-    cases.append(BadCase("unknown-source", _frame_bytes(fleet_episode(seed=109).to_frame().with_columns(
+    cases.append(BadCase("unknown-source", frame_bytes(fleet_episode(seed=109).to_frame().with_columns(
         pl.lit("teleport").alias("source"))), "unknown source"))
-    cases.append(BadCase("unknown-outcome", _frame_bytes(good.to_frame().with_columns(pl.lit("maybe").alias("outcome"))),
+    cases.append(BadCase("unknown-outcome", frame_bytes(good.to_frame().with_columns(pl.lit("maybe").alias("outcome"))),
                          "unknown outcome"))
     cases.append(BadCase("robot-path-traversal", fleet_episode(seed=110, robot_id="../robot-00").to_parquet_bytes(), "unknown robot"))
     mixed_ids = good.to_frame().with_columns(pl.when(pl.col("step") == 0).then(pl.lit("robot-01"))
                                              .otherwise(pl.col("robot_id")).alias("robot_id"))
-    cases.append(BadCase("robot-changes-mid-episode", _frame_bytes(mixed_ids), "one value for the whole episode"))
-    cases.append(BadCase("repeated-step-index", _frame_bytes(good.to_frame().with_columns(
+    cases.append(BadCase("robot-changes-mid-episode", frame_bytes(mixed_ids), "one value for the whole episode"))
+    cases.append(BadCase("repeated-step-index", frame_bytes(good.to_frame().with_columns(
         pl.when(pl.col("step") == 1).then(0).otherwise(pl.col("step")).cast(pl.Int32).alias("step"))), "no gaps or repeats"))
     rewards = good.rewards.copy()
     rewards[1] = np.inf

@@ -7,7 +7,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from corpus import layout_2_file, with_footer, with_string_columns
+from corpus import frame_bytes, layout_2_file, with_footer, with_string_columns
 
 from lwd_core.data.episode import (
     EPISODE_SCHEMA,
@@ -174,7 +174,7 @@ def test_decoded_episodes_re_encode_to_the_canonical_bytes(episode_factory):
     shuffled = episode.to_frame().sample(fraction=1.0, shuffle=True, seed=3)
     several_groups = io.BytesIO()
     episode.to_frame().write_parquet(several_groups, row_group_size=5)
-    for data in (canonical, _layout_1_bytes(episode), _frame_bytes(shuffled), several_groups.getvalue()):
+    for data in (canonical, _layout_1_bytes(episode), frame_bytes(shuffled), several_groups.getvalue()):
         assert decode_episode(data)[0].to_parquet_bytes({"lwd.signature": "sig"}) == canonical
     changed = decode_episode(canonical)[0].replace(robot_id="robot-9")
     assert Episode.from_parquet_bytes(changed.to_parquet_bytes()).robot_id == "robot-9"
@@ -187,12 +187,6 @@ def test_decoded_episodes_re_encode_to_the_canonical_bytes(episode_factory):
     decoded = decode_episode(sink.getvalue().to_pybytes(), verify_id=False)[0]
     assert np.isnan(decoded.observations[2, 0])
     assert pq.read_table(io.BytesIO(decoded.to_parquet_bytes()))["obs"].combine_chunks().values.null_count == 0
-
-
-def _frame_bytes(frame: pl.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.write_parquet(buffer)
-    return buffer.getvalue()
 
 
 def test_extra_metadata_cannot_set_the_episodes_own_keys(episode_factory):
