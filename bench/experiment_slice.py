@@ -48,7 +48,7 @@ def main() -> None:
     use_compilation_cache(config.compilation_cache_dir)  # a rerun loads the compiled programs
     started = time.monotonic()
     with SimPool(args.workers or config.experiment.workers) as pool:
-        results = Experiment(config.experiment, config.algo, pool).run()
+        results = Experiment(config.experiment, config.algo, pool, args.out / "stores").run()
     results["device"] = str(jax.devices()[0])
     results["wall_minutes"] = round((time.monotonic() - started) / 60, 2)
     table = write_report(results, args.out)

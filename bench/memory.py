@@ -1,13 +1,14 @@
 """Peak host memory of loading a training run's data against the buffer's size; prints one JSON object.
 
 For each buffer size (default 10k, 100k and 1M transitions, online episodes of 200 steps written to a
-local store with labels and a snapshot, as ingest would leave them), a fresh process plans an online
-training run on the snapshot (:func:`lwd_core.algo.training.plan_snapshot_training`: every episode
-read, n-step transitions built, the mixed replay assembled) and reports its peak resident memory.
+local store with labels and a snapshot, as ingest would leave them), a fresh process loads an online
+training run's transitions of the snapshot (:class:`lwd_core.algo.transition_cache.TransitionCache`:
+every episode read, n-step transitions built from its labelled rewards) and reports its peak resident
+memory.
 Episodes are read a block at a time and never kept, and each buffer is capped at
 ``algo.replay_capacity`` transitions, so the peak levels off at the cap instead of growing with the
 buffer. ``--capacity`` sets the cap (default: the config's, 1M); the run without a cap is the contrast.
-A second fresh process then plans the same run again: it takes the transitions the first one built
+A second fresh process then loads them again: it takes the transitions the first one built
 from the store's replay segments instead of reading and building every episode (``from_segments``).
 
     uv run python bench/memory.py [--sizes 10000 100000 1000000] [--capacity 100000]
@@ -34,25 +35,25 @@ STEPS = 200
 _PLAN = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-from lwd_core.algo.training import plan_snapshot_training
+from lwd_core.algo.transition_cache import TransitionCache
 from lwd_core.config import AlgoConfig
 from lwd_core.data.snapshot import load_snapshot
 from lwd_core.store import ObjectStore
 store = ObjectStore({url!r})
 start = time.perf_counter()
-plan = plan_snapshot_training(store, load_snapshot(store), AlgoConfig(replay_capacity={capacity}), resume=True)
-print(json.dumps({{"seconds": time.perf_counter() - start, "rows": plan.replay.sizes,
+buffers = TransitionCache().load(store, load_snapshot(store), AlgoConfig(replay_capacity={capacity}), "online")
+rows = {{kind: 0 if data is None else len(data["obs"]) for kind, data in (("offline", buffers.offline),
+                                                                        ("online", buffers.online))}}
+print(json.dumps({{"seconds": time.perf_counter() - start, "rows": rows,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
 
 def write_buffer(url: str, transitions: int) -> None:
-    """Online episodes (plus one offline one) with labels, a snapshot and a checkpoint to resume from."""
-    from lwd_core.algo.checkpoint import save_checkpoint
-    from lwd_core.algo.training import new_learner
+    """Online episodes (plus one offline one) with labels and a snapshot."""
     from lwd_core.config import AlgoConfig
     from lwd_core.data.labels import label_episode, write_labels
-    from lwd_core.data.layout import CHECKPOINT_LATEST_KEY, buffer_key, put_episode
+    from lwd_core.data.layout import buffer_key, put_episode
     from lwd_core.data.nstep import NStepSchedule
     from lwd_core.data.snapshot import build_snapshot
     from lwd_core.store import ObjectStore
@@ -73,9 +74,6 @@ def write_buffer(url: str, transitions: int) -> None:
     for kind, rows in labels.items():
         write_labels(store, kind, rows)
     build_snapshot(store)
-    learner = new_learner(algo)
-    save_checkpoint(store, "checkpoints/bench", learner, learner.init(0))
-    store.put_json(CHECKPOINT_LATEST_KEY, {"checkpoint": "checkpoints/bench"})
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """`lwd experiment`: the paper's comparison (BC, HG-DAgger, RECAP, IQL, LWD offline, LWD online) from one
 pretrained start with equal update and fleet budgets; see :mod:`lwd_core.experiment` for the protocol.
 
-Results go to ``<data_dir>/experiment/`` (results.json, results.md, success_vs_experience.png), to the
+Results go to ``<data_dir>/experiment/`` (results.json, results.md, success_vs_experience.png; each
+arm's store, with its buffers, labels, snapshots and checkpoints, under ``stores/<experiment_id>/``), to the
 object store (``experiments/<id>/results.json``) and to MLflow: one run per arm with success against
 fleet hours (the round as the step), and a parent run with the table, the plot and the significance tests.
 """
@@ -30,11 +31,11 @@ def experiment(config: LWDConfig | None = None) -> dict:
     use_compilation_cache(config.compilation_cache_dir)
     logger = get_run_logger()
     experiment_id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = Path(config.data_dir).resolve() / "experiment"
     with SimPool(config.experiment.workers) as pool:
-        results = Experiment(config.experiment, config.algo, pool, log=print).run()
+        results = Experiment(config.experiment, config.algo, pool, out_dir / "stores" / experiment_id, log=print).run()
     results["experiment_id"] = experiment_id
 
-    out_dir = Path(config.data_dir).resolve() / "experiment"
     table = write_report(results, out_dir)
     open_store(config).put_json(experiment_results_key(experiment_id), results)
 

@@ -14,7 +14,7 @@ from tasks.pipeline import take_snapshot
 def snapshot_buffer(config: LWDConfig | None = None) -> dict:
     config = config or load_config()
     snapshot = take_snapshot(config)
-    create_table_artifact(key="buffer-snapshot", table=stats_table(snapshot),
+    create_table_artifact(key="buffer-snapshot", table=stats_table(snapshot["stats"]),
                           description=f"Snapshot {snapshot['snapshot_id']} (parent {snapshot['parent']}): "
                                       f"{snapshot['episodes']} episodes")
     get_run_logger().info("snapshot %s: %d episodes", snapshot["snapshot_id"], snapshot["episodes"])

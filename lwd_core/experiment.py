@@ -1,13 +1,17 @@
 """The paper's comparison on our sim suite, as one measured experiment (pure library: the Prefect flow
 ``flows/experiment.py`` wraps it and logs to MLflow).
 
+Every arm trains through the product's one trainer (:mod:`lwd_core.algo.trainer`) on a local object
+store of its own, as the flywheel does: episodes go into the store's buffers, the label stage's rule
+labels their rewards, a snapshot names them, and the trainer plans and runs the agent's stages.
+
 1. Offline data: clean demonstrations, play, and failed rollouts *of the pretrained policy* per task.
-2. Pretrained policy: BC flow matching on the demonstrations (the stand-in for the pretrained VLA).
-   Every arm starts from this one checkpoint.
-3. Offline stage, ``warmup_steps + offline_steps`` updates: BC continues on demonstrations; LWD and IQL
-   warm up critic and value with the policy frozen, then extract (QAM + BC anchor); RECAP warms up its
-   value, then trains its advantage-conditioned policy. HG-DAgger is BC on human data only, so it starts
-   its online rounds from the pretrained policy itself.
+2. Pretrained policy: BC flow matching on the demonstrations (the stand-in for the pretrained VLA),
+   one pretraining run. Every arm's store starts from this one checkpoint.
+3. Offline stage, the agent's stage plan (``warmup_steps + offline_steps`` updates): BC continues on
+   demonstrations; LWD and IQL warm up critic and value with the policy frozen, then extract (QAM + BC
+   anchor); RECAP warms up its value, then trains its advantage-conditioned policy. HG-DAgger is BC on
+   human data only, so it starts its online rounds from the pretrained policy itself.
 4. Online rounds for the arms that learn from the fleet (HG-DAgger, RECAP, IQL, LWD online): each round
    the arm's current policy runs the same number of fleet episodes from the same initial states (training
    seeds), with the scripted human taking over stalled or drifting rollouts; then the same number of
@@ -29,17 +33,24 @@ from typing import Any
 
 import numpy as np
 
-from lwd_core.algo.agents.bc import BC
 from lwd_core.algo.learner import Learner, TrainState
 from lwd_core.algo.method_names import MethodName
-from lwd_core.algo.replay import MixedReplay
-from lwd_core.algo.training import (
-    build_replay,
-    new_learner,
+from lwd_core.algo.trainer import (
+    TrainResult,
     online_update_budget,
-    run_updates,
+    plan_pretraining,
+    plan_training,
+    run_training,
+    use_pretrained,
 )
+from lwd_core.algo.transition_cache import TransitionCache
+from lwd_core.config import AlgoConfig
 from lwd_core.data.episode import Episode
+from lwd_core.data.labels import label_buffer
+from lwd_core.data.layout import BufferKind, buffer_key, put_episode
+from lwd_core.data.nstep import NStepSchedule
+from lwd_core.data.snapshot import Snapshot, build_snapshot
+from lwd_core.store import ObjectStore
 from lwd_core.sim.dataset import record_episode
 from lwd_core.sim.evaluate import eval_seed, learner_policy, mcnemar_p, wilson_interval
 from lwd_core.sim.pool import EpisodeRequest, SimPool
@@ -98,16 +109,18 @@ def success_summary(outcomes: dict[str, np.ndarray]) -> dict[str, Any]:
 
 class Experiment:
     """Runs the arms; every stage reports through ``log``. ``settings`` is the config's ``experiment``
-    section and ``algo`` its ``algo`` section (both pydantic models; read only)."""
+    section and ``algo`` its ``algo`` section (both pydantic models; read only). The arms' stores live
+    under ``root``: ``pretrain/`` (demonstrations and play, the pretraining run) and ``arms/<arm>/``."""
 
-    def __init__(self, settings: Any, algo: Any, pool: SimPool, log: Log = print):
-        self.settings, self.algo, self.pool, self.log = settings, algo, pool, log
+    def __init__(self, settings: Any, algo: AlgoConfig, pool: SimPool | None, root: Path, log: Log = print):
+        self.settings, self.algo, self.pool, self.root, self.log = settings, algo, pool, Path(root), log
         self.tasks = experiment_tasks(settings.tasks)
         unknown = [a for a in settings.arms if a not in ARMS]
         if unknown:
             raise ValueError(f"unknown arms {unknown}; expected some of {sorted(ARMS)}")
         self.offline: list[Episode] = []
         self.data_report: dict[str, Any] = {}
+        self._caches: dict[str, TransitionCache] = {}
 
     # -- seeds ---------------------------------------------------------------------------------------
     def eval_requests(self, per_task: int) -> list[EpisodeRequest]:
@@ -182,27 +195,50 @@ class Experiment:
             for t in self.tasks}
         return kept
 
-    def replay(self, method: str, offline: list[Episode], online: list[Episode], stage: str, seed: int) -> MixedReplay:
-        return build_replay({"offline": offline, "online": online}, self.algo, stage, seed, method)
+    # -- training: the product's trainer on a local store per arm -------------------------------------
+    def store(self, name: str) -> ObjectStore:
+        return ObjectStore((self.root / name).as_uri())
 
-    # -- training ------------------------------------------------------------------------------------
-    def learner_for(self, arm: Arm) -> Learner:
-        algo = self.algo.model_copy(update={"value_model": arm.value_model})
-        return new_learner(algo, arm.method)
+    def buffer(self, store: ObjectStore, kind: BufferKind, episodes: list[Episode]) -> Snapshot:
+        """Episodes into one of the store's buffers, labelled by the label stage, and the snapshot."""
+        for episode in episodes:
+            put_episode(store, buffer_key(kind, episode.task_id, episode.episode_id), episode)
+        label_buffer(store, kind, self.algo.discount, NStepSchedule.from_config(self.algo))
+        return build_snapshot(store)
 
-    def train(self, learner: Learner, state: TrainState, replay: MixedReplay, steps: int, phase: str) -> TrainState:
-        if steps <= 0:
-            return state
-        chunk = learner.agent.refresh_every
-        if chunk is None or phase != "train":
-            return run_updates(learner, state, replay, steps, self.algo.batch_size, phase=phase).state
-        done = 0
-        while done < steps:
-            learner.agent.before_chunk(learner, state, replay, self.algo)
-            count = min(chunk, steps - done)
-            state = run_updates(learner, state, replay, count, self.algo.batch_size, phase=phase).state
-            done += count
-        return state
+    def algo_for(self, arm: Arm) -> AlgoConfig:
+        return self.algo.model_copy(update={"value_model": arm.value_model})
+
+    def train(self, store_name: str, snapshot: Snapshot, method: str, algo: AlgoConfig, resume: bool,
+              steps: int = 0) -> TrainResult:
+        """One run of the trainer, planned as the flywheel's ``train`` flow plans it."""
+        store = self.store(store_name)
+        plan = plan_training(store, snapshot, algo, method, resume=resume, steps=steps)
+        buffers = self._caches.setdefault(store_name, TransitionCache()).load(store, snapshot, algo, plan.kind)
+        return run_training(store, plan, algo, buffers)
+
+    def pretrain(self, demos_and_play: list[Episode]) -> TrainResult:
+        """The pretrained policy every arm starts from: a pretraining run on the demonstrations."""
+        store = self.store("pretrain")
+        snapshot = self.buffer(store, "offline", demos_and_play)
+        plan = plan_pretraining(store, snapshot, self.algo)
+        buffers = self._caches.setdefault("pretrain", TransitionCache()).load(store, snapshot, self.algo, plan.kind)
+        return run_training(store, plan, self.algo, buffers, move_latest=False)
+
+    def offline_stage(self, arm: Arm, offline: list[Episode], pretrained: TrainResult) -> TrainResult:
+        """The arm's offline run on every offline episode, from the pretrained checkpoint, in its store
+        ``arms/<arm>``."""
+        name = f"arms/{arm.key}"
+        use_pretrained(self.store(name), self.store("pretrain"), pretrained.checkpoint)
+        snapshot = self.buffer(self.store(name), "offline", offline)
+        return self.train(name, snapshot, arm.method, self.algo_for(arm), resume=False)
+
+    def online_round(self, arm: Arm, name: str, round_index: int, fleet: list[Episode]) -> TrainResult:
+        """The round's fleet episodes into the online buffer of the store ``name``, then the round's
+        updates from its latest checkpoint."""
+        snapshot = self.buffer(self.store(name), "online", fleet)
+        return self.train(name, snapshot, arm.method, self.algo_for(arm), resume=True,
+                          steps=self.online_updates(round_index))
 
     def online_updates(self, round_index: int) -> int:
         """Updates in a round, the same for every arm: sized for the largest online buffer the round can
@@ -221,32 +257,28 @@ class Experiment:
         self.log(f"offline data: {len(demos)} demonstrations, {len(demos_and_play) - len(demos)} play episodes")
 
         # Stage 1: the pretrained policy.
-        base_learner = new_learner(algo, BC.name)
-        pretrained = base_learner.init(algo.seed)
-        pretrained = self.train(base_learner, pretrained, self.replay(BC.name, demos, [], "offline", algo.seed),
-                                algo.pretrain_steps, "pretrain")
-        pretrained_flow = pretrained.params["base"]
-        pretrained = base_learner.start_from_pretrained(pretrained, pretrained_flow)
-        self.offline = demos_and_play + self.failed_rollouts(base_learner, pretrained)
+        pretrained = self.pretrain(demos_and_play)
+        self.offline = demos_and_play + self.failed_rollouts(pretrained.learner, pretrained.state)
         self.data_report.update(self._data_summary())
         self.log(f"pretrained; offline data {self.data_report}")
 
         results: dict[str, dict[str, Any]] = {}
         final_outcomes: dict[str, dict[str, np.ndarray]] = {}
-        pretrained_eval = self.evaluate(base_learner, pretrained, s.eval_episodes_per_task)
+        pretrained_eval = self.evaluate(pretrained.learner, pretrained.state, s.eval_episodes_per_task)
         results["pretrained"] = {"label": "Pretrained (BC on demos)", "final": success_summary(pretrained_eval),
                                  "curve": [], "online": False}
         final_outcomes["pretrained"] = pretrained_eval
         self.log(f"pretrained: {results['pretrained']['final']['success']:.1%}")
 
-        offline_states: dict[str, tuple[Learner, TrainState]] = {}
+        offline_results: dict[str, TrainResult] = {}
         for arm in arms:
             arm_started = time.monotonic()
-            if arm.continues and arm.continues in offline_states:
-                learner, state = offline_states[arm.continues]
+            if arm.continues and arm.continues in offline_results:
+                trained, store_name = offline_results[arm.continues], f"arms/{arm.continues}"
             else:
-                learner, state = self.offline_stage(arm, pretrained_flow)
-            offline_states[arm.key] = (learner, state)
+                trained, store_name = self.offline_stage(arm, self.offline, pretrained), f"arms/{arm.key}"
+            offline_results[arm.key] = trained
+            learner, state = trained.learner, trained.state
             curve, online = [], []
             if arm.online:
                 curve.append(self._curve_point(0, 0, 0, 0, learner, state))
@@ -255,9 +287,8 @@ class Experiment:
                     fleet = self.pool.run(requests, self.policy(learner, state, algo.seed + round_index,
                                                                 len(requests)))
                     online += fleet
-                    replay = self.replay(arm.method, self.offline, online, "online",
-                                         seed=algo.seed + 7919 * round_index)
-                    state = self.train(learner, state, replay, self.online_updates(round_index), "train")
+                    trained = self.online_round(arm, store_name, round_index, fleet)
+                    learner, state = trained.learner, trained.state
                     curve.append(self._curve_point(round_index, len(online), sum(e.num_steps for e in online),
                                                    sum(int(e.interventions.sum()) for e in online), learner, state,
                                                    fleet))
@@ -284,22 +315,6 @@ class Experiment:
                 "updates_per_round": [self.online_updates(k) for k in range(1, s.rounds + 1)],
                 "eval_seed": s.eval_seed, "train_seed": s.train_seed, "data": self.data_report,
                 "minutes": round((time.monotonic() - started) / 60, 2)}
-
-    def offline_stage(self, arm: Arm, pretrained_flow: Any) -> tuple[Learner, TrainState]:
-        algo = self.algo
-        learner = self.learner_for(arm)
-        state = learner.start_from_pretrained(learner.init(algo.seed), pretrained_flow)
-        if learner.agent.offline_data == "none":
-            return learner, state
-        if learner.agent.offline_data == "demos":
-            demos = [e for e in self.offline if e.source == "demo"]
-            state = self.train(learner, state, self.replay(arm.method, demos, [], "offline", algo.seed),
-                               algo.warmup_steps + algo.offline_steps, "train")
-            return learner, state
-        replay = self.replay(arm.method, self.offline, [], "offline", algo.seed)
-        state = self.train(learner, state, replay, algo.warmup_steps, "warmup")
-        state = self.train(learner, state, replay, algo.offline_steps, "train")
-        return learner, state
 
     def _curve_point(self, round_index: int, episodes: int, steps: int, interventions: int, learner: Learner,
                      state: TrainState, fleet: list[Episode] | None = None) -> dict[str, Any]:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
+from functools import cache
 
 from prefect import get_run_logger, task
 
 from lwd_core.algo.compilation import use_compilation_cache
 from lwd_core.config import LWDConfig
 from lwd_core.data.ingest import ingest_next, pending_raw, write_ingest_log
-from lwd_core.data.labels import label_episode, unlabelled_keys, write_labels
-from lwd_core.data.layout import get_episode, snapshot_key
+from lwd_core.data import labels
+from lwd_core.data.labels import label_episode
+from lwd_core.data.layout import snapshot_key
 from lwd_core.data.snapshot import build_snapshot
 from lwd_core.data.validation import Expectations
 from lwd_core.fleet.coordinator import Coordinator
@@ -74,20 +77,13 @@ def ingest_next_batch(config: LWDConfig, owner: str, index: int, batch_size: int
 def label_buffer(config: LWDConfig, kind: str) -> dict:
     from lwd_core.data.nstep import NStepSchedule
 
-    store = open_store(config)
-    schedule = NStepSchedule.from_config(config.algo)
-    rows = [label_episode(get_episode(store, key), config.algo.discount, schedule) for key in unlabelled_keys(store, kind)]
-    key = write_labels(store, kind, rows)
-    return {"kind": kind, "labelled": len(rows), "table": key,
-            "successes": sum(r["outcome"] == "success" for r in rows),
-            "intervention_steps": sum(r["intervention_steps"] for r in rows)}
+    report = labels.label_buffer(open_store(config), kind, config.algo.discount, NStepSchedule.from_config(config.algo))
+    return asdict(report)
 
 
 @task(retries=2, retry_delay_seconds=2)
 def take_snapshot(config: LWDConfig) -> dict:
-    manifest = build_snapshot(open_store(config))
-    return {k: manifest[k] for k in ("snapshot_id", "parent", "stats", "unlabelled")} | {
-        "episodes": len(manifest["episodes"])}
+    return build_snapshot(open_store(config)).summary()
 
 
 # A Prefect global concurrency limit of 1: one learner at a time, whichever flow or deployment starts it.
@@ -109,6 +105,15 @@ def learner_slot() -> Iterator[None]:
         yield
 
 
+@cache
+def transition_cache(store_url: str):
+    """This process's transitions of one store: the rounds of a flywheel run in one process, and each
+    reads only what is new since the last (lwd_core.algo.transition_cache)."""
+    from lwd_core.algo.transition_cache import TransitionCache
+
+    return TransitionCache()
+
+
 @task(retries=1, retry_delay_seconds=5, timeout_seconds=6 * 3600)
 def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: str, resume: bool) -> dict:
     """Train on a snapshot from the last checkpoint (:class:`lwd_core.algo.learner_process.LearnerProcess`);
@@ -122,18 +127,19 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
 
     use_compilation_cache(config.compilation_cache_dir)
     store = open_store(config)
-    learner = LearnerProcess.join(store, snapshot_id, config.algo, method, resume, steps)
+    learner = LearnerProcess.join(store, snapshot_id, config.algo, method, resume, steps,
+                                  transition_cache(config.storage.url))
     if not learner.leads:
         learner.follow()
         return {"snapshot_id": snapshot_id, "process": learner.process_index}
     with learner_slot():  # planned inside the slot: it resumes from whatever the previous learner left
         plan = learner.plan()
         with (tracking.training_run(config, plan, store.uri(snapshot_key(plan.snapshot_id))) as log_metrics,
-              progress(f"training {plan.stage} on {plan.snapshot_id}", plan.steps, key="training-progress") as advance):
+              progress(f"training {plan.kind} on {plan.snapshot_id}", plan.steps, key="training-progress") as advance):
             result = learner.lead(plan, on_log=log_metrics, on_progress=advance,
                                   on_checkpoint=tracking.checkpoint_logger(store, plan))
             trained = tracking.finish_training_run(config, store, plan, result, result.seconds)
-    get_run_logger().info("trained %d steps (%s) on %s in %.0fs -> %s (model version %s)", plan.steps, plan.stage,
+    get_run_logger().info("trained %d steps (%s) on %s in %.0fs -> %s (model version %s)", plan.steps, plan.kind,
                           plan.snapshot_id, trained["seconds"], trained["checkpoint"], trained["model_version"])
     return trained
 

@@ -155,17 +155,18 @@ def version_of_release(release: str | None) -> str | None:
 
 @contextmanager
 def training_run(config: LWDConfig, plan: Any, store_uri: str = "") -> Iterator[Callable[[int, dict[str, float]], None]]:
-    """An MLflow run for one :class:`~lwd_core.algo.training.SnapshotTraining`: its plan as parameters
+    """An MLflow run for one :class:`~lwd_core.algo.trainer.TrainingPlan`: its plan as parameters
     and tags, the snapshot as its input dataset (``store_uri``: the snapshot manifest's address), CPU/GPU
     and memory as system metrics; yields the metric logger the training loop calls."""
     mlflow = mlflow_setup(config)
-    with mlflow.start_run(run_name=f"train-{plan.stage}-{plan.snapshot_id}", log_system_metrics=True):
+    with mlflow.start_run(run_name=f"train-{plan.kind}-{plan.snapshot_id}", log_system_metrics=True):
         log_snapshot_input(mlflow, store_uri, plan.snapshot_id)
-        mlflow.set_tags({"stage": plan.stage, "snapshot_id": plan.snapshot_id, "parent_checkpoint": plan.parent or "",
+        mlflow.set_tags({"stage": plan.kind, "snapshot_id": plan.snapshot_id, "parent_checkpoint": plan.parent or "",
                          "method": plan.method, "run_root": plan.run_root})
-        mlflow.log_params({"snapshot_id": plan.snapshot_id, "stage": plan.stage, "steps": plan.steps,
-                           "offline_transitions": plan.replay.sizes["offline"],
-                           "online_transitions": plan.replay.sizes["online"],
+        mlflow.log_params({"snapshot_id": plan.snapshot_id, "stage": plan.kind, "steps": plan.steps,
+                           "stages": " -> ".join(f"{stage.phase} {stage.steps}" for stage in plan.stages),
+                           "offline_transitions": plan.transitions["offline"],
+                           "online_transitions": plan.transitions["online"],
                            **{f"algo.{k}": v for k, v in config.algo.model_dump().items()}})
         yield lambda step, metrics: mlflow.log_metrics(metrics, step=step)
 
@@ -265,7 +266,7 @@ def checkpoint_logger(store: ObjectStore, plan: Any) -> Callable[[str, int], Non
         mlflow.create_external_model(
             name=f"checkpoint-{step}", source_run_id=mlflow.active_run().info.run_id, model_type="flow-policy-checkpoint",
             params={"checkpoint": store.uri(checkpoint), "policy_sha256": manifest["files"][POLICY_FILE]["sha256"]},
-            tags={"step": str(step), "snapshot_id": plan.snapshot_id, "stage": plan.stage})
+            tags={"step": str(step), "snapshot_id": plan.snapshot_id, "stage": plan.kind})
 
     return log
 
@@ -275,12 +276,9 @@ def finish_training_run(config: LWDConfig, store: ObjectStore, plan: Any, result
     model version for the checkpoint. Returns what the flows pass on."""
     import mlflow
 
-    from lwd_core.algo.training import per_task_value
-
     run = mlflow.active_run()
     step = int(result.state.step)
-    mlflow.log_metrics({f"value_mean/{t}": v for t, v in per_task_value(result.learner, result.state,
-                                                                       plan.replay).items()}, step=step)
+    mlflow.log_metrics({f"value_mean/{t}": v for t, v in result.value_by_task.items()}, step=step)
     mlflow.log_metric("updates_per_second", plan.steps / max(seconds, 1e-9))
     if result.resumed_from:
         mlflow.set_tag("resumed_from", result.resumed_from)
@@ -289,7 +287,7 @@ def finish_training_run(config: LWDConfig, store: ObjectStore, plan: Any, result
     mlflow.set_tag("checkpoint", store.uri(result.checkpoint))
     version = register_policy(config, store, result.checkpoint, tags={
         "snapshot_id": plan.snapshot_id, "checkpoint": result.checkpoint,
-        "policy_sha256": manifest["files"][POLICY_FILE]["sha256"], "stage": plan.stage, "run_id": run.info.run_id})
-    return {"checkpoint": result.checkpoint, "model_version": version, "run_id": run.info.run_id, "stage": plan.stage,
+        "policy_sha256": manifest["files"][POLICY_FILE]["sha256"], "stage": plan.kind, "run_id": run.info.run_id})
+    return {"checkpoint": result.checkpoint, "model_version": version, "run_id": run.info.run_id, "stage": plan.kind,
             "snapshot_id": plan.snapshot_id, "steps": plan.steps, "seconds": seconds,
             "final_metrics": result.history[-1] if result.history else {}}

@@ -18,12 +18,12 @@ SCRIPT = textwrap.dedent("""
     from lwd_core.data.nstep import build_transitions
     from lwd_core.algo.replay import MixedReplay
     from lwd_core.algo.text import tokenize
-    from lwd_core.algo.training import run_updates
+    from lwd_core.algo.update_loop import run_updates
 
     assert jax.device_count() == 4, jax.devices()
     episodes = [make_episode(steps=20, obs_dim=OBS, action_dim=ACT, task_id="t", seed=i) for i in range(6)]
-    transitions = build_transitions(episodes, chunk=2, gamma=0.95, n_for_task=2, task_index={"t": 0},
-                                    tokens_for_task={"t": tokenize("do t")})
+    transitions = build_transitions(episodes, [e.rewards for e in episodes], chunk=2, gamma=0.95, n_for_task=2,
+                                    task_index={"t": 0}, tokens_for_task={"t": tokenize("do t")})
     learner = Learner(tiny_spec())
     mesh = distributed.data_mesh()
     batch = MixedReplay(transitions, seed=0).sample(64)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
+from conftest import make_episode
 
+from lwd_core.algo.learner_process import LearnerProcess
 from lwd_core.config import AlgoConfig, ExperimentConfig
 from lwd_core.experiment import ARMS, Experiment, pool_runs, pooled_markdown
 from lwd_core.sim.evaluate import TaskResult, mcnemar_p, paired_comparison, summarize
 from lwd_core.sim.pool import SimPool
+from lwd_core.suite import ACTION_DIM, OBS_DIM
 
 
 def test_mcnemar_counts_only_discordant_pairs():
@@ -63,7 +67,7 @@ def test_runs_on_different_training_seeds_pool_into_one_paired_test():
 
 
 @pytest.fixture(scope="module")
-def tiny_results():
+def tiny_results(tmp_path_factory):
     algo = AlgoConfig(hidden_dims=[32, 32], critic_heads=2, batch_size=32, flow_steps=3, value_size=21,
                       pretrain_steps=20, warmup_steps=5, offline_steps=5, online_steps_per_round=5,
                       samples_per_insert=0.0)
@@ -71,7 +75,7 @@ def tiny_results():
                                 eval_episodes_per_task=3, curve_episodes_per_task=2, demos_per_task=2,
                                 failed_rollouts_per_task=1, play_per_task=1)
     with SimPool(1, max_concurrent=4) as pool:
-        experiment = Experiment(settings, algo, pool, log=lambda _: None)
+        experiment = Experiment(settings, algo, pool, tmp_path_factory.mktemp("experiment"), log=lambda _: None)
         return experiment, experiment.run()
 
 
@@ -103,9 +107,76 @@ def test_evaluation_seeds_are_fixed_and_disjoint_from_training_seeds(tiny_result
     assert not any(r.intervention for r in experiment.eval_requests(3))
 
 
-def test_unknown_arm_is_a_clear_error():
-    with SimPool(1) as pool, pytest.raises(ValueError, match="unknown arms"):
-        Experiment(ExperimentConfig(arms=["bc", "dagger"]), AlgoConfig(), pool)
+def test_unknown_arm_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown arms"):
+        Experiment(ExperimentConfig(arms=["bc", "dagger"]), AlgoConfig(), None, tmp_path)
+
+
+def _offline_and_fleet_episodes() -> tuple[list, list]:
+    """Demonstrations, play and failed rollouts of one suite task; then a fleet round with takeovers."""
+    task = "restock-horizontal"
+
+    def episode(seed: int, source: str, success: bool, **fields):
+        return make_episode(steps=14, obs_dim=OBS_DIM, action_dim=ACTION_DIM, task_id=task, seed=seed,
+                            source=source, success=success, **fields)
+
+    offline = ([episode(10 + i, "demo", True) for i in range(3)] + [episode(20 + i, "play", False) for i in range(2)]
+               + [episode(30 + i, "rollout", False) for i in range(2)])
+    takeover = np.zeros(14, bool)
+    takeover[6:] = True
+    fleet = [episode(40, "rollout", True, interventions=takeover), episode(41, "rollout", False)]
+    return offline, fleet
+
+
+def _parameters(state) -> list[np.ndarray]:
+    return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(state.params)]
+
+
+@pytest.mark.parametrize("arm_key", ["bc", "hgdagger", "recap", "iql", "lwd-offline"])
+def test_the_flywheel_and_the_experiment_train_an_arm_through_the_same_trainer(arm_key, tmp_path):
+    """The train flow's learner process on the flywheel's store, and the experiment's own stores (a
+    pretraining run, the arm's offline run from it, an online round): the same stages on the same data
+    give the same parameters."""
+    arm = ARMS[arm_key]
+    algo = AlgoConfig(hidden_dims=[16, 16], critic_heads=2, batch_size=8, flow_steps=2, value_size=11,
+                      pretrain_steps=3, warmup_steps=2, offline_steps=4, online_steps_per_round=3,
+                      samples_per_insert=0.0, checkpoint_every=3)
+    offline, fleet = _offline_and_fleet_episodes()
+    experiment = Experiment(ExperimentConfig(tasks=["restock-horizontal"], arms=[arm_key]), algo, None,
+                            tmp_path / "experiment", log=lambda _: None)
+    arm_algo = experiment.algo_for(arm)
+
+    # The flywheel: every offline episode buffered, labelled and snapshot; `train` with resume off.
+    flywheel_store = experiment.store("flywheel")
+    experiment.buffer(flywheel_store, "offline", offline)
+    process = LearnerProcess(flywheel_store, "", arm_algo, arm.method, False, 0)
+    plan = process.plan()
+    assert [stage.phase for stage in plan.stages][0] == "pretrain"
+    flywheel_offline = process.lead(plan)
+
+    # The experiment: pretraining on demonstrations and play, then the arm from the pretrained checkpoint.
+    pretrained = experiment.pretrain([e for e in offline if e.source != "rollout"])
+    experiment_offline = experiment.offline_stage(arm, offline, pretrained)
+    assert int(experiment_offline.state.step) == int(flywheel_offline.state.step) == plan.target_step
+    for ours, theirs in zip(_parameters(flywheel_offline.state), _parameters(experiment_offline.state), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+    # One online round, the same budget on both paths.
+    steps = experiment.online_updates(1)
+    experiment.buffer(flywheel_store, "online", fleet)
+    online = LearnerProcess(flywheel_store, "", arm_algo, arm.method, True, steps)
+    online_plan = online.plan()
+    assert online_plan.kind == "online" and online_plan.stages == tuple(arm_stages(arm.method, arm_algo, steps))
+    flywheel_online = online.lead(online_plan)
+    experiment_online = experiment.online_round(arm, f"arms/{arm.key}", 1, fleet)
+    for ours, theirs in zip(_parameters(flywheel_online.state), _parameters(experiment_online.state), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def arm_stages(method: str, algo: AlgoConfig, steps: int):
+    from lwd_core.algo.agents import get_agent
+
+    return get_agent(method).stages(algo, "online", steps)
 
 
 def test_gpu_slice_script_runs_at_tiny_size_on_cpu(tmp_path):

@@ -22,10 +22,12 @@ import pytest
 from conftest import make_keyring, publisher
 from test_fleet import tiny_policy_checkpoint
 
-from lwd_core.algo.training import latest_committed_checkpoint
+from lwd_core.algo.trainer import latest_committed_checkpoint
 from lwd_core.config import LWDConfig
 from lwd_core.data.ingest import ingest_batch, pending_raw
+from lwd_core.data.labels import label_buffer
 from lwd_core.data.layout import buffer_prefix
+from lwd_core.data.nstep import NStepSchedule
 from lwd_core.data.snapshot import build_snapshot
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.fleet.edge import EdgeClient
@@ -57,16 +59,19 @@ while True:
 
 LEARNER = f"""
 from lwd_core.algo.compilation import use_compilation_cache
-from lwd_core.algo.training import build_replay, load_snapshot_episodes, new_learner, train_resumable
+from lwd_core.algo.trainer import TrainingPlan, run_training
+from lwd_core.algo.agents.base import Stage
+from lwd_core.algo.transition_cache import TransitionCache
 from lwd_core.config import load_config
 from lwd_core.data.snapshot import load_snapshot
 from lwd_core.store import open_store
 config = load_config(); store = open_store(config); use_compilation_cache(config.compilation_cache_dir)
-replay = build_replay(load_snapshot_episodes(store, load_snapshot(store)), config.algo, "online", seed=0)
-def start():
-    learner = new_learner(config.algo)
-    return learner, learner.init(0)
-train_resumable(store, "{RUN_ROOT}", start, replay, {LEARNER_STEPS}, config.algo.batch_size, {LEARNER_EVERY})
+snapshot = load_snapshot(store)
+algo = config.algo.model_copy(update={{"checkpoint_every": {LEARNER_EVERY}}})
+plan = TrainingPlan(snapshot_id=snapshot.snapshot_id, kind="offline", method="lwd", parent=None,
+                    pointer_generation=None, start_step=0, stages=(Stage("train", {LEARNER_STEPS}),),
+                    run_root="{RUN_ROOT}", transitions={{}}, seed=0)
+run_training(store, plan, algo, TransitionCache().load(store, snapshot, algo, "online"), move_latest=False)
 """
 
 
@@ -142,6 +147,7 @@ def test_random_kills_lose_nothing_duplicate_nothing_and_end_on_one_approved_rel
         _wait(lambda: len(pending_raw(store)) >= 4, 600, "first uploads")
         ingest_batch(store, pending_raw(store), expectations(config),
                      check_signature=episode_signature_check(keyring_for(config)))
+        label_buffer(store, "online", config.algo.discount, NStepSchedule.from_config(config.algo))
         build_snapshot(store)
 
         ingester = learner = None

@@ -38,7 +38,7 @@ def transitions():
         for i in range(8)
     ]
     return build_transitions(
-        episodes, chunk=2, gamma=0.95, n_for_task={"task-a": 3, "task-b": 1},
+        episodes, [e.rewards for e in episodes], chunk=2, gamma=0.95, n_for_task={"task-a": 3, "task-b": 1},
         task_index={t: i for i, t in enumerate(tasks)},
         tokens_for_task={t: tokenize(f"do {t}") for t in tasks},
     )
@@ -204,32 +204,6 @@ def test_best_of_n_acts_with_the_chunk_the_critic_rates_highest(transitions):
     assert set(plain.acting_params(plain.init(0))) == {"policy"}
 
 
-def test_two_training_runs_cannot_both_move_the_latest_checkpoint(transitions, local_store):
-    """Both runs start from the same pointer; the first to finish moves it, the second is refused."""
-    from types import SimpleNamespace
-
-    from lwd_core.algo.training import SnapshotTraining, run_snapshot_training
-    from lwd_core.data.layout import CHECKPOINT_LATEST_KEY, training_run_prefix
-    from lwd_core.store import StoreError
-
-    learner = Learner(tiny_spec())
-    algo = SimpleNamespace(batch_size=16, checkpoint_every=5, seed=0)
-    generation = local_store.get_json_versioned(CHECKPOINT_LATEST_KEY)[1]
-
-    def plan(name: str) -> SnapshotTraining:
-        return SnapshotTraining(snapshot_id="snap-race", stage="online", method="lwd", parent=None,
-                                pointer_generation=generation, start_step=0, steps=5,
-                                run_root=training_run_prefix("snap-race", name, 0),
-                                replay=MixedReplay(transitions, seed=0), learner=learner, state=learner.init(0),
-                                algo=algo)
-
-    first, second = plan("first"), plan("second")
-    winner = run_snapshot_training(local_store, first)
-    with pytest.raises(StoreError, match="another training run moved"):
-        run_snapshot_training(local_store, second)
-    assert local_store.get_json(CHECKPOINT_LATEST_KEY) == {"checkpoint": winner.checkpoint}
-
-
 def test_racing_snapshot_builds_never_move_the_latest_pointer_back(local_store, monkeypatch):
     """One build lists the buffers; another, after a new episode is buffered, lists and moves the pointer
     before the first writes. The first is refused and lists again: the pointer ends on the newest listing."""
@@ -262,9 +236,9 @@ def test_racing_snapshot_builds_never_move_the_latest_pointer_back(local_store, 
     monkeypatch.setattr(local_store, "list", list_then_another_build_runs)
     slower = build_snapshot(local_store)
     newer = racing["newer"]
-    assert len(newer["episodes"]) == 3 and newer["parent"] == first["snapshot_id"]
-    assert local_store.get_json(SNAPSHOT_LATEST_KEY) == {"snapshot_id": newer["snapshot_id"]}, "never moved back"
-    assert slower["snapshot_id"] == newer["snapshot_id"], "the slower build listed again"
+    assert len(newer.episodes) == 3 and newer.parent == first.snapshot_id
+    assert local_store.get_json(SNAPSHOT_LATEST_KEY) == {"snapshot_id": newer.snapshot_id}, "never moved back"
+    assert slower.snapshot_id == newer.snapshot_id, "the slower build listed again"
 
 
 def test_fused_updates_equal_single_updates(transitions):
@@ -314,34 +288,40 @@ def test_snapshot_loads_are_capped_and_incremental(local_store, monkeypatch):
     episodes the first did not hold, with the same rows as a load from scratch; a fresh process reads
     none (the replay segments hold them), an unreadable segment only costs reading its episodes, and
     past the segment limit a load leaves one segment of its whole choice."""
-    from lwd_core.algo import training
+    from lwd_core.algo import transition_cache
+    from lwd_core.algo.transition_cache import TransitionCache
     from lwd_core.config import AlgoConfig
+    from lwd_core.data.labels import label_buffer
     from lwd_core.data.layout import buffer_key, put_episode
+    from lwd_core.data.nstep import NStepSchedule
+    from lwd_core.data.snapshot import build_snapshot
     from lwd_core.suite import ACTION_DIM, OBS_DIM, TASK_SUITE
 
-    def entries(episodes):
-        keys = [buffer_key("online", e.task_id, e.episode_id) for e in episodes]
-        for key, episode in zip(keys, episodes, strict=True):
-            put_episode(local_store, key, episode)
-        return [{"key": k, "episode_id": e.episode_id, "kind": "online", "steps": e.num_steps}
-                for k, e in zip(keys, episodes, strict=True)]
+    algo = AlgoConfig(replay_capacity=50)
+
+    def buffered(episodes):
+        for episode in episodes:
+            put_episode(local_store, buffer_key("online", episode.task_id, episode.episode_id), episode)
+        label_buffer(local_store, "online", algo.discount, NStepSchedule.from_config(algo))
+        return build_snapshot(local_store)
 
     task = TASK_SUITE[0].task_id
     episodes = [make_episode(steps=10, obs_dim=OBS_DIM, action_dim=ACTION_DIM, task_id=task, seed=300 + i)
                 for i in range(8)]
-    first, more = entries(episodes[:6]), entries(episodes[6:])
-    algo = AlgoConfig(replay_capacity=50)
+    first = buffered(episodes[:6])
     reads = []
-    monkeypatch.setattr(training, "get_episode", lambda store, key: reads.append(key) or get_episode(store, key))
-    training._LOADED.clear()
-    loaded = training.load_snapshot_transitions(local_store, {"episodes": first}, algo, "online")["online"]
+    monkeypatch.setattr(transition_cache, "get_episode",
+                        lambda store, key: reads.append(key) or get_episode(store, key))
+    cache = TransitionCache()
+    loaded = cache.load(local_store, first, algo, "online").online
     assert len(loaded["obs"]) == 50 and len(reads) == 5
     reads.clear()
-    grown = training.load_snapshot_transitions(local_store, {"episodes": first + more}, algo, "online")["online"]
-    assert len(grown["obs"]) == 50 and set(reads) <= {e["key"] for e in more}, "only new episodes are read"
-    training._LOADED.clear()  # a fresh process
+    both = buffered(episodes[6:])
+    new_keys = {e.key for e in both.episodes} - {e.key for e in first.episodes}
+    grown = cache.load(local_store, both, algo, "online").online
+    assert len(grown["obs"]) == 50 and set(reads) <= new_keys, "only new episodes are read"
     reads.clear()
-    fresh = training.load_snapshot_transitions(local_store, {"episodes": first + more}, algo, "online")["online"]
+    fresh = TransitionCache().load(local_store, both, algo, "online").online  # a fresh process
     assert reads == [], "a fresh process finds the built transitions in the replay segments"
     for name in fresh:
         np.testing.assert_array_equal(grown[name], fresh[name])
@@ -349,18 +329,17 @@ def test_snapshot_loads_are_capped_and_incremental(local_store, monkeypatch):
     segments = local_store.list("replay-segments/online", ".npz")
     assert len(segments) == 2  # what each of the two loads built
     local_store.put_atomic(segments[0], b"not an npz")
-    monkeypatch.setattr(training, "COMPACT_AFTER_SEGMENTS", 2)  # this load's new segment would be the third
-    training._LOADED.clear()
-    again = training.load_snapshot_transitions(local_store, {"episodes": first + more}, algo, "online")["online"]
-    assert reads and set(reads) <= {entry["key"] for entry in first}, "only the lost segment's episodes are read"
+    compacting = TransitionCache()
+    compacting.compact_after_segments = 2  # this load's new segment would be the third
+    again = compacting.load(local_store, both, algo, "online").online
+    assert reads and set(reads) <= {e.key for e in first.episodes}, "only the lost segment's episodes are read"
     for name in fresh:
         np.testing.assert_array_equal(again[name], fresh[name])
 
     (compacted,) = local_store.list("replay-segments/online", ".npz")
     assert compacted not in segments
-    training._LOADED.clear()
     reads.clear()
-    last = training.load_snapshot_transitions(local_store, {"episodes": first + more}, algo, "online")["online"]
+    last = TransitionCache().load(local_store, both, algo, "online").online
     assert reads == [], "the compacted segment holds the whole choice"
     for name in fresh:
         np.testing.assert_array_equal(last[name], fresh[name])

@@ -80,7 +80,7 @@ def test_schedule_by_horizon_and_stage():
 
 def test_build_transitions_uses_chunked_window(episode_factory):
     episode = episode_factory(steps=12, obs_dim=4, action_dim=2)
-    out = build_transitions([episode], chunk=2, gamma=G, n_for_task={episode.task_id: 3},
+    out = build_transitions([episode], [episode.rewards], chunk=2, gamma=G, n_for_task={episode.task_id: 3},
                             task_index={episode.task_id: 0}, tokens_for_task={episode.task_id: np.ones(16, np.int32)})
     assert out["obs"].shape == (12, 4) and out["actions"].shape == (12, 4) and out["tokens"].shape == (12, 16)
     expected_sum, expected_disc, boot = nstep_targets(episode.rewards.astype(float), episode.terminals, G, 6)

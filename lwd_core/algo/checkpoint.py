@@ -56,3 +56,10 @@ def acting_params_from_bytes(learner: Learner, data: bytes) -> dict[str, Any]:
         return {"policy": serialization.from_state_dict(template["policy"], restored)}
     return serialization.from_state_dict(template, restored)
 
+
+
+def copy_checkpoint(source: ObjectStore, target: ObjectStore, prefix: str) -> None:
+    """A committed checkpoint of one store committed under the same prefix in another (hashes checked)."""
+    manifest = source.get_json(commit_manifest_key(prefix))
+    objects = {name: source.get_committed(prefix, name) for name in manifest["files"]}
+    target.put_committed(prefix, objects, extra={k: v for k, v in manifest.items() if k != "files"})

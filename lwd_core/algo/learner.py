@@ -18,7 +18,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -28,13 +28,13 @@ from flax import serialization, struct
 
 from lwd_core.algo import divl
 from lwd_core.algo.agents import UpdateContext, get_agent
+from lwd_core.algo.agents.base import Phase
 from lwd_core.algo.flow import euler_sample, flow_matching_loss
 from lwd_core.algo.networks import CriticEnsemble
 from lwd_core.algo.policy import FlowPolicy
 from lwd_core.algo.text import MAX_TOKENS, VOCAB_SIZE
 
-Phase = Literal["pretrain", "warmup", "train"]
-PHASES: tuple[str, ...] = ("pretrain", "warmup", "train")
+PHASES: tuple[str, ...] = get_args(Phase)
 # One PRNG key per purpose in each update.
 UPDATE_KEYS = ("base", "policy", "qam", "noise", "dropout")
 

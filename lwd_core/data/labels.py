@@ -1,19 +1,22 @@
-"""Reward labelling and return bookkeeping for buffered episodes.
+"""Reward labelling: the rewards, success and step counts training sees.
 
-The sparse reward is re-derived from the simulator's success flag (ingest already rejects episodes
-whose reward column disagrees). Labels are written as one small Parquet table per labelling batch,
-``labels/<kind>/<time>.parquet``, one row per episode; snapshots name these tables.
+Each step's reward comes from the suite's reward rule (:func:`lwd_core.suite.sparse_rewards`) applied
+to the episode's success flags, never from the reward column a robot wrote. Labels are written as one
+small Parquet table per labelling batch, ``labels/<kind>/<time>.parquet``, one row per episode (its
+per-step ``rewards`` a list column); a snapshot names the table that labels each of its episodes, and
+training reads rewards from there (:mod:`lwd_core.algo.transition_cache`).
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from lwd_core.data.episode import Episode
-from lwd_core.data.layout import BufferKind, buffer_prefix, labels_key, labels_prefix
+from lwd_core.data.layout import BufferKind, buffer_prefix, get_episode, labels_key, labels_prefix
 from lwd_core.data.nstep import NStepSchedule, discounted_return
 from lwd_core.store import ObjectStore, now_us
 from lwd_core.suite import get_task, sparse_rewards
@@ -37,6 +40,7 @@ def label_episode(episode: Episode, gamma: float, schedule: NStepSchedule) -> di
         "discounted_return": discounted_return(rewards, gamma),
         "n_offline": schedule.n_for(horizon, "offline"),
         "n_online": schedule.n_for(horizon, "online"),
+        "rewards": rewards.tolist(),
         "labelled_us": now_us(),
     }
 
@@ -57,7 +61,7 @@ def unlabelled_keys(store: ObjectStore, kind: BufferKind) -> list[str]:
 def labels_table(kind: BufferKind, rows: list[dict]) -> tuple[str, bytes]:
     """A labels table's key and bytes, for a writer that commits it with other objects."""
     buffer = io.BytesIO()
-    pl.DataFrame(rows).write_parquet(buffer)
+    pl.DataFrame(rows, schema_overrides={"rewards": pl.List(pl.Float32)}).write_parquet(buffer)
     return labels_key(kind, now_us()), buffer.getvalue()
 
 
@@ -69,6 +73,33 @@ def write_labels(store: ObjectStore, kind: BufferKind, rows: list[dict]) -> str 
     return key
 
 
-def read_labels(store: ObjectStore, keys: list[str]) -> pl.DataFrame:
-    frames = [pl.read_parquet(io.BytesIO(store.get(k))) for k in keys]
+@dataclass(frozen=True)
+class LabelReport:
+    kind: BufferKind
+    labelled: int
+    table: str | None
+    successes: int
+    intervention_steps: int
+
+
+def label_buffer(store: ObjectStore, kind: BufferKind, gamma: float, schedule: NStepSchedule) -> LabelReport:
+    """Label every buffered episode of ``kind`` that no table labels yet, as one new table."""
+    rows = [label_episode(get_episode(store, key), gamma, schedule) for key in unlabelled_keys(store, kind)]
+    return LabelReport(kind, len(rows), write_labels(store, kind, rows),
+                       successes=sum(row["outcome"] == "success" for row in rows),
+                       intervention_steps=sum(row["intervention_steps"] for row in rows))
+
+
+def read_labels(store: ObjectStore, keys: list[str], columns: list[str] | None = None) -> pl.DataFrame:
+    """The rows of these label tables, each with the ``table`` it came from."""
+    frames = [pl.read_parquet(io.BytesIO(store.get(k)), columns=columns).with_columns(table=pl.lit(k))
+              for k in keys]
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def label_rewards(store: ObjectStore, table: str, episode_ids: set[str]) -> dict[str, np.ndarray]:
+    """Per-step rewards of these episodes as one label table holds them."""
+    frame = read_labels(store, [table], columns=["episode_id", "rewards"])
+    return {episode_id: np.asarray(rewards, np.float32)
+            for episode_id, rewards in zip(frame["episode_id"], frame["rewards"], strict=True)
+            if episode_id in episode_ids}

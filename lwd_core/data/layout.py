@@ -11,6 +11,7 @@
     checkpoints/run-<snapshot>-<name>-from<step>/step-<step>/   a committed checkpoint:
         train_state.msgpack, policy.msgpack (what robots load), spec.json, _MANIFEST.json
     checkpoints/_latest.json                           the flywheel's last checkpoint
+    checkpoints/_pretrained.json                       the pretrained policy offline runs start from
     evals/<digest>.json                                cached evaluation of a checkpoint
     experiments/<experiment_id>/results.json
     fleet/desired.json, fleet/actors/<robot>.json      coordinator state
@@ -45,6 +46,8 @@ INGEST_LEASES_KEY = "ingest/leases.json"
 LABELS_PREFIX = "labels"
 SNAPSHOT_LATEST_KEY = "snapshots/_latest.json"
 CHECKPOINT_LATEST_KEY = "checkpoints/_latest.json"
+# The pretrained policy every offline run of this store starts from (written when one is pretrained here).
+PRETRAINED_KEY = "checkpoints/_pretrained.json"
 FLEET_DESIRED_KEY = "fleet/desired.json"
 FLEET_ACTORS_PREFIX = "fleet/actors"
 
@@ -106,7 +109,7 @@ def checkpoint_key(run_prefix: str, step: int) -> str:
 
 
 def replay_segments_prefix(kind: BufferKind, settings_digest: str) -> str:
-    """Built transitions of one buffer under one set of n-step settings (lwd_core.algo.training)."""
+    """Built transitions of one buffer under one set of n-step settings (lwd_core.algo.transition_cache)."""
     return f"replay-segments/{_checked_kind(kind)}/{safe_name(settings_digest, 'settings digest')}"
 
 

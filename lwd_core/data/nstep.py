@@ -13,13 +13,13 @@ with the discount of the steps actually taken. ``n`` depends on the task horizon
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-Stage = Literal["offline", "online"]
+RunKind = Literal["offline", "online"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class NStepSchedule:
     def from_config(cls, algo) -> NStepSchedule:
         return cls(algo.nstep_offline_long, algo.nstep_offline_short, algo.nstep_online, algo.long_horizon_threshold)
 
-    def n_for(self, task_horizon: int, stage: Stage) -> int:
+    def n_for(self, task_horizon: int, stage: RunKind) -> int:
         if stage == "online":
             return self.online
         if stage != "offline":
@@ -92,19 +92,28 @@ def action_chunks(actions: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarr
 
 
 def build_transitions(
-    episodes: Iterable,
+    episodes: Sequence,
+    rewards: Sequence[np.ndarray],
     chunk: int,
     gamma: float,
     n_for_task: dict[str, int] | int,
     task_index: dict[str, int],
     tokens_for_task: dict[str, np.ndarray],
 ) -> dict[str, np.ndarray]:
-    """Chunked n-step transitions for a set of episodes (one row per start step)."""
+    """Chunked n-step transitions for a set of episodes (one row per start step), with each episode's
+    per-step ``rewards`` as its labels give them (:mod:`lwd_core.data.labels`), never the reward column
+    a robot wrote."""
+    if len(rewards) != len(episodes):
+        raise ValueError(f"{len(rewards)} reward sequences for {len(episodes)} episodes")
     parts: dict[str, list[np.ndarray]] = {key: [] for key in TRANSITION_KEYS}
-    for episode in episodes:
+    for episode, episode_rewards in zip(episodes, rewards, strict=True):
+        episode_rewards = np.asarray(episode_rewards, np.float64)
+        if len(episode_rewards) != episode.num_steps:
+            raise ValueError(f"episode {episode.episode_id}: {len(episode_rewards)} labelled rewards for "
+                             f"{episode.num_steps} steps")
         n = n_for_task if isinstance(n_for_task, int) else n_for_task[episode.task_id]
         reward_sum, discount, boot = nstep_targets(
-            np.asarray(episode.rewards, np.float64), np.asarray(episode.terminals, bool), gamma, n * chunk
+            episode_rewards, np.asarray(episode.terminals, bool), gamma, n * chunk
         )
         chunks, valid = action_chunks(np.asarray(episode.actions, np.float32), chunk)
         steps = len(reward_sum)
@@ -119,7 +128,7 @@ def build_transitions(
         parts["tokens"].append(np.repeat(tokens_for_task[episode.task_id][None], steps, axis=0))
         parts["intervention"].append(action_chunks(interventions[:, None].astype(np.float32), chunk)[0].max(1) > 0)
         parts["demo"].append(np.full(steps, episode.source == "demo"))
-        parts["mc_return"].append(returns_to_go(np.asarray(episode.rewards, np.float64), gamma))
+        parts["mc_return"].append(returns_to_go(episode_rewards, gamma))
         parts["condition"].append(np.zeros(steps, np.int32))
     if not parts["obs"]:
         raise ValueError("no episodes to build transitions from")

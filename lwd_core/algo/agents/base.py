@@ -2,8 +2,10 @@
 
 The learner owns the networks (critic ensemble, value, base flow, fine-tuned policy), their optimisers,
 the checkpoint format and the jitted update skeleton. An agent owns what differs between methods: its
-losses for the warm-up and training phases, which transitions it learns from, how it acts, and any work
-between chunks of updates. Agents are stateless: one instance per method, looked up by name.
+losses for the warm-up and training phases, which transitions it learns from, its stage plan (which
+phases an offline or online run goes through, for how many updates, with what refresh cadence), how it
+acts, and the work between refreshes. Agents are stateless: one instance per method, looked up by name.
+The one staged trainer (:mod:`lwd_core.algo.trainer`) runs a plan for the flywheel and the experiment.
 """
 
 from __future__ import annotations
@@ -15,10 +17,21 @@ from typing import Any, ClassVar, Literal
 import jax
 import numpy as np
 
+from lwd_core.data.nstep import RunKind
+
 Transitions = dict[str, np.ndarray]
-# Where the experiment's offline stage trains a method: the demonstrations only, every offline
-# transition (warm-up, then training), or not at all (it starts online from the pretrained policy).
-OfflineData = Literal["demos", "all", "none"]
+Phase = Literal["pretrain", "warmup", "train"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a training run: ``steps`` updates of ``phase`` on the agent's data (``pretrain``: on
+    the demonstration rows, the same for every method), with the agent's refresh every
+    ``refresh_every`` updates (None: never)."""
+
+    phase: Phase
+    steps: int
+    refresh_every: int | None = None
 
 
 @dataclass
@@ -43,9 +56,16 @@ class Agent:
     name: ClassVar[str]
     # Critic/value warm-up with the policy frozen before training (the paper's stage 2).
     warms_up: ClassVar[bool] = False
-    offline_data: ClassVar[OfflineData] = "all"
-    # RECAP-style methods relabel transitions from their value between chunks of this many updates.
+    # RECAP-style methods relabel transitions from their value every this many updates.
     refresh_every: ClassVar[int | None] = None
+
+    def stages(self, algo: Any, kind: RunKind, steps: int) -> list[Stage]:
+        """The run after the pretrained policy: offline, warm-up (where the method has a critic or value)
+        then ``steps`` training updates; online, ``steps`` training updates."""
+        train = Stage("train", steps, self.refresh_every)
+        if kind == "offline" and self.warms_up:
+            return [Stage("warmup", algo.warmup_steps), train]
+        return [train]
 
     def update(self, learner: Any, ctx: UpdateContext, batch: dict[str, jax.Array], phase: str) -> None:
         """The warm-up or training losses (phase ``warmup`` or ``train``); pretraining is shared."""
@@ -69,5 +89,5 @@ class Agent:
         the critic)."""
         return False
 
-    def before_chunk(self, learner: Any, state: Any, replay: Any, algo: Any) -> None:
-        """Work between chunks of updates (default: none)."""
+    def refresh(self, learner: Any, state: Any, replay: Any, algo: Any) -> None:
+        """Work every ``refresh_every`` updates of a stage that asks for it (default: none)."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import jax
 
-from lwd_core.algo.agents.base import Agent, Transitions, UpdateContext
+from lwd_core.algo.agents.base import Agent, RunKind, Stage, Transitions, UpdateContext
 from lwd_core.algo.agents.bc import behaviour_cloning
 
 
@@ -21,7 +21,10 @@ def human_subset(transitions: Transitions) -> Transitions:
 
 class HGDAgger(Agent):
     name = "hgdagger"
-    offline_data = "none"  # starts its online rounds from the pretrained policy
+
+    def stages(self, algo: Any, kind: RunKind, steps: int) -> list[Stage]:
+        # No offline stage: its online rounds start from the pretrained policy (BC on demonstrations).
+        return [] if kind == "offline" else [Stage("train", steps)]
 
     def update(self, learner: Any, ctx: UpdateContext, batch: dict[str, jax.Array], phase: str) -> None:
         if phase == "train":

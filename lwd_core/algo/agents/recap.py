@@ -82,5 +82,5 @@ class RECAP(Agent):
     def acting_condition(self) -> int | None:
         return CONDITION_POSITIVE
 
-    def before_chunk(self, learner: Any, state: Any, replay: Any, algo: Any) -> None:
+    def refresh(self, learner: Any, state: Any, replay: Any, algo: Any) -> None:
         refresh_conditions(learner, state, replay, algo.recap_positive_fraction)
