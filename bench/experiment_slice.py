@@ -23,7 +23,8 @@ TINY = {
     "experiment": dict(tasks=["restock-horizontal"], arms=["bc", "lwd-offline", "lwd-online"], rounds=1,
                        episodes_per_round=2, eval_episodes_per_task=2, curve_episodes_per_task=1,
                        demos_per_task=2, failed_rollouts_per_task=1, play_per_task=1),
-    "algo": dict(hidden_dims=[32, 32], critic_heads=2, batch_size=32, flow_steps=3, value_size=21,
+    "algo": dict(hidden_dims=[32, 32], batch_size=32, flow_steps=3,
+                 agents={"lwd": {"critic_heads": 2, "value_size": 21}, "recap": {"value_size": 21}},
                  pretrain_steps=10, warmup_steps=5, offline_steps=5, online_steps_per_round=5,
                  samples_per_insert=0.0),
 }

@@ -41,7 +41,7 @@ def main() -> None:
     from flows.fleet import fleet_supervisor
     from lwd_core.algo.checkpoint import save_checkpoint
     from lwd_core.algo.learner import Learner, LearnerSpec
-    from lwd_core.config import load_config
+    from lwd_core.config import AlgoConfig, load_config
     from lwd_core.data.ingest import ingest_next
     from lwd_core.fleet.coordinator import Coordinator, release_for_checkpoint
     from lwd_core.security import episode_signature_check, keyring_for, release_signer
@@ -55,8 +55,8 @@ def main() -> None:
     store = open_store(config)
     keyring = keyring_for(config, fleet_robot_ids(config.fleet.robots))  # S3: keys from `lwd keys generate`
     coordinator = Coordinator(store, sign_release=release_signer(keyring))
-    spec = LearnerSpec(obs_dim=OBS_DIM, action_dim=ACTION_DIM, chunk=5, hidden_dims=(64, 64), critic_heads=2,
-                       flow_steps=2, value_size=11)
+    spec = LearnerSpec.from_config(AlgoConfig(hidden_dims=[64, 64], flow_steps=2).with_agent(
+        "lwd", critic_heads=2, value_size=11), OBS_DIM, ACTION_DIM, "lwd")
     learner = Learner(spec)
     releases = []
     for index in range(args.releases + 1):

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lwd_core.algo.agents import AGENTS
 from lwd_core.algo.learner import BATCH_KEYS, Learner, LearnerSpec
 from lwd_core.algo.text import MAX_TOKENS
+from lwd_core.config import AlgoConfig
 
 
 def synthetic_batch(rng: np.random.Generator, spec: LearnerSpec, batch: int) -> dict[str, np.ndarray]:
@@ -64,11 +65,11 @@ def main() -> None:
                         help="matmul dtype of our hidden layers (algo.compute_dtype); the reference stays float32")
     args = parser.parse_args()
 
-    spec = LearnerSpec(
-        obs_dim=args.obs_dim, action_dim=5, chunk=5, method=args.method, value_model=args.value_model,
-        hidden_dims=(args.hidden,) * args.layers, critic_heads=args.heads, flow_steps=10,
-        compute_dtype=args.compute_dtype,
-    )
+    algo = AlgoConfig(action_chunk=5, hidden_dims=[args.hidden] * args.layers, flow_steps=10,
+                      compute_dtype=args.compute_dtype)
+    if args.method == "lwd":
+        algo = algo.with_agent("lwd", value_model=args.value_model, critic_heads=args.heads)
+    spec = LearnerSpec.from_config(algo, args.obs_dim, 5, args.method)
     if args.steps % args.window:
         parser.error("--steps must be a multiple of --window")
     learner = Learner(spec)

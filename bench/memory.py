@@ -62,7 +62,7 @@ def write_buffer(url: str, transitions: int) -> None:
     from ingest import fleet_episode
 
     store = ObjectStore(url)
-    algo = AlgoConfig(hidden_dims=[32, 32], critic_heads=2, value_size=11)
+    algo = AlgoConfig(hidden_dims=[32, 32])
     schedule = NStepSchedule.from_config(algo)
     rng = np.random.default_rng(0)
     labels = {"online": [], "offline": []}

@@ -138,7 +138,7 @@ def measure(robots: int, args, templates: dict[str, bytes]) -> dict:
     from flows.ingest import ingest
     from lwd_core.algo.checkpoint import save_checkpoint
     from lwd_core.algo.learner import Learner, LearnerSpec
-    from lwd_core.config import LWDConfig
+    from lwd_core.config import AlgoConfig, LWDConfig
     from lwd_core.fleet.coordinator import Coordinator, release_for_checkpoint
     from lwd_core.security import keyring_for, release_signer
     from lwd_core.store import open_store
@@ -152,8 +152,8 @@ def measure(robots: int, args, templates: dict[str, bytes]) -> dict:
     ids = fleet_robot_ids(robots)
     keyring = keyring_for(config, ids)
     coordinator = Coordinator(store, sign_release=release_signer(keyring))
-    learner = Learner(LearnerSpec(obs_dim=OBS_DIM, action_dim=ACTION_DIM, chunk=5, hidden_dims=(64, 64),
-                                  critic_heads=2, flow_steps=2, value_size=11))
+    learner = Learner(LearnerSpec.from_config(AlgoConfig(hidden_dims=[64, 64], flow_steps=2).with_agent(
+        "lwd", critic_heads=2, value_size=11), OBS_DIM, ACTION_DIM, "lwd"))
     for index in range(2):
         save_checkpoint(store, f"checkpoints/scale-{index}", learner, learner.init(index))
     coordinator.publish_all(release_for_checkpoint(store, "checkpoints/scale-0", "scale-0"))

@@ -42,7 +42,7 @@ def main() -> None:
     from flows.fleet import fleet_supervisor
     from lwd_core.algo.checkpoint import save_checkpoint
     from lwd_core.algo.learner import Learner, LearnerSpec
-    from lwd_core.config import load_config
+    from lwd_core.config import AlgoConfig, load_config
     from lwd_core.data.ingest import ingest_batch, pending_raw
     from lwd_core.data.layout import buffer_prefix
     from lwd_core.fleet.coordinator import Coordinator, release_for_checkpoint
@@ -57,8 +57,8 @@ def main() -> None:
     store = open_store(config)
     if store.protocol == "s3":
         store.ensure_bucket()
-    learner = Learner(LearnerSpec(obs_dim=OBS_DIM, action_dim=ACTION_DIM, chunk=5, hidden_dims=(64, 64),
-                                  critic_heads=2, flow_steps=2, value_size=11))
+    learner = Learner(LearnerSpec.from_config(AlgoConfig(hidden_dims=[64, 64], flow_steps=2).with_agent(
+        "lwd", critic_heads=2, value_size=11), OBS_DIM, ACTION_DIM, "lwd"))
     save_checkpoint(store, "checkpoints/soak", learner, learner.init(0))
     keyring = keyring_for(config, fleet_robot_ids(config.fleet.robots))  # S3: keys from `lwd keys generate`
     Coordinator(store, sign_release=release_signer(keyring)).publish_all(

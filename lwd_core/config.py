@@ -139,51 +139,28 @@ class DatasetConfig(_Section):
 
 
 class AlgoConfig(_Section):
-    """Learning hyperparameters; defaults follow the QAM reference settings on OGBench."""
+    """Learning settings every method shares (the learner's flow and optimiser, n-step, replay and stage
+    budgets); defaults follow the QAM reference settings on OGBench. A method's own hyperparameters are
+    its agent's config, set under ``agents``."""
 
-    value_model: Literal["divl", "expectile"] = "divl"
     discount: float = Field(default=0.99, gt=0.0, le=1.0)
     action_chunk: int = Field(default=5, ge=1)
     batch_size: int = Field(default=256, ge=1)
     learning_rate: float = Field(default=3e-4, gt=0.0)
     grad_clip: float = Field(default=1.0, gt=0.0)
-    target_tau: float = Field(default=0.005, gt=0.0, le=1.0)
-    critic_heads: int = Field(default=10, ge=1)
     hidden_dims: list[int] = Field(default_factory=lambda: [512, 512, 512, 512])
     flow_steps: int = Field(default=10, ge=1)
     # Matmul dtype of the networks' hidden layers: "bfloat16" uses a GPU's tensor cores (parameters,
     # optimiser state, LayerNorm, output layers and losses stay float32). On CPU it is slower (0.8x).
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    # QAM inverse temperature: target policy ~ pi_beta * exp(beta * Q).
-    qam_beta: float = Field(default=1.0, gt=0.0)
-    # QAM's BC anchor: flow matching of the fine-tuned policy on demonstration and intervention rows only.
-    bc_weight: float = Field(default=1.0, ge=0.0)
-    # What the base flow (QAM's reference policy) is fitted to: "human" rows (demonstrations and
-    # interventions) or "all" data (the QAM reference: the behaviour policy of the whole buffer).
-    base_data: Literal["human", "all"] = "human"
-    # Acting: sample this many chunks from the fine-tuned flow and run the one the critic rates highest
-    # (the QAM reference's best_of_n; 1 = plain sampling). The release then carries the critic too.
-    best_of_n: int = Field(default=1, ge=1)
+    # Per method, its agent's settings, e.g. {"lwd": {"qam_beta": 0.03, "best_of_n": 8}}. Each agent's
+    # config, with every default documented, is in its file (lwd_core/algo/agents/<method>.py); a
+    # setting the agent does not know is refused when a run is planned.
+    agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Staging (the paper's): the pretrained policy is BC flow matching on demonstrations for
     # ``pretrain_steps``; then ``warmup_steps`` of critic + value with the policy frozen; then extraction.
     pretrain_steps: int = Field(default=3000, ge=0)
     warmup_steps: int = Field(default=1000, ge=0)
-    # DIVL distributional value: categorical atoms (or quantiles) over [value_min, value_max].
-    # The range fits the sparse reward (-1 per step, 0 at success): returns lie in [-1/(1-gamma), 0].
-    value_representation: Literal["categorical", "quantile"] = "categorical"
-    value_size: int = Field(default=51, ge=2)
-    value_min: float = -100.0
-    value_max: float = 0.0
-    # Quantile-Huber zone for the quantile representation; its fixed points are exact quantiles as it -> 0.
-    value_huber_kappa: float = Field(default=1.0, gt=0.0)
-    critic_std_weight: float = Field(default=0.5, ge=0.0)
-    tau_min: float = Field(default=0.5, gt=0.0, lt=1.0)
-    tau_max: float = Field(default=0.9, gt=0.0, lt=1.0)
-    tau_direction: Literal["optimistic_when_narrow", "optimistic_when_wide"] = "optimistic_when_narrow"
-    expectile: float = Field(default=0.9, gt=0.0, lt=1.0)
-    # RECAP-style baseline: share of each task's transitions labelled "advantage positive".
-    recap_positive_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
-    recap_condition_dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
     # Dynamic n-step: per (horizon class, stage).
     nstep_offline_long: int = Field(default=10, ge=1)
     nstep_offline_short: int = Field(default=3, ge=1)
@@ -197,20 +174,16 @@ class AlgoConfig(_Section):
     offline_steps: int = Field(default=2000, ge=0)
     # Online update budget per round: at least ``online_steps_per_round`` updates, and enough that every
     # online transition, the round's new ones included, is sampled ``samples_per_insert`` times in
-    # expectation during the round (update-to-data ratio; see training.online_update_budget).
+    # expectation during the round (update-to-data ratio; see trainer.online_update_budget).
     online_steps_per_round: int = Field(default=500, ge=0)
     samples_per_insert: float = Field(default=1.0, ge=0.0)
     # Committed checkpoints during a training run: a crashed or retried run resumes from the last one.
     checkpoint_every: int = Field(default=500, ge=1)
     seed: int = 0
 
-    @model_validator(mode="after")
-    def _tau_bounds_ordered(self) -> AlgoConfig:
-        if self.value_min >= self.value_max:
-            raise ValueError("value_min must be below value_max")
-        if self.tau_min > self.tau_max:
-            raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau_max ({self.tau_max})")
-        return self
+    def with_agent(self, method: str, **settings: Any) -> AlgoConfig:
+        """A copy with these settings added to ``method``'s agent config."""
+        return self.model_copy(update={"agents": {**self.agents, method: {**self.agents.get(method, {}), **settings}}})
 
 
 class ExperimentConfig(_Section):

@@ -27,7 +27,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,8 @@ class Arm:
     key: str
     label: str
     method: MethodName
-    value_model: str = "divl"
+    # Settings of the method's agent that this arm changes (IQL: LWD with the expectile value).
+    agent: dict[str, Any] = field(default_factory=dict)
     online: bool = False
     # Continue another arm's offline result instead of training one (LWD online continues LWD offline).
     continues: str = ""
@@ -83,7 +84,7 @@ ARMS: dict[str, Arm] = {arm.key: arm for arm in (
     Arm("bc", "BC", "bc"),
     Arm("hgdagger", "HG-DAgger", "hgdagger", online=True),
     Arm("recap", "RECAP", "recap", online=True),
-    Arm("iql", "IQL (expectile)", "lwd", value_model="expectile", online=True),
+    Arm("iql", "IQL (expectile)", "lwd", agent={"value_model": "expectile"}, online=True),
     Arm("lwd-offline", "LWD offline", "lwd"),
     Arm("lwd-online", "LWD online", "lwd", online=True, continues="lwd-offline"),
 )}
@@ -207,7 +208,7 @@ class Experiment:
         return build_snapshot(store)
 
     def algo_for(self, arm: Arm) -> AlgoConfig:
-        return self.algo.model_copy(update={"value_model": arm.value_model})
+        return self.algo.with_agent(arm.method, **arm.agent)
 
     def train(self, store_name: str, snapshot: Snapshot, method: str, algo: AlgoConfig, resume: bool,
               steps: int = 0) -> TrainResult:

@@ -21,21 +21,21 @@ def test_embedded_defaults_live_under_the_data_dir(tmp_path):
     assert config.storage.url == (tmp_path / ".lwd" / "store").as_uri()
     assert config.tracking.mlflow_uri == f"sqlite:///{tmp_path / '.lwd' / 'mlflow.db'}"
     assert config.orchestration.prefect_api_url == ""
-    assert config.algo.value_model == "divl"
+    assert config.algo.agents == {}  # every agent on its own defaults
 
 
 def test_yaml_then_env_then_kwargs(tmp_path, monkeypatch):
     (tmp_path / "lwd.yaml").write_text(
-        "fleet:\n  robots: 16\n  tasks: [cube-single-task1]\nalgo:\n  discount: 0.95\n  qam_beta: 3.0\n"
+        "fleet:\n  robots: 16\n  tasks: [cube-single-task1]\nalgo:\n  discount: 0.95\n  agents:\n    lwd: {qam_beta: 3.0}\n"
         "storage:\n  url: s3://bucket/prefix\n  endpoint_url: http://127.0.0.1:9000\n"
     )
     config = load_config()
-    assert config.fleet.robots == 16 and config.algo.discount == 0.95 and config.algo.qam_beta == 3.0
+    assert config.fleet.robots == 16 and config.algo.discount == 0.95 and config.algo.agents["lwd"]["qam_beta"] == 3.0
     assert config.storage.url == "s3://bucket/prefix" and config.fleet.tasks == ["cube-single-task1"]
     monkeypatch.setenv("LWD_ALGO__DISCOUNT", "0.9")
     monkeypatch.setenv("LWD_FLEET__ROBOTS", "8")
     config = load_config()
-    assert config.algo.discount == 0.9 and config.fleet.robots == 8 and config.algo.qam_beta == 3.0
+    assert config.algo.discount == 0.9 and config.fleet.robots == 8 and config.algo.agents["lwd"]["qam_beta"] == 3.0
     assert load_config(fleet={"robots": 2}).fleet.robots == 2
 
 
@@ -54,8 +54,7 @@ def test_explicit_config_file(tmp_path, monkeypatch):
     [
         {"fleet": {"robots": 0}},
         {"algo": {"discount": 1.5}},
-        {"algo": {"tau_min": 0.9, "tau_max": 0.6}},
-        {"algo": {"value_model": "mystery"}},
+        {"algo": {"qam_beta": 3.0}},  # an agent's setting goes under algo.agents.<method>
         {"storage": {"url": "ftp://host/x"}},
         {"fleet": {"robotz": 3}},
     ],
@@ -90,3 +89,12 @@ def test_data_dir_env_moves_the_stack(tmp_path, monkeypatch):
     monkeypatch.setenv("LWD_DATA_DIR", str(tmp_path / "elsewhere"))
     config = load_config()
     assert Path(config.storage.url.removeprefix("file://")) == tmp_path / "elsewhere" / "store"
+
+
+@pytest.mark.parametrize("settings", [{"tau_min": 0.9, "tau_max": 0.6}, {"value_model": "mystery"},
+                                      {"qam_temperature": 1.0}])
+def test_invalid_agent_settings_fail_clearly(settings):
+    from lwd_core.algo.agents import agent_config
+
+    with pytest.raises(ValueError, match=r"^algo\.agents\.lwd: "):
+        agent_config("lwd", settings)

@@ -68,7 +68,8 @@ def test_runs_on_different_training_seeds_pool_into_one_paired_test():
 
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory):
-    algo = AlgoConfig(hidden_dims=[32, 32], critic_heads=2, batch_size=32, flow_steps=3, value_size=21,
+    algo = AlgoConfig(hidden_dims=[32, 32], batch_size=32, flow_steps=3,
+                      agents={"lwd": {"critic_heads": 2, "value_size": 21}, "recap": {"value_size": 21}},
                       pretrain_steps=20, warmup_steps=5, offline_steps=5, online_steps_per_round=5,
                       samples_per_insert=0.0)
     settings = ExperimentConfig(tasks=["restock-horizontal"], rounds=2, episodes_per_round=2,
@@ -138,7 +139,8 @@ def test_the_flywheel_and_the_experiment_train_an_arm_through_the_same_trainer(a
     pretraining run, the arm's offline run from it, an online round): the same stages on the same data
     give the same parameters."""
     arm = ARMS[arm_key]
-    algo = AlgoConfig(hidden_dims=[16, 16], critic_heads=2, batch_size=8, flow_steps=2, value_size=11,
+    algo = AlgoConfig(hidden_dims=[16, 16], batch_size=8, flow_steps=2,
+                      agents={"lwd": {"critic_heads": 2, "value_size": 11}, "recap": {"value_size": 11}},
                       pretrain_steps=3, warmup_steps=2, offline_steps=4, online_steps_per_round=3,
                       samples_per_insert=0.0, checkpoint_every=3)
     offline, fleet = _offline_and_fleet_episodes()
@@ -174,9 +176,9 @@ def test_the_flywheel_and_the_experiment_train_an_arm_through_the_same_trainer(a
 
 
 def arm_stages(method: str, algo: AlgoConfig, steps: int):
-    from lwd_core.algo.agents import get_agent
+    from lwd_core.algo.trainer import new_learner
 
-    return get_agent(method).stages(algo, "online", steps)
+    return new_learner(algo, method).agent.stages(algo, "online", steps)
 
 
 def test_gpu_slice_script_runs_at_tiny_size_on_cpu(tmp_path):

@@ -85,8 +85,8 @@ def fleet_env(s3_store, tmp_path, monkeypatch):
         "LWD_FLEET__REALTIME_FACTOR": "4",
         "LWD_FLEET__POLL_SECONDS": "0.2", "LWD_FLEET__ROBOTS_PER_PROCESS": "1",
         "LWD_FLEET__TASKS": '["restock-horizontal", "swap-pair"]', "LWD_ALGO__HIDDEN_DIMS": "[32, 32]",
-        "LWD_ALGO__CRITIC_HEADS": "2", "LWD_ALGO__BATCH_SIZE": "32", "LWD_ALGO__FLOW_STEPS": "2",
-        "LWD_ALGO__VALUE_SIZE": "11",
+        "LWD_ALGO__BATCH_SIZE": "32", "LWD_ALGO__FLOW_STEPS": "2",
+        "LWD_ALGO__AGENTS": '{"lwd": {"critic_heads": 2, "value_size": 11}}',
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -16,7 +16,7 @@ from conftest import make_episode, make_keyring, publisher
 
 from lwd_core.algo.checkpoint import save_checkpoint
 from lwd_core.algo.learner import Learner, LearnerSpec
-from lwd_core.config import LWDConfig
+from lwd_core.config import AlgoConfig, LWDConfig
 from lwd_core.data.layout import buffer_prefix, get_episode
 from lwd_core.fleet.actor import Actor, assign_tasks
 from lwd_core.fleet.coordinator import (
@@ -41,8 +41,8 @@ SHORT, LONG = get_task("restock-horizontal"), get_task("swap-pair")
 
 
 def tiny_policy_checkpoint(store, prefix: str, seed: int) -> Release:
-    spec = LearnerSpec(obs_dim=OBS_DIM, action_dim=ACTION_DIM, chunk=5, hidden_dims=(32, 32), critic_heads=2,
-                       flow_steps=2, value_size=11)
+    spec = LearnerSpec.from_config(AlgoConfig(hidden_dims=[32, 32], flow_steps=2).with_agent(
+        "lwd", critic_heads=2, value_size=11), OBS_DIM, ACTION_DIM, "lwd")
     learner = Learner(spec)
     save_checkpoint(store, prefix, learner, learner.init(seed))
     # Pinned to the checkpoint's manifest; the coordinator signs it when it publishes.

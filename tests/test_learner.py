@@ -17,16 +17,22 @@ from lwd_core.algo.replay import MixedReplay
 from lwd_core.algo.text import tokenize
 from lwd_core.data.layout import get_episode
 from lwd_core.data.nstep import build_transitions
+from lwd_core.config import AlgoConfig
 from lwd_core.store import IntegrityError
 
 OBS, ACT = 6, 2
 
 
-def tiny_spec(**overrides) -> LearnerSpec:
-    values = dict(obs_dim=OBS, action_dim=ACT, chunk=2, hidden_dims=(32, 32), critic_heads=2, flow_steps=4,
-                  value_size=21, value_min=-20.0, value_max=0.0, learning_rate=1e-3, target_tau=0.05)
-    values.update(overrides)
-    return LearnerSpec(**values)
+# Each agent's settings for the tiny learner (what it does not name keeps the agent's default).
+TINY_AGENTS = {"lwd": dict(critic_heads=2, value_size=21, value_min=-20.0, target_tau=0.05),
+               "recap": dict(value_size=21, value_min=-20.0)}
+
+
+def tiny_spec(method: str = "lwd", compute_dtype: str = "float32", **agent) -> LearnerSpec:
+    algo = AlgoConfig(action_chunk=2, hidden_dims=[32, 32], flow_steps=4, learning_rate=1e-3,
+                      compute_dtype=compute_dtype)
+    settings = {**TINY_AGENTS.get(method, {}), **agent}
+    return LearnerSpec.from_config(algo.with_agent(method, **settings), OBS, ACT, method)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +128,24 @@ def test_checkpoint_integrity_and_policy_pinning(transitions, local_store):
         load_checkpoint(local_store, "checkpoints/v7")
 
 
+def test_a_checkpoint_spec_records_every_agent_setting_and_refuses_a_partial_one(local_store):
+    import json
+
+    spec = tiny_spec(qam_beta=0.03, best_of_n=4)
+    written = json.loads(spec.to_json())
+    assert written["agent"]["qam_beta"] == 0.03 and written["agent"]["best_of_n"] == 4
+    assert set(written["agent"]) == set(type(spec.agent).model_fields), "every hyperparameter, defaults included"
+    assert LearnerSpec.from_json(spec.to_json()) == spec
+    missing = {**written, "agent": {k: v for k, v in written["agent"].items() if k != "qam_beta"}}
+    with pytest.raises(ValueError, match=r"lwd agent does not fit .*missing \['qam_beta'\]"):
+        LearnerSpec.from_json(json.dumps(missing))
+    unknown = {**written, "qam_temperature": 1.0}
+    with pytest.raises(ValueError, match=r"spec.json does not fit .*unknown \['qam_temperature'\]"):
+        LearnerSpec.from_json(json.dumps(unknown))
+    with pytest.raises(ValueError, match="algo.agents.lwd: qam_temperature: Extra inputs are not permitted"):
+        tiny_spec(qam_temperature=1.0)
+
+
 def test_hgdagger_keeps_only_interventions_and_demos(transitions):
     subset = hgdagger_subset(transitions)
     assert np.all(subset["intervention"] | subset["demo"])
@@ -167,6 +191,8 @@ def test_phases_train_only_their_networks(transitions, method):
     warmed, _ = learner.update(started, replay.sample(64), "warmup")
     # The policy (and the base it is regularised toward) stay frozen while critic and value warm up.
     expected = {"lwd": {"critic", "target_critic", "value"}, "recap": {"value"}, "bc": set()}[method]
+    assert set(state.params) == {"base", "base_ema", "policy"} | expected | ({"target_critic"} if method == "lwd"
+                                                                               else set())
     assert changed(started.params, warmed.params) == expected
     trained, _ = learner.update(warmed, replay.sample(64), "train")
     assert "policy" in changed(warmed.params, trained.params)
@@ -195,10 +221,10 @@ def test_best_of_n_acts_with_the_chunk_the_critic_rates_highest(transitions):
     chosen = learner.act(params, obs, tokens, key).reshape(3, -1)
     # The same 8 candidates per row, scored by the critic: the chosen one has the highest Q.
     candidates = np.clip(np.asarray(euler_sample(
-        learner.velocity(params["policy"], np.repeat(obs, 8, 0), np.repeat(tokens, 8, 0)),
+        learner.shell.velocity(params["policy"], np.repeat(obs, 8, 0), np.repeat(tokens, 8, 0)),
         jax.random.normal(key, (24, learner.flat_action_dim)), learner.spec.flow_steps)), -1, 1)
-    q = np.asarray(learner.critic.apply(params["critic"], np.repeat(obs, 8, 0), np.repeat(tokens, 8, 0),
-                                        candidates).mean(0)).reshape(3, 8)
+    q = np.asarray(learner.agent.critic.apply(params["critic"], np.repeat(obs, 8, 0), np.repeat(tokens, 8, 0),
+                                              candidates).mean(0)).reshape(3, 8)
     np.testing.assert_allclose(chosen, candidates.reshape(3, 8, -1)[np.arange(3), q.argmax(1)], atol=1e-6)
     plain = Learner(tiny_spec())
     assert set(plain.acting_params(plain.init(0))) == {"policy"}
@@ -262,7 +288,7 @@ def test_bfloat16_matmuls_keep_float32_parameters_and_outputs(transitions):
     replay = MixedReplay(transitions, seed=0)
     state = learner.init(0)
     batch = replay.sample(64)
-    critic_program = lambda lrn: str(jax.make_jaxpr(lrn.critic.apply)(  # noqa: E731
+    critic_program = lambda lrn: str(jax.make_jaxpr(lrn.agent.critic.apply)(  # noqa: E731
         state.params["critic"], batch["obs"], batch["tokens"], batch["actions"]))
     assert "bf16[" in critic_program(learner)
     assert "bf16[" not in critic_program(default), "the default is untouched float32 arithmetic"

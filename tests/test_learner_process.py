@@ -18,8 +18,8 @@ from lwd_core.suite import ACTION_DIM, OBS_DIM, TASK_SUITE
 
 
 def tiny_algo() -> AlgoConfig:
-    return AlgoConfig(hidden_dims=[16, 16], critic_heads=2, flow_steps=2, value_size=11, batch_size=8,
-                      pretrain_steps=2, warmup_steps=2, offline_steps=4, checkpoint_every=4)
+    return AlgoConfig(hidden_dims=[16, 16], flow_steps=2, batch_size=8, pretrain_steps=2, warmup_steps=2,
+                      offline_steps=4, checkpoint_every=4, agents={"lwd": {"critic_heads": 2, "value_size": 11}})
 
 
 @pytest.fixture

@@ -26,8 +26,9 @@ def _transitions(store):
 
 
 def _td_target_mean(transitions) -> float:
-    learner = Learner(LearnerSpec(obs_dim=OBS_DIM, action_dim=ACTION_DIM, chunk=ALGO.action_chunk, hidden_dims=(16,),
-                                  critic_heads=2, flow_steps=2, value_size=11))
+    tiny = ALGO.model_copy(update={"hidden_dims": [16], "flow_steps": 2}).with_agent("lwd", critic_heads=2,
+                                                                                    value_size=11)
+    learner = Learner(LearnerSpec.from_config(tiny, OBS_DIM, ACTION_DIM, "lwd"))
     batch = {key: transitions[key][:32] for key in BATCH_KEYS}
     _, metrics = learner.update(learner.init(0), batch, "warmup")
     return float(metrics["td_target_mean"])

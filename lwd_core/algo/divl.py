@@ -29,7 +29,9 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from pydantic import Field, model_validator
 
+from lwd_core.algo.agents.base import AgentConfig, Shell
 from lwd_core.algo.networks import MLP, Observer
 
 Representation = Literal["categorical", "quantile"]
@@ -50,6 +52,35 @@ class DistributionalValue(nn.Module):
     def __call__(self, obs: jax.Array, tokens: jax.Array) -> jax.Array:
         features = Observer(self.vocab_size, self.hidden_dims[0], pixels=self.pixels, encode_state=False)(obs, tokens)
         return MLP(self.hidden_dims, self.size, dtype=self.dtype)(features)
+
+
+class ValueDistributionConfig(AgentConfig):
+    """The settings of a distributional value (the agents that learn one extend this)."""
+
+    # Categorical atoms (or quantiles) over [value_min, value_max]. The range fits the sparse reward
+    # (-1 per step, 0 at success): returns lie in [-1/(1-gamma), 0].
+    value_representation: Representation = "categorical"
+    value_size: int = Field(default=51, ge=2)
+    value_min: float = -100.0
+    value_max: float = 0.0
+    # Quantile-Huber zone for the quantile representation; its fixed points are exact quantiles as it -> 0.
+    value_huber_kappa: float = Field(default=1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> ValueDistributionConfig:
+        if self.value_min >= self.value_max:
+            raise ValueError("value_min must be below value_max")
+        return self
+
+    def network(self, shell: Shell, size: int | None = None) -> DistributionalValue:
+        """The value network for these settings (``size`` 1 with ``quantile``: a scalar value)."""
+        return DistributionalValue(self.value_representation if size is None else "quantile",
+                                   self.value_size if size is None else size, shell.hidden_dims, shell.vocab_size,
+                                   shell.pixels, dtype=shell.dtype)
+
+    def atoms(self) -> jax.Array:
+        """The categorical support (computed once, outside traced code: a traced linspace rounds differently)."""
+        return support(self.value_min, self.value_max, self.value_size)
 
 
 def support(v_min: float, v_max: float, bins: int) -> jax.Array:

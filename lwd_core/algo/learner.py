@@ -1,7 +1,9 @@
-"""The learner: networks, optimisers, checkpoint format and one jitted update shared by every method.
+"""The learner: the jit/scan/serialisation shell every method shares.
 
-The method itself (its losses, data selection and acting condition) is an agent in
-:mod:`lwd_core.algo.agents` (``lwd``, ``bc``, ``hgdagger``, ``recap``), looked up by ``spec.method``.
+It owns the flow policy all methods share (the base flow, its EMA copy and the fine-tuned policy), the
+optimiser, the jitted update and its ``lax.scan`` form, acting and the train state's bytes. The method
+itself (its config, its added networks, losses, data selection, stage plan and acting) is an agent in
+:mod:`lwd_core.algo.agents` (``lwd``, ``bc``, ``hgdagger``, ``recap``), named by ``spec.method``.
 
 Phases (the paper's staging; ``update(state, batch, phase)``):
 - ``pretrain``: flow matching of the base flow on demonstrations, the stand-in for the pretrained VLA,
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, get_args
 
@@ -26,13 +28,12 @@ import numpy as np
 import optax
 from flax import serialization, struct
 
-from lwd_core.algo import divl
-from lwd_core.algo.agents import UpdateContext, get_agent
+from lwd_core.algo.agents import AgentConfig, Shell, UpdateContext, agent_config, get_agent
 from lwd_core.algo.agents.base import Phase
-from lwd_core.algo.flow import euler_sample, flow_matching_loss
-from lwd_core.algo.networks import CriticEnsemble
+from lwd_core.algo.flow import flow_matching_loss
 from lwd_core.algo.policy import FlowPolicy
 from lwd_core.algo.text import MAX_TOKENS, VOCAB_SIZE
+from lwd_core.config import AlgoConfig
 
 PHASES: tuple[str, ...] = get_args(Phase)
 # One PRNG key per purpose in each update.
@@ -41,60 +42,57 @@ UPDATE_KEYS = ("base", "policy", "qam", "noise", "dropout")
 
 @dataclass(frozen=True)
 class LearnerSpec:
-    """Everything that fixes network shapes and the update; stored with every checkpoint."""
+    """Everything that fixes network shapes and the update, the agent's whole config included; stored
+    with every checkpoint (``spec.json``), and read back only when it names every field and no other."""
 
     obs_dim: int
     action_dim: int
-    chunk: int = 5
-    method: str = "lwd"  # an agent name (lwd_core.algo.agents)
-    value_model: Literal["divl", "expectile"] = "divl"
-    value_representation: Literal["categorical", "quantile"] = "categorical"
-    value_size: int = 51
-    value_min: float = -100.0
-    value_max: float = 0.0
-    value_huber_kappa: float = 1.0
-    tau_min: float = 0.5
-    tau_max: float = 0.9
-    tau_direction: Literal["optimistic_when_narrow", "optimistic_when_wide"] = "optimistic_when_narrow"
-    expectile: float = 0.9
-    hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
-    critic_heads: int = 10
-    critic_std_weight: float = 0.5
-    flow_steps: int = 10
-    learning_rate: float = 3e-4
-    grad_clip: float = 1.0
-    target_tau: float = 0.005
-    qam_beta: float = 1.0
-    bc_weight: float = 1.0
-    base_data: Literal["human", "all"] = "human"
-    best_of_n: int = 1
-    recap_condition_dropout: float = 0.3
+    chunk: int
+    hidden_dims: tuple[int, ...]
+    flow_steps: int
+    learning_rate: float
+    grad_clip: float
+    # Matmul dtype of the networks' hidden layers; "bfloat16" is for GPUs (parameters, optimiser,
+    # LayerNorm, output layers and losses stay float32).
+    compute_dtype: Literal["float32", "bfloat16"]
+    method: str  # an agent name (lwd_core.algo.agents)
+    agent: AgentConfig  # that agent's config
     vocab_size: int = VOCAB_SIZE
     max_tokens: int = MAX_TOKENS
     pixels: bool = False
-    # Matmul dtype of the networks' hidden layers; "bfloat16" is for GPUs (parameters, optimiser,
-    # LayerNorm, output layers and losses stay float32).
-    compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        get_agent(self.method)  # a clear error for an unknown method
+        if not isinstance(self.agent, get_agent(self.method).Config):
+            raise TypeError(f"a {self.method} learner needs a {get_agent(self.method).Config.__name__}, "
+                            f"not a {type(self.agent).__name__}")
         object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
 
     @classmethod
-    def from_config(cls, algo: Any, obs_dim: int, action_dim: int, method: str = "lwd") -> LearnerSpec:
-        """The network and update settings of an ``AlgoConfig`` (same field names; its ``action_chunk``
-        is ``chunk`` here)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {name: getattr(algo, name) for name in names if hasattr(algo, name)}
-        return cls(**values, chunk=algo.action_chunk, obs_dim=obs_dim, action_dim=action_dim, method=method)
+    def from_config(cls, algo: AlgoConfig, obs_dim: int, action_dim: int, method: str) -> LearnerSpec:
+        """The learner of ``method`` that ``algo`` describes (its agent's settings: ``algo.agents``)."""
+        return cls(obs_dim=obs_dim, action_dim=action_dim, chunk=algo.action_chunk, hidden_dims=tuple(algo.hidden_dims),
+                   flow_steps=algo.flow_steps, learning_rate=algo.learning_rate, grad_clip=algo.grad_clip,
+                   compute_dtype=algo.compute_dtype, method=method,
+                   agent=agent_config(method, algo.agents.get(method, {})))
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps({**dataclasses.asdict(self), "agent": self.agent.model_dump(mode="json")}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> LearnerSpec:
-        return cls(**json.loads(text))
+        values = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}
+        _same_fields("spec.json", set(values), names)
+        agent = get_agent(values["method"]).Config
+        _same_fields(f"spec.json's {values['method']} agent", set(values["agent"]), set(agent.model_fields))
+        return cls(**{**values, "agent": agent_config(values["method"], values["agent"])})
+
+
+def _same_fields(what: str, found: set[str], expected: set[str]) -> None:
+    if found != expected:
+        missing, unknown = sorted(expected - found), sorted(found - expected)
+        raise ValueError(f"{what} does not fit this version's learner: missing {missing or 'none'}, unknown "
+                         f"{unknown or 'none'} (written by another version? retrain, or load it with that version)")
 
 
 @struct.dataclass
@@ -108,17 +106,10 @@ class TrainState:
 class Learner:
     def __init__(self, spec: LearnerSpec):
         self.spec = spec
-        self.agent = get_agent(spec.method)
-        hidden = spec.hidden_dims
         dtype = jnp.dtype(spec.compute_dtype)
-        self.critic = CriticEnsemble(spec.critic_heads, hidden, spec.vocab_size, spec.pixels, dtype=dtype)
-        scalar = self.agent.scalar_value(spec)
-        self.value_rep = "quantile" if scalar else spec.value_representation
-        self.value = divl.DistributionalValue(
-            self.value_rep, 1 if scalar else spec.value_size, hidden, spec.vocab_size, spec.pixels, dtype=dtype
-        )
-        self.flow = FlowPolicy(spec.chunk, spec.action_dim, hidden, spec.vocab_size, spec.pixels, dtype=dtype)
-        self.atoms = divl.support(spec.value_min, spec.value_max, spec.value_size)
+        self.flow = FlowPolicy(spec.chunk, spec.action_dim, spec.hidden_dims, spec.vocab_size, spec.pixels, dtype=dtype)
+        self.shell = Shell(self.flow, spec.hidden_dims, spec.vocab_size, spec.pixels, dtype, spec.flow_steps)
+        self.agent = get_agent(spec.method)(spec.agent, self.shell)
         self.tx = optax.chain(optax.clip_by_global_norm(spec.grad_clip), optax.adam(spec.learning_rate))
         self.flat_action_dim = spec.chunk * spec.action_dim
         self._update = jax.jit(self._update_impl, static_argnames="phase")
@@ -126,7 +117,7 @@ class Learner:
         # nothing returns to the host between updates and the old state's buffers are reused.
         self._update_many = jax.jit(self._update_many_impl, static_argnames="phase", donate_argnums=0)
         self._act = jax.jit(self._act_impl)
-        self._value_stats = jax.jit(self._value_stats_impl)
+        self._value_stats = jax.jit(self.agent.value_statistics)
 
     # -- state -------------------------------------------------------------------------------------
     def init(self, seed: int = 0) -> TrainState:
@@ -135,20 +126,16 @@ class Learner:
         obs = jnp.zeros((1, self.spec.obs_dim), jnp.float32)
         tokens = jnp.zeros((1, self.spec.max_tokens), jnp.int32)
         actions = jnp.zeros((1, self.flat_action_dim), jnp.float32)
-        critic = self.critic.init(k_critic, obs, tokens, actions)
         copy = partial(jax.tree_util.tree_map, jnp.copy)  # distinct buffers: updates may donate the state
-        value = self.value.init(k_value, obs, tokens)
         base = self.flow.init(k_flow, obs, tokens, actions, jnp.zeros((1,)))
         params = {
-            "critic": critic,
-            "target_critic": copy(critic),
-            "value": value,
+            **self.agent.init({"critic": k_critic, "value": k_value}, obs, tokens, actions),
             "base": base,
             "base_ema": copy(base),
             # The fine-tuned policy starts as the base flow (QAM fine-tunes from the behaviour flow).
             "policy": copy(base),
         }
-        opt_state = {name: self.tx.init(params[name]) for name in ("critic", "value", "base", "policy")}
+        opt_state = {name: self.tx.init(params[name]) for name in (*self.agent.trained, "base", "policy")}
         return TrainState(step=jnp.zeros((), jnp.int32), rng=rng, params=params, opt_state=opt_state)
 
     def to_bytes(self, state: TrainState) -> bytes:
@@ -195,57 +182,22 @@ class Learner:
         return state.replace(params=params, opt_state=opt_state)
 
     def acting_params(self, state: TrainState) -> dict[str, Any]:
-        """What a robot needs to act (the released ``policy.msgpack``): the fine-tuned flow, plus the
-        target critic when actions are picked best-of-N by Q (LWD with ``best_of_n`` > 1)."""
-        params = {"policy": state.params["policy"]}
-        if self.picks_by_critic:
-            params["critic"] = state.params["target_critic"]
-        return params
-
-    @property
-    def picks_by_critic(self) -> bool:
-        return self.agent.picks_by_critic(self.spec)
+        """What a robot needs to act (the released ``policy.msgpack``; the agent says what)."""
+        return self.agent.acting_params(state.params)
 
     def act(self, acting_params: dict[str, Any], obs: np.ndarray, tokens: np.ndarray, rng: jax.Array) -> np.ndarray:
-        """Sample action chunks (B, chunk, action_dim) in [-1, 1] from the fine-tuned policy (best of N
-        samples by the critic's mean Q where configured, as the QAM reference's ``best_of_n``)."""
+        """Sample action chunks (B, chunk, action_dim) in [-1, 1] as the agent acts."""
         return np.asarray(self._act(acting_params, jnp.asarray(obs), jnp.asarray(tokens), rng))
 
     def value_statistics(self, state: TrainState, obs: np.ndarray, tokens: np.ndarray) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v) for k, v in self._value_stats(state.params["value"], jnp.asarray(obs), jnp.asarray(tokens)).items()}
-
-    def velocity(self, params, obs, tokens, condition=None):
-        """The velocity field v(x, t) of flow parameters ``params`` for these observations."""
-        context = self.flow.apply(params, obs, tokens, condition, method=FlowPolicy.context)  # once, not per step
-        return lambda x, t: self.flow.apply(params, context, x, t, method=FlowPolicy.velocity_at)
+        """The agent's value model on these states (empty for a method without one)."""
+        stats = self._value_stats(state.params, jnp.asarray(obs), jnp.asarray(tokens))
+        return {key: np.asarray(value) for key, value in stats.items()}
 
     # -- jitted internals --------------------------------------------------------------------------
     def _act_impl(self, acting_params, obs, tokens, rng):
-        condition = None
-        if self.agent.acting_condition() is not None:
-            condition = jnp.full(obs.shape[:1], self.agent.acting_condition(), jnp.int32)
-        samples = self.spec.best_of_n if self.picks_by_critic else 1
-        rows = obs.shape[0]
-        obs_n, tokens_n = jnp.repeat(obs, samples, axis=0), jnp.repeat(tokens, samples, axis=0)
-        if condition is not None:
-            condition = jnp.repeat(condition, samples, axis=0)
-        noise = jax.random.normal(rng, (rows * samples, self.flat_action_dim))
-        velocity = self.velocity(acting_params["policy"], obs_n, tokens_n, condition)
-        actions = jnp.clip(euler_sample(velocity, noise, self.spec.flow_steps), -1.0, 1.0)
-        if samples > 1:
-            q = self.critic.apply(acting_params["critic"], obs_n, tokens_n, actions).mean(0).reshape(rows, samples)
-            actions = actions.reshape(rows, samples, -1)[jnp.arange(rows), jnp.argmax(q, axis=1)]
-        return actions.reshape(rows, self.spec.chunk, self.spec.action_dim)
-
-    def _value_stats_impl(self, value_params, obs, tokens):
-        out = self.value.apply(value_params, obs, tokens)
-        if self.value.size == 1:
-            return {"value": out[..., 0]}
-        probs, h_norm = divl.value_statistics(out, self.value_rep, self.atoms)
-        boot, tau, _ = divl.bootstrap_value(
-            out, self.value_rep, self.atoms, self.spec.tau_min, self.spec.tau_max, self.spec.tau_direction
-        )
-        return {"mean": (probs * self.atoms).sum(-1), "entropy": h_norm, "tau": tau, "bootstrap": boot}
+        return self.agent.act(acting_params, obs, tokens, rng).reshape(obs.shape[0], self.spec.chunk,
+                                                                       self.spec.action_dim)
 
     def _step(self, name, params, opt_state, grads):
         updates, new_opt = self.tx.update(grads, opt_state[name], params[name])
@@ -262,12 +214,12 @@ class Learner:
             obs, tokens, actions = batch["obs"], batch["tokens"], batch["actions"]
 
             def pretrain_loss(p):
-                loss = flow_matching_loss(self.velocity(p, obs, tokens), actions, ctx.keys["base"])
+                loss = flow_matching_loss(self.shell.velocity(p, obs, tokens), actions, ctx.keys["base"])
                 return loss, {"pretrain_flow_loss": loss}
 
             ctx.apply("base", pretrain_loss)
         else:
-            self.agent.update(self, ctx, batch, phase)
+            self.agent.update(ctx, batch, phase)
         return TrainState(step=state.step + 1, rng=rng, params=ctx.params, opt_state=ctx.opt_state), ctx.metrics
 
 

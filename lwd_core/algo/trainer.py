@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from lwd_core.algo.agents import get_agent
-from lwd_core.algo.agents.base import Stage
+from lwd_core.algo.agents import Agent, Stage
 from lwd_core.algo.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 from lwd_core.algo.learner import Learner, LearnerSpec, TrainState
 from lwd_core.algo.replay import MixedReplay
@@ -103,6 +102,7 @@ class TrainResult:
 
 
 def new_learner(algo: AlgoConfig, method: str) -> Learner:
+    """A learner of ``method`` for the suite's observations and actions (networks built, none initialised)."""
     return Learner(LearnerSpec.from_config(algo, OBS_DIM, ACTION_DIM, method))
 
 
@@ -135,7 +135,7 @@ def plan_training(store: ObjectStore, snapshot: Snapshot, algo: AlgoConfig, meth
     :func:`online_update_budget`). Offline otherwise: the pretrained policy (pretraining first where the
     store has none), then the agent's offline stages with ``steps`` training updates (0: the config's
     ``offline_steps``). ``name`` names the run's checkpoints (default: the method)."""
-    agent = get_agent(method)
+    agent = new_learner(algo, method).agent  # its config checked before anything else
     pointer, generation = store.get_json_versioned(CHECKPOINT_LATEST_KEY)
     transitions = _held_transitions(snapshot, algo)
     if resume and pointer:
@@ -186,7 +186,7 @@ def _start_from_pretrained(learner: Learner, algo: AlgoConfig, pretrained: Train
     return learner.start_from_pretrained(fresh, pretrained.params["base"]).replace(step=pretrained.step)
 
 
-def stage_replay(buffers: Buffers, stage: Stage, method: str, algo: AlgoConfig, seed: int) -> MixedReplay:
+def stage_replay(buffers: Buffers, stage: Stage, agent: Agent, algo: AlgoConfig, seed: int) -> MixedReplay:
     """The rows a stage trains on: the demonstrations to pretrain, else the agent's choice; the replay is
     seeded by the stage's first step so that a stage draws the same batches wherever it runs."""
     if stage.phase == "pretrain":
@@ -194,11 +194,11 @@ def stage_replay(buffers: Buffers, stage: Stage, method: str, algo: AlgoConfig, 
         if demos is None:
             raise ValueError("pretraining needs demonstrations and the snapshot holds none (or set pretrain_steps: 0)")
         return MixedReplay(dict(demos), seed=seed)
-    offline, online = get_agent(method).select_data(buffers.offline, buffers.online)
+    offline, online = agent.select_data(buffers.offline, buffers.online)
     if offline is None:  # no offline data: the online buffer plays that role
         offline, online = online, None
     if offline is None:
-        raise ValueError(f"the snapshot holds no transitions {method} learns from")
+        raise ValueError(f"the snapshot holds no transitions {agent.name} learns from")
     # Shallow copies: an agent's refresh relabels columns of its replay, not of the cached buffers.
     return MixedReplay(dict(offline), dict(online) if online is not None else None, online_ratio=algo.online_ratio,
                        seed=seed)
@@ -220,7 +220,7 @@ def run_stages(learner: Learner, state: TrainState, plan: TrainingPlan, buffers:
         step = int(state.step)
         if step >= end:
             continue
-        replay = stage_replay(buffers, stage, plan.method, algo, plan.seed + first)
+        replay = stage_replay(buffers, stage, agent, algo, plan.seed + first)
         if resumed and resumed.get("replay_stage_start") == first and step > first:
             replay.load_state_dict(resumed["replay"])
         while step < end:
@@ -230,7 +230,7 @@ def run_stages(learner: Learner, state: TrainState, plan: TrainingPlan, buffers:
                 into_stage = step - first
                 stop = min(stop, first + (into_stage // stage.refresh_every + 1) * stage.refresh_every)
                 if into_stage % stage.refresh_every == 0 or resumed:
-                    agent.refresh(learner, state, replay, algo)
+                    agent.refresh(learner, state, replay)
             result = run_updates(learner, state, replay, stop - step, algo.batch_size, on_log=on_log, mesh=mesh,
                                  phase=stage.phase)
             state, history, step, resumed = result.state, history + result.history, stop, None
@@ -309,5 +309,6 @@ def value_by_task(learner: Learner, state: TrainState, buffers: Buffers, rows: i
         index = np.flatnonzero(data["task"] == TASK_INDEX[task.task_id])[:rows]
         if len(index):
             stats = learner.value_statistics(state, data["obs"][index], data["tokens"][index])
-            out[task.task_id] = float(np.mean(stats.get("mean", stats.get("value"))))
+            if stats:  # a method without a value model has none
+                out[task.task_id] = float(np.mean(stats.get("mean", stats.get("value"))))
     return out

@@ -1,26 +1,45 @@
-"""What every learning method provides to the shared :class:`~lwd_core.algo.learner.Learner`.
+"""What every learning method provides to the :class:`~lwd_core.algo.learner.Learner` shell.
 
-The learner owns the networks (critic ensemble, value, base flow, fine-tuned policy), their optimisers,
-the checkpoint format and the jitted update skeleton. An agent owns what differs between methods: its
-losses for the warm-up and training phases, which transitions it learns from, its stage plan (which
-phases an offline or online run goes through, for how many updates, with what refresh cadence), how it
-acts, and the work between refreshes. Agents are stateless: one instance per method, looked up by name.
-The one staged trainer (:mod:`lwd_core.algo.trainer`) runs a plan for the flywheel and the experiment.
+The learner is the shell: the flow policy every method shares (base, its EMA copy and the fine-tuned
+policy, pretrained the same way for all), the optimiser, the jitted update and scan, and serialisation.
+An agent is one file, as the QAM/FQL reference agents are: its typed config (:class:`AgentConfig`, every
+hyperparameter with a documented default), the networks it adds (a critic, a value), its losses for the
+warm-up and training phases, which transitions it learns from, its stage plan (which phases an offline
+or online run goes through, for how many updates, with what refresh cadence), how it acts, and the work
+between refreshes. One agent instance per learner; the one staged trainer (:mod:`lwd_core.algo.trainer`)
+runs its plan for the flywheel and the experiment alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
+from lwd_core.algo.flow import euler_sample
+from lwd_core.algo.policy import FlowPolicy
 from lwd_core.data.nstep import RunKind
 
+if TYPE_CHECKING:
+    from lwd_core.algo.learner import Learner, TrainState
+    from lwd_core.algo.replay import MixedReplay
+    from lwd_core.config import AlgoConfig
+
 Transitions = dict[str, np.ndarray]
+Params = dict[str, Any]
 Phase = Literal["pretrain", "warmup", "train"]
+
+
+class AgentConfig(BaseModel):
+    """An agent's hyperparameters (``algo.agents.<method>`` in a config file): typed, each with its
+    default here, unknown names refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 @dataclass(frozen=True)
@@ -34,12 +53,39 @@ class Stage:
     refresh_every: int | None = None
 
 
+@dataclass(frozen=True)
+class Shell:
+    """What the learner gives every agent: the shared sizes and the flow policy's network."""
+
+    flow: FlowPolicy
+    hidden_dims: tuple[int, ...]
+    vocab_size: int
+    pixels: bool
+    dtype: Any  # the hidden layers' matmul dtype
+    flow_steps: int
+
+    @property
+    def flat_action_dim(self) -> int:
+        return self.flow.flat_dim
+
+    def velocity(self, params: Params, obs: jax.Array, tokens: jax.Array,
+                 condition: jax.Array | None = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        """The velocity field v(x, t) of flow parameters ``params`` for these observations."""
+        context = self.flow.apply(params, obs, tokens, condition, method=FlowPolicy.context)  # once, not per step
+        return lambda x, t: self.flow.apply(params, context, x, t, method=FlowPolicy.velocity_at)
+
+    def sample(self, policy: Params, obs: jax.Array, tokens: jax.Array, noise: jax.Array,
+               condition: jax.Array | None = None) -> jax.Array:
+        """Action chunks, flattened and clipped to [-1, 1], from the flow ``policy`` and ``noise``."""
+        return jnp.clip(euler_sample(self.velocity(policy, obs, tokens, condition), noise, self.flow_steps), -1.0, 1.0)
+
+
 @dataclass
 class UpdateContext:
     """One update's mutable view: parameters and optimiser states by network name, the metrics it
     reports, and a PRNG key per purpose. ``apply(name, loss_fn)`` takes one gradient step on one network."""
 
-    params: dict[str, Any]
+    params: Params
     opt_state: dict[str, Any]
     keys: dict[str, jax.Array]
     step_fn: Callable[[str, dict, dict, Any], tuple[Any, Any]]
@@ -52,14 +98,27 @@ class UpdateContext:
         return loss
 
 
-class Agent:
+ConfigT = TypeVar("ConfigT", bound=AgentConfig)
+
+
+class Agent(Generic[ConfigT]):
     name: ClassVar[str]
+    Config: ClassVar[type[AgentConfig]]
+    # The networks this agent adds that an optimiser trains (their parameters under these names).
+    trained: ClassVar[tuple[str, ...]] = ()
     # Critic/value warm-up with the policy frozen before training (the paper's stage 2).
     warms_up: ClassVar[bool] = False
-    # RECAP-style methods relabel transitions from their value every this many updates.
-    refresh_every: ClassVar[int | None] = None
 
-    def stages(self, algo: Any, kind: RunKind, steps: int) -> list[Stage]:
+    def __init__(self, config: ConfigT, shell: Shell):
+        self.config, self.shell = config, shell
+
+    # -- networks ----------------------------------------------------------------------------------
+    def init(self, keys: dict[str, jax.Array], obs: jax.Array, tokens: jax.Array, actions: jax.Array) -> Params:
+        """The parameters of the networks this agent adds (keys ``critic`` and ``value``; none by default)."""
+        return {}
+
+    # -- the stage plan and the data -------------------------------------------------------------------
+    def stages(self, algo: AlgoConfig, kind: RunKind, steps: int) -> list[Stage]:
         """The run after the pretrained policy: offline, warm-up (where the method has a critic or value)
         then ``steps`` training updates; online, ``steps`` training updates."""
         train = Stage("train", steps, self.refresh_every)
@@ -67,27 +126,41 @@ class Agent:
             return [Stage("warmup", algo.warmup_steps), train]
         return [train]
 
-    def update(self, learner: Any, ctx: UpdateContext, batch: dict[str, jax.Array], phase: str) -> None:
-        """The warm-up or training losses (phase ``warmup`` or ``train``); pretraining is shared."""
-        raise NotImplementedError
+    @property
+    def refresh_every(self) -> int | None:
+        """Updates between :meth:`refresh` calls in a training stage (None: never)."""
+        return None
 
     def select_data(self, offline: Transitions | None, online: Transitions | None
                     ) -> tuple[Transitions | None, Transitions | None]:
         """The transitions this method learns from (default: all of them)."""
         return offline, online
 
+    def refresh(self, learner: Learner, state: TrainState, replay: MixedReplay) -> None:
+        """Work every ``refresh_every`` updates of a stage that asks for it (default: none)."""
+
+    # -- losses ------------------------------------------------------------------------------------
+    def update(self, ctx: UpdateContext, batch: dict[str, jax.Array], phase: Phase) -> None:
+        """The warm-up or training losses (phase ``warmup`` or ``train``); pretraining is the shell's."""
+        raise NotImplementedError
+
+    # -- acting ------------------------------------------------------------------------------------
     def acting_condition(self) -> int | None:
         """The condition token the policy acts with (None: unconditioned)."""
         return None
 
-    def scalar_value(self, spec: Any) -> bool:
-        """Whether the value network is a single expectile output instead of a distribution."""
-        return False
+    def acting_params(self, params: Params) -> Params:
+        """What a robot needs to act (the released ``policy.msgpack``): the fine-tuned flow."""
+        return {"policy": params["policy"]}
 
-    def picks_by_critic(self, spec: Any) -> bool:
-        """Whether acting samples several chunks and keeps the critic's best (the release then carries
-        the critic)."""
-        return False
+    def act(self, acting_params: Params, obs: jax.Array, tokens: jax.Array, rng: jax.Array) -> jax.Array:
+        """Flattened action chunks (B, chunk * action_dim) in [-1, 1] from the fine-tuned flow."""
+        condition = None
+        if self.acting_condition() is not None:
+            condition = jnp.full(obs.shape[:1], self.acting_condition(), jnp.int32)
+        noise = jax.random.normal(rng, (obs.shape[0], self.shell.flat_action_dim))
+        return self.shell.sample(acting_params["policy"], obs, tokens, noise, condition)
 
-    def refresh(self, learner: Any, state: Any, replay: Any, algo: Any) -> None:
-        """Work every ``refresh_every`` updates of a stage that asks for it (default: none)."""
+    def value_statistics(self, params: Params, obs: jax.Array, tokens: jax.Array) -> dict[str, jax.Array]:
+        """The value model's view of these states (``mean`` or ``value``, ...); none by default."""
+        return {}

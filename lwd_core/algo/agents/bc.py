@@ -5,19 +5,23 @@ equal update budget); online it has nothing new to learn from unless people demo
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 
-from lwd_core.algo.agents.base import Agent, RunKind, Stage, Transitions, UpdateContext
+from lwd_core.algo.agents.base import Agent, AgentConfig, Phase, Shell, Stage, Transitions, UpdateContext
 from lwd_core.algo.flow import flow_matching_loss
+from lwd_core.config import AlgoConfig
+from lwd_core.data.nstep import RunKind
 
 
-def behaviour_cloning(learner: Any, ctx: UpdateContext, batch: dict[str, jax.Array]) -> None:
+class BCAgentConfig(AgentConfig):
+    """Behaviour cloning has no hyperparameters of its own: the shell's flow and optimiser settings."""
+
+
+def behaviour_cloning(shell: Shell, ctx: UpdateContext, batch: dict[str, jax.Array]) -> None:
     obs, tokens, actions = batch["obs"], batch["tokens"], batch["actions"]
 
     def bc_loss(params):
-        loss = flow_matching_loss(learner.velocity(params, obs, tokens), actions, ctx.keys["policy"])
+        loss = flow_matching_loss(shell.velocity(params, obs, tokens), actions, ctx.keys["policy"])
         return loss, {"bc_loss": loss}
 
     ctx.apply("policy", bc_loss)
@@ -30,16 +34,17 @@ def demonstrations(transitions: Transitions | None) -> Transitions | None:
     return {key: value[transitions["demo"]] for key, value in transitions.items()}
 
 
-class BC(Agent):
+class BC(Agent[BCAgentConfig]):
     name = "bc"
+    Config = BCAgentConfig
 
-    def stages(self, algo: Any, kind: RunKind, steps: int) -> list[Stage]:
+    def stages(self, algo: AlgoConfig, kind: RunKind, steps: int) -> list[Stage]:
         return [Stage("train", steps + (algo.warmup_steps if kind == "offline" else 0))]
 
     def select_data(self, offline: Transitions | None, online: Transitions | None
                     ) -> tuple[Transitions | None, Transitions | None]:
         return demonstrations(offline), demonstrations(online)
 
-    def update(self, learner: Any, ctx: UpdateContext, batch: dict[str, jax.Array], phase: str) -> None:
+    def update(self, ctx: UpdateContext, batch: dict[str, jax.Array], phase: Phase) -> None:
         if phase == "train":
-            behaviour_cloning(learner, ctx, batch)
+            behaviour_cloning(self.shell, ctx, batch)
