@@ -410,9 +410,9 @@ def pool_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError("pooling needs at least two runs")
     first = runs[0]
     for run in runs[1:]:
-        for field in ("tasks", "eval_seed", "reference_arm"):
-            if run[field] != first[field]:
-                raise ValueError(f"runs differ in {field}: {first[field]!r} vs {run[field]!r}; only runs "
+        for name in ("tasks", "eval_seed", "reference_arm"):
+            if run[name] != first[name]:
+                raise ValueError(f"runs differ in {name}: {first[name]!r} vs {run[name]!r}; only runs "
                                  "of one experiment on different training seeds pool")
     seeds = [run["train_seed"] for run in runs]
     if len(set(seeds)) != len(seeds):
