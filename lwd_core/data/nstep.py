@@ -105,7 +105,7 @@ def build_transitions(
     a robot wrote."""
     if len(rewards) != len(episodes):
         raise ValueError(f"{len(rewards)} reward sequences for {len(episodes)} episodes")
-    parts: dict[str, list[np.ndarray]] = {key: [] for key in TRANSITION_KEYS}
+    parts: list[dict[str, np.ndarray]] = []
     for episode, episode_rewards in zip(episodes, rewards, strict=True):
         episode_rewards = np.asarray(episode_rewards, np.float64)
         if len(episode_rewards) != episode.num_steps:
@@ -118,24 +118,20 @@ def build_transitions(
         chunks, valid = action_chunks(np.asarray(episode.actions, np.float32), chunk)
         steps = len(reward_sum)
         interventions = np.asarray(episode.interventions, bool)
-        parts["obs"].append(np.asarray(episode.observations, np.float32))
-        parts["actions"].append(chunks)
-        parts["chunk_valid"].append(valid)
-        parts["reward"].append(reward_sum)
-        parts["discount"].append(discount)
-        parts["next_obs"].append(np.asarray(episode.next_observations, np.float32)[boot])
-        parts["task"].append(np.full(steps, task_index[episode.task_id], np.int32))
-        parts["tokens"].append(np.repeat(tokens_for_task[episode.task_id][None], steps, axis=0))
-        parts["intervention"].append(action_chunks(interventions[:, None].astype(np.float32), chunk)[0].max(1) > 0)
-        parts["demo"].append(np.full(steps, episode.source == "demo"))
-        parts["mc_return"].append(returns_to_go(episode_rewards, gamma))
-        parts["condition"].append(np.zeros(steps, np.int32))
-    if not parts["obs"]:
+        parts.append({
+            "obs": np.asarray(episode.observations, np.float32),
+            "actions": chunks,
+            "chunk_valid": valid,
+            "reward": reward_sum,
+            "discount": discount,
+            "next_obs": np.asarray(episode.next_observations, np.float32)[boot],
+            "task": np.full(steps, task_index[episode.task_id], np.int32),
+            "tokens": np.repeat(tokens_for_task[episode.task_id][None], steps, axis=0),
+            "intervention": action_chunks(interventions[:, None].astype(np.float32), chunk)[0].max(1) > 0,
+            "demo": np.full(steps, episode.source == "demo"),
+            "mc_return": returns_to_go(episode_rewards, gamma),
+            "condition": np.zeros(steps, np.int32),
+        })
+    if not parts:
         raise ValueError("no episodes to build transitions from")
-    return {key: np.concatenate(value) for key, value in parts.items()}
-
-
-TRANSITION_KEYS = (
-    "obs", "actions", "chunk_valid", "reward", "discount", "next_obs", "task", "tokens", "intervention",
-    "demo", "mc_return", "condition",
-)
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
