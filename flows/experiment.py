@@ -16,11 +16,9 @@ from prefect import flow, get_run_logger
 
 from lwd_core.algo.compilation import use_compilation_cache
 from lwd_core.config import LWDConfig, load_config
-from lwd_core.data.layout import experiment_results_key
 from lwd_core.experiment import PLOT_FILE, Experiment, write_report
 from lwd_core.sim.pool import SimPool
-from lwd_core.store import open_store
-from tasks import tracking
+from tasks.experiment import log_experiment, store_results
 
 
 @flow(name="experiment", log_prints=True)
@@ -37,25 +35,8 @@ def experiment(config: LWDConfig | None = None) -> dict:
     results["experiment_id"] = experiment_id
 
     table = write_report(results, out_dir)
-    open_store(config).put_json(experiment_results_key(experiment_id), results)
-
-    mlflow = tracking.mlflow_setup(config)
-    with mlflow.start_run(run_name=experiment_id):
-        mlflow.set_tags({"kind": "experiment"})
-        mlflow.log_params({"experiment." + k: str(v) for k, v in config.experiment.model_dump().items()})
-        mlflow.log_params({"algo." + k: str(v) for k, v in config.algo.model_dump().items()})
-        for key, arm in results["arms"].items():
-            with mlflow.start_run(run_name=f"{experiment_id}-{key}", nested=True):
-                mlflow.set_tags({"kind": "experiment-arm", "arm": arm["label"]})
-                for point in arm["curve"]:
-                    mlflow.log_metrics({"success": point["success"], "fleet_hours": point["fleet_hours"]},
-                                       step=point["round"])
-                mlflow.log_metric("final_success", arm["final"]["success"])
-                if key in results["comparisons"]:
-                    mlflow.log_metric("p_value_vs_reference", results["comparisons"][key]["p_value"])
-        mlflow.log_dict(results, "results.json")
-        mlflow.log_text(table, "results.md")
-        mlflow.log_artifact(str(out_dir / PLOT_FILE))
+    store_results(config, experiment_id, results)
+    log_experiment(config, experiment_id, results, table, out_dir / PLOT_FILE)
     print(table)
     logger.info("experiment %s done in %.1f min; results in %s", experiment_id, results["minutes"], out_dir)
     return results
