@@ -172,11 +172,9 @@ def initial_state(store: ObjectStore, plan: TrainingPlan, algo: AlgoConfig) -> t
         learner, state, _ = load_checkpoint(store, plan.parent)
         return learner, state
     learner = new_learner(algo, plan.method)
-    state = learner.init(algo.seed)
     if plan.parent:
-        _, pretrained, _ = load_checkpoint(store, plan.parent)
-        state = _start_from_pretrained(learner, algo, pretrained)
-    return learner, state
+        return learner, _start_from_pretrained(learner, algo, load_checkpoint(store, plan.parent)[1])
+    return learner, learner.init(algo.seed)
 
 
 def _start_from_pretrained(learner: Learner, algo: AlgoConfig, pretrained: TrainState) -> TrainState:
