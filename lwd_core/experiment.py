@@ -44,7 +44,7 @@ from lwd_core.algo.trainer import (
     use_pretrained,
 )
 from lwd_core.algo.transition_cache import TransitionCache
-from lwd_core.config import AlgoConfig
+from lwd_core.config import AlgoConfig, ExperimentConfig
 from lwd_core.data.episode import Episode
 from lwd_core.data.labels import label_buffer
 from lwd_core.data.layout import BufferKind, buffer_key, put_episode
@@ -113,7 +113,8 @@ class Experiment:
     section and ``algo`` its ``algo`` section (both pydantic models; read only). The arms' stores live
     under ``root``: ``pretrain/`` (demonstrations and play, the pretraining run) and ``arms/<arm>/``."""
 
-    def __init__(self, settings: Any, algo: AlgoConfig, pool: SimPool | None, root: Path, log: Log = print):
+    def __init__(self, settings: ExperimentConfig, algo: AlgoConfig, pool: SimPool | None, root: Path,
+                 log: Log = print):
         self.settings, self.algo, self.pool, self.root, self.log = settings, algo, pool, Path(root), log
         self.tasks = experiment_tasks(settings.tasks)
         unknown = [a for a in settings.arms if a not in ARMS]

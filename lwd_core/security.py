@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from lwd_core.config import LWDConfig
+
 SIGNATURE_KEY = "lwd.signature"
 SIGNER_KEY = "lwd.signer"
 RELEASE = "release"
@@ -107,7 +109,7 @@ class Keyring:
         return hashlib.sha256(self._path(name, False).read_bytes()).hexdigest()[:16]
 
 
-def keyring_for(config: Any, robots: Iterable[str] = (), generate: bool = True) -> Keyring:
+def keyring_for(config: LWDConfig, robots: Iterable[str] = (), generate: bool = True) -> Keyring:
     """The deployment's keyring; on a ``file://`` store, missing keys for ``robots`` and the release
     are generated (the embedded and test setting). Elsewhere keys come from `lwd keys generate`."""
     keyring = Keyring(config.fleet.keys_dir or Path(config.data_dir) / "keys")

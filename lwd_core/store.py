@@ -25,7 +25,7 @@ from typing import Any
 
 import fsspec
 
-from lwd_core.config import reveal
+from lwd_core.config import LWDConfig, StorageConfig, reveal
 
 TEMP_PREFIX = ".tmp-"
 
@@ -130,7 +130,7 @@ class ObjectStore:
             Path(self.root).mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def from_config(cls, storage: Any) -> ObjectStore:
+    def from_config(cls, storage: StorageConfig) -> ObjectStore:
         options: dict[str, Any] = {}
         if storage.url.startswith("s3://"):
             if storage.request_retries:
@@ -452,6 +452,6 @@ class ObjectStore:
         return f"ObjectStore({self.url!r})"
 
 
-def open_store(config: Any) -> ObjectStore:
+def open_store(config: LWDConfig) -> ObjectStore:
     """The store named by an :class:`~lwd_core.config.LWDConfig`."""
     return ObjectStore.from_config(config.storage)
