@@ -36,6 +36,7 @@ import numpy as np
 from lwd_core.algo.learner import Learner, TrainState
 from lwd_core.algo.method_names import MethodName
 from lwd_core.algo.trainer import (
+    TrainingPlan,
     TrainResult,
     online_update_budget,
     plan_pretraining,
@@ -50,11 +51,11 @@ from lwd_core.data.labels import label_buffer
 from lwd_core.data.layout import BufferKind, buffer_key, put_episode
 from lwd_core.data.nstep import NStepSchedule
 from lwd_core.data.snapshot import Snapshot, build_snapshot
-from lwd_core.store import ObjectStore
 from lwd_core.sim.dataset import record_episode
 from lwd_core.sim.evaluate import eval_seed, learner_policy, mcnemar_p, wilson_interval
 from lwd_core.sim.pool import EpisodeRequest, SimPool
 from lwd_core.sim.rollout import make_env
+from lwd_core.store import ObjectStore
 from lwd_core.suite import (
     CONTROL_PERIOD_S,
     TASK_SUITE,
@@ -214,18 +215,21 @@ class Experiment:
     def train(self, store_name: str, snapshot: Snapshot, method: str, algo: AlgoConfig, resume: bool,
               steps: int = 0) -> TrainResult:
         """One run of the trainer, planned as the flywheel's ``train`` flow plans it."""
-        store = self.store(store_name)
-        plan = plan_training(store, snapshot, algo, method, resume=resume, steps=steps)
-        buffers = self._caches.setdefault(store_name, TransitionCache()).load(store, snapshot, algo, plan.kind)
-        return run_training(store, plan, algo, buffers)
+        plan = plan_training(self.store(store_name), snapshot, algo, method, resume=resume, steps=steps)
+        return self._run(store_name, snapshot, plan, algo)
 
     def pretrain(self, demos_and_play: list[Episode]) -> TrainResult:
         """The pretrained policy every arm starts from: a pretraining run on the demonstrations."""
-        store = self.store("pretrain")
-        snapshot = self.buffer(store, "offline", demos_and_play)
-        plan = plan_pretraining(store, snapshot, self.algo)
-        buffers = self._caches.setdefault("pretrain", TransitionCache()).load(store, snapshot, self.algo, plan.kind)
-        return run_training(store, plan, self.algo, buffers, move_latest=False)
+        snapshot = self.buffer(self.store("pretrain"), "offline", demos_and_play)
+        plan = plan_pretraining(self.store("pretrain"), snapshot, self.algo)
+        return self._run("pretrain", snapshot, plan, self.algo, move_latest=False)
+
+    def _run(self, store_name: str, snapshot: Snapshot, plan: TrainingPlan, algo: AlgoConfig,
+             move_latest: bool = True) -> TrainResult:
+        """The plan on the snapshot's transitions, kept per store between this experiment's runs."""
+        store = self.store(store_name)
+        buffers = self._caches.setdefault(store_name, TransitionCache()).load(store, snapshot, algo, plan.kind)
+        return run_training(store, plan, algo, buffers, move_latest=move_latest)
 
     def offline_stage(self, arm: Arm, offline: list[Episode], pretrained: TrainResult) -> TrainResult:
         """The arm's offline run on every offline episode, from the pretrained checkpoint, in its store
