@@ -276,9 +276,12 @@ def finish_training_run(config: LWDConfig, store: ObjectStore, plan: Any, result
     model version for the checkpoint. Returns what the flows pass on."""
     import mlflow
 
+    from lwd_core.algo.trainer import value_by_task
+
     run = mlflow.active_run()
     step = int(result.state.step)
-    mlflow.log_metrics({f"value_mean/{t}": v for t, v in result.value_by_task.items()}, step=step)
+    mlflow.log_metrics({f"value_mean/{t}": v for t, v in value_by_task(result.learner, result.state,
+                                                                       result.buffers).items()}, step=step)
     mlflow.log_metric("updates_per_second", plan.steps / max(seconds, 1e-9))
     if result.resumed_from:
         mlflow.set_tag("resumed_from", result.resumed_from)

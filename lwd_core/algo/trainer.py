@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -90,14 +90,14 @@ class TrainingPlan:
 @dataclass
 class TrainResult:
     """Where a run ended: the state, the logged metric windows, the committed checkpoint and the one it
-    resumed from, the mean value estimate per task on the buffer's states, and the wall time."""
+    resumed from, the transitions it trained on (for :func:`value_by_task`), and the wall time."""
 
     learner: Learner
     state: TrainState
     history: list[dict[str, float]]
     checkpoint: str | None = None
     resumed_from: str | None = None
-    value_by_task: dict[str, float] = field(default_factory=dict)
+    buffers: Buffers | None = None
     seconds: float = 0.0
 
 
@@ -286,7 +286,7 @@ def run_training(store: ObjectStore, plan: TrainingPlan, algo: AlgoConfig, buffe
                                              plan.pointer_generation):
         raise StoreError(f"another training run moved {CHECKPOINT_LATEST_KEY} while this one trained "
                          f"{checkpoint}; the pointer was left as that run set it")
-    return TrainResult(learner, state, history, checkpoint, resumed_from, value_by_task(learner, state, buffers))
+    return TrainResult(learner, state, history, checkpoint, resumed_from, buffers)
 
 
 def follow_training(store: ObjectStore, plan: TrainingPlan, algo: AlgoConfig, buffers: Buffers,
