@@ -77,8 +77,8 @@ def main() -> None:
             time.sleep(args.ingest_every)
             expected = expectations(config)  # once per pass: it reads the published releases
             while (report := ingest_next(store, "bench-latency", expected, check_signature=check)) is not None:
-                ingest_latencies += report.summary()["latency_s"]
-                queued += report.summary()["queued_s"]
+                ingest_latencies += report.summary().latency_s
+                queued += report.summary().queued_s
             if released < args.releases and time.monotonic() >= next_release \
                     and coordinator.running(f"bench-{released}", robots):
                 released += 1

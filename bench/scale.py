@@ -181,11 +181,11 @@ def measure(robots: int, args, templates: dict[str, bytes]) -> dict:
         begun = time.monotonic()
         totals = ingest(batch_size=args.batch, config=config)
         spent = time.monotonic() - begun
-        if totals["seen"]:
+        if totals.seen:
             busy_s += spent
-            ingested += totals["accepted"]
-            latencies += totals["latency_s"]
-            queued += totals["queued_s"]
+            ingested += totals.accepted
+            latencies += totals.latency_s
+            queued += totals.queued_s
             runs += 1
         elif not drained:
             time.sleep(0.5)  # nothing uploaded yet: an idle worker waits for the next event

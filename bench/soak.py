@@ -79,8 +79,8 @@ def main() -> None:
             report = ingest_batch(store, keys, expectations(config), check_signature=check)
             summary = report.summary()
             for name in ("accepted", "quarantined", "duplicates"):
-                counts[name] += summary[name]
-            latencies.extend(summary["latency_s"])
+                counts[name] += getattr(summary, name)
+            latencies.extend(summary.latency_s)
             counts["ingest_passes"] += 1
 
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 
 from lwd_core.config import CONFIG_FILE_ENV, LWDConfig, load_config
 
@@ -96,7 +97,9 @@ def _run(config: LWDConfig, stage: Callable[..., Any], **params: Any) -> Any:
             result = stage(config=config, **params)
         finally:
             flush_events()  # review and rollout events reach the server before this process exits
-    if result is not None:
+    if isinstance(result, BaseModel):
+        typer.echo(result.model_dump_json(indent=2))
+    elif result is not None:
         typer.echo(json.dumps(result, indent=2, default=str) if isinstance(result, dict | list) else str(result))
     return result
 
@@ -221,15 +224,14 @@ def status(config: ConfigOption = None) -> None:
     from lwd_core.data.layout import CHECKPOINT_LATEST_KEY, SNAPSHOT_LATEST_KEY
     from lwd_core.fleet.coordinator import Coordinator
     from lwd_core.store import open_store
-    from tasks import tracking
+    from tasks.promotion import registry_aliases
 
     settings = _load(config)
     store = open_store(settings)
     coordinator = Coordinator(store)
     desired = coordinator.desired()
     typer.echo(json.dumps({
-        "champion": tracking.alias_version(settings, tracking.CHAMPION),
-        "challenger": tracking.alias_version(settings, tracking.CHALLENGER),
+        **registry_aliases.fn(settings),  # a read, outside any flow run: no task run for it
         "fleet": {"revision": desired["revision"], "stable": (desired.get("stable") or {}).get("version"),
                   "canary": (desired.get("canary") or {}).get("release", {}).get("version"),
                   "running": {row["robot_id"]: row["running"] for row in coordinator.status()}},

@@ -9,13 +9,13 @@ from __future__ import annotations
 from prefect import flow
 
 from lwd_core.config import LWDConfig, load_config
-from lwd_core.gating import gate_decision
+from lwd_core.gating import GateResult, gate_decision
 from tasks.gate import gate_contenders, log_gate_run, record_gate_result
 from tasks.pipeline import evaluate_version
 
 
 @flow(name="evaluate-gate")
-def evaluate_gate(model_version: str = "", episodes_per_task: int = 0, config: LWDConfig | None = None) -> dict:
+def evaluate_gate(model_version: str = "", episodes_per_task: int = 0, config: LWDConfig | None = None) -> GateResult:
     config = config or load_config()
     candidate, champion = gate_contenders(config, model_version)
     if not candidate:
@@ -24,8 +24,7 @@ def evaluate_gate(model_version: str = "", episodes_per_task: int = 0, config: L
     cand = evaluate_version(config, candidate, episodes, config.gate.seed)
     champ = evaluate_version(config, champion, episodes, config.gate.seed) if champion and champion != candidate else None
     verdict = gate_decision(cand, champ, config.gate.tolerance, config.gate.min_success, champion)
-    decision = {"candidate": candidate, "champion": champion, **verdict.as_dict(),
-                "candidate_eval": cand, "champion_eval": champ}
-    log_gate_run(config, decision, verdict)
-    record_gate_result(config, decision, verdict)
-    return decision
+    gate = GateResult.of(candidate, champion, verdict, cand, champ)
+    log_gate_run(config, gate)
+    record_gate_result(config, gate)
+    return gate

@@ -13,16 +13,30 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from pydantic import BaseModel
 
 from lwd_core.algo.compilation import use_compilation_cache
 from lwd_core.config import LWDConfig, load_config
-from lwd_core.experiment import PLOT_FILE, Experiment, write_report
+from lwd_core.experiment import PLOT_FILE, RESULTS_FILE, Experiment, write_report
 from lwd_core.sim.pool import SimPool
 from tasks.experiment import log_experiment, store_results
 
 
+class ExperimentSummary(BaseModel):
+    """Where an experiment's results are, with each arm's final success and its test against LWD online
+    (the whole record is ``results.json``)."""
+
+    experiment_id: str
+    minutes: float
+    results: str  # results.json on this machine
+    stored: str  # results.json in the object store
+    mlflow_run_id: str
+    final_success: dict[str, float]
+    comparisons: dict[str, dict[str, int | float]]  # difference, wins, losses, p_value
+
+
 @flow(name="experiment", log_prints=True)
-def experiment(config: LWDConfig | None = None) -> dict:
+def experiment(config: LWDConfig | None = None) -> ExperimentSummary:
     """Budgets, arms and seeds come from the config's ``experiment`` and ``algo`` sections
     (configs/experiment-reduced.yaml on 2 CPU cores, configs/experiment-full.yaml on a GPU machine)."""
     config = config or load_config()
@@ -35,8 +49,11 @@ def experiment(config: LWDConfig | None = None) -> dict:
     results["experiment_id"] = experiment_id
 
     table = write_report(results, out_dir)
-    store_results(config, experiment_id, results)
-    log_experiment(config, experiment_id, results, table, out_dir / PLOT_FILE)
+    stored = store_results(config, experiment_id, results)
+    run_id = log_experiment(config, experiment_id, results, table, out_dir / PLOT_FILE)
     print(table)
     logger.info("experiment %s done in %.1f min; results in %s", experiment_id, results["minutes"], out_dir)
-    return results
+    return ExperimentSummary(experiment_id=experiment_id, minutes=results["minutes"],
+                             results=str(out_dir / RESULTS_FILE), stored=stored, mlflow_run_id=run_id,
+                             final_success={key: arm["final"]["success"] for key, arm in results["arms"].items()},
+                             comparisons=results["comparisons"])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
+from pydantic import BaseModel
 
 from flows.evaluate_gate import evaluate_gate
 from flows.fleet import fleet_supervisor, wait_for_fleet
@@ -25,17 +26,72 @@ from flows.snapshot_buffer import snapshot_buffer
 from flows.train import train
 from lwd_core.algo.method_names import MethodName
 from lwd_core.config import LWDConfig, load_config
-from lwd_core.data.ingest import pending_raw
+from lwd_core.data.ingest import IngestSummary, pending_raw
 from lwd_core.data.layout import buffer_prefix
+from lwd_core.gating import GateResult
+from lwd_core.promotion import ReviewStatus, TrainedVersion
 from lwd_core.sim.evaluate import paired_comparison
 from lwd_core.store import now_us, open_store
-from tasks import tracking
 from tasks.pipeline import evaluate_version
+from tasks.promotion import champion_version
 
 REVIEW_DEPLOYMENT = "review/review"  # flow name / deployment name in prefect.yaml
 
 
-def _deploy(config: LWDConfig, version: str | None, gate: dict) -> dict:
+class Deployment(BaseModel):
+    """What became of a round's candidate after its gate."""
+
+    promoted: bool = False
+    approved: bool = False
+    rollout: str = "-"
+    distribution_latency_p50_s: float | None = None
+
+
+class FleetRound(BaseModel):
+    """What the fleet uploaded in a round (round 0 trains on the offline dataset: none)."""
+
+    fleet_episodes: int | None = None
+    fleet_steps: int | None = None
+    quarantined: int | None = None
+    fleet_success: float | None = None
+    intervention_steps: int | None = None
+
+    @classmethod
+    def of(cls, ingested: IngestSummary) -> FleetRound:
+        rate = ingested.success_rate
+        return cls(fleet_episodes=ingested.accepted, fleet_steps=ingested.transitions_accepted,
+                   quarantined=ingested.quarantined, fleet_success=None if rate is None else round(rate, 3),
+                   intervention_steps=ingested.intervention_steps)
+
+
+class RoundRecord(Deployment, FleetRound):
+    """One row of the flywheel's round table."""
+
+    round: int
+    stage: str
+    snapshot: str
+    model_version: str
+    candidate_success: float
+    champion_success: float | None
+    gate: str
+
+    @classmethod
+    def of(cls, round_index: int, trained: TrainedVersion, gate: GateResult, deployed: Deployment,
+           fleet: FleetRound) -> RoundRecord:
+        return cls(round=round_index, stage=trained.stage, snapshot=trained.snapshot_id,
+                   model_version=trained.model_version, candidate_success=round(gate.candidate_mean, 3),
+                   champion_success=None if gate.champion_mean is None else round(gate.champion_mean, 3),
+                   gate="pass" if gate.passed else "fail", **deployed.model_dump(), **fleet.model_dump())
+
+
+class FlywheelResult(BaseModel):
+    rounds: list[RoundRecord]
+    champion: str | None
+    learning: dict | None  # :func:`learning`
+    where_to_look: list[str]
+
+
+def _deploy(config: LWDConfig, gate: GateResult) -> Deployment:
     """Gate -> review -> rollout for one candidate; what happened, for the round table.
 
     In a deployment run the review is its own deployment run (it suspends until a reviewer answers,
@@ -44,30 +100,29 @@ def _deploy(config: LWDConfig, version: str | None, gate: dict) -> dict:
     from prefect.deployments import run_deployment
     from prefect.runtime import deployment
 
-    if version is None or not gate["passed"]:
-        return {"promoted": False, "approved": False, "rollout": "-"}
+    if not gate.passed:
+        return Deployment()
     if deployment.id and not config.promotion.auto_approve:
         # Not linked as a subflow: Prefect suspends only top-level runs, and the review outlives this round.
-        waiting = run_deployment(REVIEW_DEPLOYMENT, parameters={"model_version": version}, timeout=0,
+        waiting = run_deployment(REVIEW_DEPLOYMENT, parameters={"model_version": gate.candidate}, timeout=0,
                                  as_subflow=False)
-        return {"promoted": True, "approved": False, "rollout": f"awaiting review (flow run {waiting.name})"}
-    reviewed = review(version, config=config)
-    deployed = reviewed.get("rollout") or {}
-    return {"promoted": reviewed["status"] != "refused", "approved": reviewed["status"] == "approved",
-            "rollout": deployed.get("status", reviewed["status"]),
-            "distribution_latency_p50_s": deployed.get("distribution_latency_p50_s")}
+        return Deployment(promoted=True, rollout=f"awaiting review (flow run {waiting.name})")
+    reviewed = review(gate.candidate, config=config)
+    return Deployment(promoted=reviewed.status is not ReviewStatus.REFUSED,
+                      approved=reviewed.status is ReviewStatus.APPROVED,
+                      rollout=reviewed.rollout.status if reviewed.rollout else reviewed.status,
+                      distribution_latency_p50_s=reviewed.rollout and reviewed.rollout.distribution_latency_p50_s)
 
 
-def _row(round_index: int, trained: dict, gate: dict, deployed: dict, fleet: dict) -> dict:
-    return {"round": round_index, "stage": trained["stage"], "snapshot": trained["snapshot_id"],
-            "model_version": trained["model_version"], "candidate_success": round(gate["candidate_mean"], 3),
-            "champion_success": None if gate["champion_mean"] is None else round(gate["champion_mean"], 3),
-            "gate": "pass" if gate["passed"] else "fail", **deployed, **fleet}
+def _trained(trained: TrainedVersion | None) -> TrainedVersion:
+    if trained is None:  # only a multi-host follower process returns None, and the flywheel leads
+        raise RuntimeError("the training run registered no model version")
+    return trained
 
 
 @flow(name="flywheel", log_prints=True)
 def flywheel(rounds: int = 1, robots: int = 0, method: MethodName = "lwd", gate_episodes_per_task: int = 0,
-             config: LWDConfig | None = None) -> dict:
+             config: LWDConfig | None = None) -> FlywheelResult:
     """The operator's knobs: ``rounds``; ``robots`` (0: ``fleet.robots``), which sizes the fleet for
     every stage (ingestion's known robots, canary subsets); ``method`` (an agent name); and
     ``gate_episodes_per_task`` (0: ``gate.episodes_per_task``). They go into the config every subflow
@@ -78,21 +133,21 @@ def flywheel(rounds: int = 1, robots: int = 0, method: MethodName = "lwd", gate_
     if gate_episodes_per_task:
         config.gate.episodes_per_task = gate_episodes_per_task
     store = open_store(config)
-    table: list[dict] = []
+    table: list[RoundRecord] = []
 
     if not store.list(buffer_prefix("offline"), suffix=".parquet"):
         generate_offline(config=config)
-    if tracking.alias_version(config, tracking.CHAMPION) is None:
+    if champion_version(config) is None:
         label_rewards(config=config)
         snapshot = snapshot_buffer(config=config)
-        trained = train(snapshot_id=snapshot["snapshot_id"], method=method, resume=False, config=config)
-        gate = evaluate_gate(trained["model_version"], config=config)
-        table.append(_row(0, trained, gate, _deploy(config, trained["model_version"], gate), {}))
-        print(f"round 0 (offline): {table[-1]}")
-    if tracking.alias_version(config, tracking.CHAMPION) is None:
+        trained = _trained(train(snapshot_id=snapshot.snapshot_id, method=method, resume=False, config=config))
+        gate = evaluate_gate(trained.model_version, config=config)
+        table.append(RoundRecord.of(0, trained, gate, _deploy(config, gate), FleetRound()))
+        print(f"round 0 (offline): {table[-1].model_dump()}")
+    starting_champion = champion_version(config)
+    if starting_champion is None:
         raise RuntimeError("no approved champion: approve one (MLflow UI or `lwd approve`) and run again")
 
-    starting_champion = tracking.alias_version(config, tracking.CHAMPION)
     ids, supervisor = fleet_supervisor(config)
     started_us = now_us()
     stop_fleet = supervisor.run_in_background()
@@ -109,26 +164,27 @@ def flywheel(rounds: int = 1, robots: int = 0, method: MethodName = "lwd", gate_
             if not config.promotion.auto_approve:
                 watch_champion(config=config)  # a reviewer may have moved alias champion in the MLflow UI
             table.append(flywheel_round(round_index, method=method, config=config))
-            print(f"round {round_index}: {table[-1]}")
+            print(f"round {round_index}: {table[-1].model_dump()}")
     finally:
         stop_fleet.set()
         supervisor.stop()
     ingest(config=config)  # what the fleet uploaded while stopping
 
-    create_table_artifact(key="flywheel-rounds", table=table, description="Per-round success of the flywheel")
-    summary = {"rounds": table, "champion": tracking.alias_version(config, tracking.CHAMPION),
-               "learning": learning(config, starting_champion, table[-1]["model_version"] if table else None),
-               "where_to_look": where_to_look(config)}
+    create_table_artifact(key="flywheel-rounds", table=[row.model_dump() for row in table],
+                          description="Per-round success of the flywheel")
+    summary = FlywheelResult(rounds=table, champion=champion_version(config),
+                             learning=learning(config, starting_champion, table[-1].model_version if table else None),
+                             where_to_look=where_to_look(config))
     print(format_table(table))
-    if summary["learning"]:
-        print(format_learning(summary["learning"]))
-    for line in summary["where_to_look"]:
+    if summary.learning:
+        print(format_learning(summary.learning))
+    for line in summary.where_to_look:
         print(line)
     return summary
 
 
 @flow(name="flywheel-round")
-def flywheel_round(round_index: int = 0, method: MethodName = "lwd", config: LWDConfig | None = None) -> dict:
+def flywheel_round(round_index: int = 0, method: MethodName = "lwd", config: LWDConfig | None = None) -> RoundRecord:
     """One online round over whatever the deployed fleet uploaded: ingest -> label -> snapshot ->
     train -> gate -> review -> rollout. What the retrain trigger runs when the fleet is managed
     elsewhere (``lwd fleet up``, robots)."""
@@ -136,13 +192,9 @@ def flywheel_round(round_index: int = 0, method: MethodName = "lwd", config: LWD
     ingested = ingest(config=config)  # labels what it appends; the label stage catches up the rest
     label_rewards(config=config)
     snapshot = snapshot_buffer(config=config)
-    trained = train(snapshot_id=snapshot["snapshot_id"], method=method, config=config)
-    gate = evaluate_gate(trained["model_version"], config=config)
-    fleet = {"fleet_episodes": ingested["accepted"], "fleet_steps": ingested["transitions_accepted"],
-             "quarantined": ingested["quarantined"],
-             "fleet_success": round(ingested["successes"] / ingested["accepted"], 3) if ingested["accepted"] else None,
-             "intervention_steps": ingested["intervention_steps"]}
-    return _row(round_index, trained, gate, _deploy(config, trained["model_version"], gate), fleet)
+    trained = _trained(train(snapshot_id=snapshot.snapshot_id, method=method, config=config))
+    gate = evaluate_gate(trained.model_version, config=config)
+    return RoundRecord.of(round_index, trained, gate, _deploy(config, gate), FleetRound.of(ingested))
 
 
 def learning(config, start_version: str | None, last_version: str | None) -> dict | None:
@@ -172,10 +224,11 @@ def where_to_look(config) -> list[str]:
     ]
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[RoundRecord]) -> str:
     columns = ["round", "stage", "model_version", "candidate_success", "champion_success", "gate", "approved",
                "rollout", "fleet_episodes", "fleet_success"]
     lines = [" | ".join(f"{c:>17}" for c in columns)]
     for row in rows:
-        lines.append(" | ".join(f"{str(row.get(c, '-')):>17}" for c in columns))
+        shown = row.model_dump()
+        lines.append(" | ".join(f"{'-' if shown[c] is None else str(shown[c]):>17}" for c in columns))
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from lwd_core.config import LWDConfig, load_config
-from lwd_core.sim.dataset import DatasetReport, plan_allocations
+from lwd_core.sim.dataset import DatasetReport, DatasetSummary, plan_allocations
 from lwd_core.suite import select_tasks
 from tasks.dataset import generate_offline_allocation, offline_mix, write_offline_report
 from tasks.progress import progress
@@ -18,7 +18,7 @@ from tasks.progress import progress
 # One simulator (~190 MB) per allocation in flight: as many at once as there are cores, not every
 # (task, kind) of the plan at once.
 @flow(name="generate-offline", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
-def generate_offline(total_steps: int = 0, seed: int = -1, config: LWDConfig | None = None) -> dict:
+def generate_offline(total_steps: int = 0, seed: int = -1, config: LWDConfig | None = None) -> DatasetSummary:
     """``total_steps``/``seed`` override the config's dataset section (0 / -1: use the config)."""
     config = config or load_config()
     logger = get_run_logger()
@@ -33,13 +33,13 @@ def generate_offline(total_steps: int = 0, seed: int = -1, config: LWDConfig | N
             report.merge(future.result())
             advance(done)
     document = write_offline_report(config, report)
-    achieved = document["achieved"]
+    achieved = DatasetSummary(**document["achieved"])
     create_table_artifact(
         key="offline-dataset",
         table=[{"task": t, **{f"{k}_steps": v for k, v in row.items()},
                 **{f"{k}_successes": v for k, v in document["successes"].get(t, {}).items()}}
                for t, row in sorted(document["steps"].items())],
-        description=f"Offline dataset: {achieved['episodes']} episodes, {achieved['hours']:.2f} robot hours",
+        description=f"Offline dataset: {achieved.episodes} episodes, {achieved.hours:.2f} robot hours",
     )
     logger.info("offline dataset: %s", achieved)
     return achieved

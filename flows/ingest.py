@@ -11,11 +11,12 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
 from lwd_core.config import LWDConfig, load_config
+from lwd_core.data.ingest import IngestBatch, IngestSummary
 from tasks.pipeline import count_uploaded, ingest_next_batch
 
 
 @flow(name="ingest")
-def ingest(limit: int = 0, batch_size: int = 64, lease_s: float = 120.0, config: LWDConfig | None = None) -> dict:
+def ingest(limit: int = 0, batch_size: int = 64, lease_s: float = 120.0, config: LWDConfig | None = None) -> IngestSummary:
     """Micro-batch after micro-batch until nothing is waiting that another worker holds (or ``limit``
     episodes are seen). Runs at the same time, here or on other machines, share raw/ through leases
     on its shards, so no two handle one episode; ``lease_s`` is how long a dead run's shards wait."""
@@ -26,32 +27,22 @@ def ingest(limit: int = 0, batch_size: int = 64, lease_s: float = 120.0, config:
     # that cannot be removed is retried once per run, not forever.
     waiting = count_uploaded(config)
     budget = min(limit, waiting) if limit else waiting
-    results: list[dict] = []
+    batches: list[IngestBatch] = []
     seen = 0
     while seen < budget:
-        result = ingest_next_batch(config, owner, len(results), min(batch_size, budget - seen), lease_s)
-        if result is None:
+        batch = ingest_next_batch(config, owner, len(batches), min(batch_size, budget - seen), lease_s)
+        if batch is None:
             break
-        results.append(result)
-        seen += result["summary"]["seen"]
-    totals = {"seen": 0, "accepted": 0, "quarantined": 0, "duplicates": 0, "transitions_accepted": 0,
-              "successes": 0, "intervention_steps": 0}
-    reasons: dict[str, int] = {}
-    latencies: list[float] = []
-    queued: list[float] = []
-    for result in results:
-        for name in totals:
-            totals[name] += result["summary"][name]
-        for reason, count in result["summary"]["quarantine_reasons"].items():
-            reasons[reason] = reasons.get(reason, 0) + count
-        latencies += result["summary"]["latency_s"]
-        queued += result["summary"]["queued_s"]
-    quarantined = [q for r in results for q in r["quarantined"]]
-    create_table_artifact(key="ingest-counts", table=[totals | {"quarantine_reasons": str(reasons)}],
+        batches.append(batch)
+        seen += batch.summary.seen
+    totals = IngestSummary.total([batch.summary for batch in batches])
+    counts = totals.model_dump(exclude={"quarantine_reasons", "latency_s", "queued_s"})
+    quarantined = [episode for batch in batches for episode in batch.quarantined]
+    create_table_artifact(key="ingest-counts", table=[counts | {"quarantine_reasons": str(totals.quarantine_reasons)}],
                           description="Episodes seen, accepted, quarantined and duplicated in this ingest run")
     if quarantined:
-        create_table_artifact(key="ingest-quarantine", table=[{"raw_key": q["raw_key"], "reasons": "; ".join(q["reasons"])}
+        create_table_artifact(key="ingest-quarantine", table=[{"raw_key": q.raw_key, "reasons": "; ".join(q.reasons)}
                                                               for q in quarantined],
                               description="Quarantined episodes and why")
-    logger.info("ingest: %s; quarantine reasons %s", totals, reasons)
-    return totals | {"quarantine_reasons": reasons, "latency_s": sorted(latencies), "queued_s": sorted(queued)}
+    logger.info("ingest: %s; quarantine reasons %s", counts, totals.quarantine_reasons)
+    return totals

@@ -5,12 +5,13 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from lwd_core.config import LWDConfig, load_config
+from lwd_core.data.labels import LabellingResult
 from tasks.pipeline import label_buffer
 
 
 @flow(name="label-rewards")
-def label_rewards(config: LWDConfig | None = None) -> dict:
+def label_rewards(config: LWDConfig | None = None) -> LabellingResult:
     config = config or load_config()
-    results = {kind: label_buffer(config, kind) for kind in ("offline", "online")}
-    get_run_logger().info("labelled: %s", {k: v["labelled"] for k, v in results.items()})
-    return results
+    result = LabellingResult(offline=label_buffer(config, "offline"), online=label_buffer(config, "online"))
+    get_run_logger().info("labelled: %d offline, %d online episodes", result.offline.labelled, result.online.labelled)
+    return result

@@ -8,7 +8,8 @@
    otherwise every robot gets it.
 3. Wait until every live robot runs it; record distribution latencies (approval -> running).
 
-Only the champion with a passed gate and a recorded approval ships (:func:`lwd_core.gating.rollout_refusal`).
+Only the champion with a passed gate and a recorded approval ships
+(:meth:`lwd_core.promotion.ModelVersion.shipping_refusal`).
 Events ``lwd.rollout.completed`` and ``lwd.rollout.rolled-back`` tell whoever subscribed.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from prefect import flow
 
 from lwd_core.config import LWDConfig, load_config
+from lwd_core.promotion import RolloutResult, RolloutStatus
 from tasks.rollout import (
     approved_release,
     deploy_to_fleet,
@@ -29,18 +31,21 @@ from tasks.rollout import (
 
 
 @flow(name="rollout")
-def rollout(model_version: str = "", config: LWDConfig | None = None) -> dict:
+def rollout(model_version: str = "", config: LWDConfig | None = None) -> RolloutResult:
     config = config or load_config()
     version, release = approved_release(config, model_version)
     stable, robots = fleet_now(config)
     if stable == release.version:
-        return {"version": version, "status": "already-deployed"}
+        return RolloutResult(version=version, status=RolloutStatus.ALREADY_DEPLOYED, release=release.version)
     mark_rollout_started(config, version)
-    result: dict = {"version": version, "release": release.version, "live_robots": robots}
+    canary = None
     if stable and robots:
-        promote, result["canary"] = watch_canary(config, release, robots, stable)
+        promote, canary = watch_canary(config, release, robots, stable)
         if not promote:
-            return result | roll_back(config, version, result["canary"])
-    result |= deploy_to_fleet(config, release, robots)
-    record_deployed(config, version, result)
+            champion = roll_back(config, version, canary)
+            return RolloutResult(version=version, status=RolloutStatus.ROLLED_BACK, release=release.version,
+                                 live_robots=robots, canary=canary, champion=champion)
+    result = RolloutResult(version=version, release=release.version, live_robots=robots, canary=canary,
+                           **deploy_to_fleet(config, release, robots))
+    record_deployed(config, result)
     return result

@@ -344,13 +344,14 @@ class Experiment:
 
 
 PLOT_FILE = "success_vs_experience.png"
+RESULTS_FILE = "results.json"
 
 
 def write_report(results: dict[str, Any], out_dir: Path) -> str:
     """results.json, results.md (returned) and the success-vs-experience plot under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(results)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     (out_dir / "results.md").write_text(table + "\n")
     plot(results, out_dir / PLOT_FILE)
     return table

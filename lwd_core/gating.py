@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 
 @dataclass(frozen=True)
 class GateDecision:
@@ -36,6 +38,28 @@ def gate_decision(candidate_eval: dict, champion_eval: dict | None, tolerance: f
                         candidate_mean, champion_mean)
 
 
+class GateResult(BaseModel):
+    """What the evaluation gate flow returns and records: the verdict and both evaluations
+    (:func:`lwd_core.sim.evaluate.summarize` outputs on the same seeds)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    candidate: str
+    champion: str | None
+    passed: bool
+    rule: str
+    candidate_mean: float
+    champion_mean: float | None
+    candidate_eval: dict[str, Any]
+    champion_eval: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, candidate: str, champion: str | None, decision: GateDecision, candidate_eval: dict,
+           champion_eval: dict | None) -> GateResult:
+        return cls(candidate=candidate, champion=champion, **decision.as_dict(), candidate_eval=candidate_eval,
+                   champion_eval=champion_eval)
+
+
 @dataclass(frozen=True)
 class CanaryDecision:
     promote: bool
@@ -57,18 +81,6 @@ def canary_decision(canary_episodes: int, canary_successes: int, baseline_episod
                           canary_rate, baseline_rate)
 
 
-def rollout_refusal(version: str, tags: dict[str, str], champion: str | None) -> str | None:
-    """Why a registry version must not reach the fleet, or None: it has to be the champion, have
-    passed its evaluation gate, and carry a recorded approval. Moving the alias alone is not enough."""
-    if tags.get("gate") != "pass":
-        return f"v{version} has gate={tags.get('gate')!r}: only versions that passed the evaluation gate ship"
-    if champion != version:
-        return f"v{version} is not the approved champion (champion: {champion or 'none'}); approve it first"
-    if tags.get("approval") != "approved":
-        return f"v{version} has approval={tags.get('approval')!r}: no reviewer's approval is recorded"
-    return None
-
-
 def gate_metrics(candidate_eval: dict, champion_eval: dict | None) -> dict[str, float]:
     """What a gate run logs: mean and per-task success of the candidate (short and long groups where
     the evaluation has them), and the champion's mean."""
@@ -87,10 +99,10 @@ def gate_table(candidate_eval: dict, champion_eval: dict | None) -> list[dict[st
             for t, r in candidate_eval["tasks"].items()]
 
 
-def gate_report_markdown(candidate: str, candidate_eval: dict, champion: str | None, champion_eval: dict | None,
-                         decision: GateDecision, gate_run_url: str = "") -> str:
+def gate_report_markdown(gate: GateResult, gate_run_url: str = "") -> str:
     """What a reviewer reads on the model version page: per-task success of the candidate against the
     champion on the same episodes, with 95% Wilson intervals, and the decision."""
+    candidate, champion, candidate_eval, champion_eval = gate.candidate, gate.champion, gate.candidate_eval, gate.champion_eval
 
     def cell(row: dict | None) -> str:
         if row is None:
@@ -98,8 +110,8 @@ def gate_report_markdown(candidate: str, candidate_eval: dict, champion: str | N
         return f"{row['success_rate']:.0%} ({row['ci_low']:.0%} to {row['ci_high']:.0%}, n={row['episodes']})"
 
     versus = f"champion v{champion}" if champion_eval is not None else "no champion"
-    lines = [f"### Evaluation gate: {'PASS' if decision.passed else 'FAIL'} (v{candidate} vs {versus})", "",
-             f"Rule: {decision.rule}. Success rate, 95% Wilson interval, episodes; same seeds for both.", "",
+    lines = [f"### Evaluation gate: {'PASS' if gate.passed else 'FAIL'} (v{candidate} vs {versus})", "",
+             f"Rule: {gate.rule}. Success rate, 95% Wilson interval, episodes; same seeds for both.", "",
              f"| task | v{candidate} | {'v' + champion if champion_eval is not None else 'champion'} | change |",
              "|---|---|---|---|"]
     for group, title in (("tasks", None), ("short", "**short tasks**"), ("long", "**long tasks**"), ("all", "**mean**")):

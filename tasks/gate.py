@@ -7,9 +7,10 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from lwd_core import promotion
 from lwd_core.config import LWDConfig
-from lwd_core.gating import GateDecision, gate_table
-from tasks import tracking
+from lwd_core.gating import GateResult, gate_table
+from tasks import mlflow_adapter
 
 RETRY_DELAYS_S = [1, 5, 20]
 
@@ -17,23 +18,20 @@ RETRY_DELAYS_S = [1, 5, 20]
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS_S)
 def gate_contenders(config: LWDConfig, model_version: str) -> tuple[str | None, str | None]:
     """The candidate (default: the newest version not gated yet) and the current champion."""
-    candidate = model_version or tracking.pending_candidate(config)
-    return candidate, tracking.alias_version(config, tracking.CHAMPION)
+    candidate = model_version or mlflow_adapter.pending_candidate(config)
+    return candidate, mlflow_adapter.alias_version(config, promotion.CHAMPION)
 
 
 @task
-def log_gate_run(config: LWDConfig, decision: dict, verdict: GateDecision) -> None:
-    tracking.log_gate_run(config, decision, verdict)
+def log_gate_run(config: LWDConfig, gate: GateResult) -> None:
+    mlflow_adapter.log_gate_run(config, gate)
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS_S)
-def record_gate_result(config: LWDConfig, decision: dict, verdict: GateDecision) -> None:
+def record_gate_result(config: LWDConfig, gate: GateResult) -> None:
     """The verdict on the model version's tags, the per-task table on the flow run's page, a log line."""
-    candidate, champion, passed = decision["candidate"], decision["champion"], verdict.passed
-    tracking.set_version_tags(config, candidate, {"gate": "pass" if passed else "fail",
-                                                  "gate_mean_success": f"{verdict.candidate_mean:.3f}"})
-    create_table_artifact(key="evaluation-gate", table=gate_table(decision["candidate_eval"], decision["champion_eval"]),
-                          description=f"v{candidate} vs champion {champion or '-'}: "
-                                      f"{'PASS' if passed else 'FAIL'} ({verdict.rule})")
-    get_run_logger().info("gate v%s: %s (%.2f vs %s)", candidate, "PASS" if passed else "FAIL", verdict.candidate_mean,
-                          verdict.champion_mean)
+    verdict = "PASS" if gate.passed else "FAIL"
+    mlflow_adapter.tag_version(config, gate.candidate, promotion.gated(gate.passed, gate.candidate_mean))
+    create_table_artifact(key="evaluation-gate", table=gate_table(gate.candidate_eval, gate.champion_eval),
+                          description=f"v{gate.candidate} vs champion {gate.champion or '-'}: {verdict} ({gate.rule})")
+    get_run_logger().info("gate v%s: %s (%.2f vs %s)", gate.candidate, verdict, gate.candidate_mean, gate.champion_mean)

@@ -5,25 +5,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from functools import cache
 
 from prefect import get_run_logger, task
 
 from lwd_core.algo.compilation import use_compilation_cache
 from lwd_core.config import LWDConfig
-from lwd_core.data.ingest import ingest_next, pending_raw, write_ingest_log
 from lwd_core.data import labels
-from lwd_core.data.labels import label_episode
-from lwd_core.data.layout import snapshot_key
-from lwd_core.data.snapshot import build_snapshot
+from lwd_core.data.ingest import IngestBatch, ingest_next, pending_raw, write_ingest_log
+from lwd_core.data.labels import LabelReport, label_episode
+from lwd_core.data.layout import BufferKind, snapshot_key
+from lwd_core.data.snapshot import SnapshotSummary, build_snapshot
 from lwd_core.data.validation import Expectations
 from lwd_core.fleet.coordinator import Coordinator
+from lwd_core.promotion import TrainedVersion
 from lwd_core.security import episode_signature_check, keyring_for
 from lwd_core.sim.evaluate import evaluate_checkpoint
 from lwd_core.store import open_store
 from lwd_core.suite import fleet_robot_ids, select_tasks
-from tasks import tracking
+from tasks import mlflow_adapter
 from tasks.progress import progress
 
 
@@ -53,7 +53,7 @@ def count_uploaded(config: LWDConfig) -> int:
 
 @task(retries=3, retry_delay_seconds=[1, 5, 20], task_run_name="ingest-batch-{index}")
 def ingest_next_batch(config: LWDConfig, owner: str, index: int, batch_size: int = 64,
-                      lease_s: float = 120.0) -> dict | None:
+                      lease_s: float = 120.0) -> IngestBatch | None:
     """One micro-batch from the shards of raw/ this worker leases (retried: the object store may be
     briefly unreachable); None when nothing is waiting that another worker does not hold."""
     from lwd_core.data.nstep import NStepSchedule
@@ -67,22 +67,18 @@ def ingest_next_batch(config: LWDConfig, owner: str, index: int, batch_size: int
                          label=lambda episode: label_episode(episode, config.algo.discount, schedule))
     if report is None:
         return None
-    log_key = write_ingest_log(store, report, f"batch{index}")
-    return {"summary": report.summary(), "log": log_key,
-            "quarantined": [{"raw_key": o.raw_key, "reasons": o.reasons} for o in report.outcomes
-                            if o.status == "quarantined"]}
+    return report.batch(write_ingest_log(store, report, f"batch{index}"))
 
 
 @task(retries=2, retry_delay_seconds=2, task_run_name="label-{kind}")
-def label_buffer(config: LWDConfig, kind: str) -> dict:
+def label_buffer(config: LWDConfig, kind: BufferKind) -> LabelReport:
     from lwd_core.data.nstep import NStepSchedule
 
-    report = labels.label_buffer(open_store(config), kind, config.algo.discount, NStepSchedule.from_config(config.algo))
-    return asdict(report)
+    return labels.label_buffer(open_store(config), kind, config.algo.discount, NStepSchedule.from_config(config.algo))
 
 
 @task(retries=2, retry_delay_seconds=2)
-def take_snapshot(config: LWDConfig) -> dict:
+def take_snapshot(config: LWDConfig) -> SnapshotSummary:
     return build_snapshot(open_store(config)).summary()
 
 
@@ -115,12 +111,13 @@ def transition_cache(store_url: str):
 
 
 @task(retries=1, retry_delay_seconds=5, timeout_seconds=6 * 3600)
-def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: str, resume: bool) -> dict:
+def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: str,
+                      resume: bool) -> TrainedVersion | None:
     """Train on a snapshot from the last checkpoint (:class:`lwd_core.algo.learner_process.LearnerProcess`);
     an MLflow run with the metrics as they come, the checkpoint, and a registered model version.
 
     One learner at a time (:func:`learner_slot`). Multi-host: every learner process runs this; all
-    train, process 0 alone holds the slot, logs and checkpoints.
+    train, process 0 alone holds the slot, logs, checkpoints and registers (None on the others).
     """
     # Imported here: flax and optax load only where a learner runs.
     from lwd_core.algo.learner_process import LearnerProcess
@@ -131,16 +128,16 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
                                   transition_cache(config.storage.url))
     if not learner.leads:
         learner.follow()
-        return {"snapshot_id": snapshot_id, "process": learner.process_index}
+        return None
     with learner_slot():  # planned inside the slot: it resumes from whatever the previous learner left
         plan = learner.plan()
-        with (tracking.training_run(config, plan, store.uri(snapshot_key(plan.snapshot_id))) as log_metrics,
+        with (mlflow_adapter.training_run(config, plan, store.uri(snapshot_key(plan.snapshot_id))) as log_metrics,
               progress(f"training {plan.kind} on {plan.snapshot_id}", plan.steps, key="training-progress") as advance):
             result = learner.lead(plan, on_log=log_metrics, on_progress=advance,
-                                  on_checkpoint=tracking.checkpoint_logger(store, plan))
-            trained = tracking.finish_training_run(config, store, plan, result, result.seconds)
+                                  on_checkpoint=mlflow_adapter.checkpoint_logger(store, plan))
+            trained = mlflow_adapter.finish_training_run(config, store, plan, result, result.seconds)
     get_run_logger().info("trained %d steps (%s) on %s in %.0fs -> %s (model version %s)", plan.steps, plan.kind,
-                          plan.snapshot_id, trained["seconds"], trained["checkpoint"], trained["model_version"])
+                          plan.snapshot_id, trained.seconds, trained.checkpoint, trained.model_version)
     return trained
 
 
@@ -148,12 +145,12 @@ def train_on_snapshot(config: LWDConfig, snapshot_id: str, steps: int, method: s
 def evaluate_version(config: LWDConfig, version: str, episodes_per_task: int, seed: int) -> dict:
     """Sim-suite success of a registered version (same seeds for every version)."""
     use_compilation_cache(config.compilation_cache_dir)
-    tags = tracking.version_tags(config, version)
+    registered = mlflow_adapter.model_version(config, version)
     suite = select_tasks(config.fleet.tasks)
     total = len(suite) * episodes_per_task
     with progress(f"evaluating v{version}", total, key="evaluation-progress") as advance:
-        summary = evaluate_checkpoint(open_store(config), tags["checkpoint"], tags["policy_sha256"], suite,
-                                      episodes_per_task, seed, config.gate.max_steps, tracking.release_name(version),
+        summary = evaluate_checkpoint(open_store(config), registered.checkpoint, registered.policy_sha256, suite,
+                                      episodes_per_task, seed, config.gate.max_steps, registered.release,
                                       on_progress=lambda done, _total: advance(done))
         advance(total)  # also when the evaluation came from the cache
     return summary | {"version": version}

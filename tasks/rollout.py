@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
+from lwd_core import promotion
 from lwd_core.config import LWDConfig
 from lwd_core.fleet.coordinator import (
     Coordinator,
@@ -15,10 +16,10 @@ from lwd_core.fleet.coordinator import (
     release_for_checkpoint,
 )
 from lwd_core.fleet.staged_rollout import distribute, judge_canary, live_robots
-from lwd_core.gating import rollout_refusal
+from lwd_core.promotion import CHAMPION, CanaryReport, ModelVersion, RolloutResult
 from lwd_core.security import keyring_for, release_signer
 from lwd_core.store import ObjectStore, open_store
-from tasks import tracking
+from tasks import mlflow_adapter
 from tasks.events import ROLLOUT_COMPLETED, ROLLOUT_ROLLED_BACK, emit_model_event
 
 RETRY_DELAYS_S = [1, 5, 20]
@@ -34,30 +35,29 @@ def publisher(config: LWDConfig) -> Coordinator:
     return Coordinator(open_store(config), sign_release=release_signer(keyring_for(config)))
 
 
-def release_of(store: ObjectStore, version: str, tags: dict[str, str]) -> Release:
+def release_of(store: ObjectStore, version: ModelVersion) -> Release:
     """The release for a registry version, pinned to its checkpoint's manifest (the coordinator signs it
     when it publishes; actors verify the signature, then every hash)."""
-    release = release_for_checkpoint(store, tags["checkpoint"], tracking.release_name(version),
-                                     approved_us=int(tags.get("approved_us") or now_us()))
-    if release.policy_sha256 != tags["policy_sha256"]:
-        raise PermissionError(f"v{version}: the checkpoint's policy hash differs from the registered one")
+    release = release_for_checkpoint(store, version.checkpoint, version.release,
+                                     approved_us=version.approved_us or now_us())
+    if release.policy_sha256 != version.policy_sha256:
+        raise PermissionError(f"v{version.version}: the checkpoint's policy hash differs from the registered one")
     return release
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS_S, retry_condition_fn=unless_refused)
 def approved_release(config: LWDConfig, model_version: str) -> tuple[str, Release]:
     """The version to ship (default: the champion) and its release; raises when it must not ship
-    (:func:`lwd_core.gating.rollout_refusal`)."""
-    champion = tracking.alias_version(config, tracking.CHAMPION)
-    version = model_version or champion
-    if not version:
+    (:meth:`lwd_core.promotion.ModelVersion.shipping_refusal`)."""
+    champion = mlflow_adapter.alias_version(config, CHAMPION)
+    if not (model_version or champion):
         raise ValueError("no champion to roll out: approve a model version first")
-    tags = tracking.version_tags(config, version)
-    refusal = rollout_refusal(version, tags, champion)
+    version = mlflow_adapter.model_version(config, model_version or champion)
+    refusal = version.shipping_refusal(champion)
     if refusal:
         raise PermissionError(refusal)
     publisher(config)  # the release key is at hand before anything is tagged as started
-    return version, release_of(open_store(config), version, tags)
+    return version.version, release_of(open_store(config), version)
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS_S)
@@ -70,11 +70,12 @@ def fleet_now(config: LWDConfig) -> tuple[str | None, list[str]]:
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS_S)
 def mark_rollout_started(config: LWDConfig, version: str) -> None:
-    tracking.set_version_tags(config, version, {"rollout": "started", "rollout_started_us": now_us()})
+    mlflow_adapter.tag_version(config, version, promotion.rollout_started(now_us()))
 
 
 @task
-def watch_canary(config: LWDConfig, release: Release, robots: list[str], baseline_version: str) -> tuple[bool, dict]:
+def watch_canary(config: LWDConfig, release: Release, robots: list[str],
+                 baseline_version: str) -> tuple[bool, CanaryReport]:
     """The canary subset gets the release; whether it may reach every robot, and the canary's report."""
     coordinator = publisher(config)
     canary = choose_canary(robots, config.fleet.canary_fraction)
@@ -82,34 +83,34 @@ def watch_canary(config: LWDConfig, release: Release, robots: list[str], baselin
     get_run_logger().info("canary: %s -> %s", ",".join(canary), release.version)
     verdict, report = judge_canary(coordinator, release, canary, baseline_version, config.rollout.canary_episodes,
                                    config.rollout.timeout_seconds, config.rollout.regression_tolerance)
-    return verdict.promote, report
+    return verdict.promote, CanaryReport(**report)
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS_S)
-def roll_back(config: LWDConfig, version: str, canary: dict) -> dict:
+def roll_back(config: LWDConfig, version: str, canary: CanaryReport) -> str | None:
     """Canary robots back on the stable release, alias ``champion`` back on the previous version; every
-    step is idempotent, the event goes last."""
+    step is idempotent, the event goes last. Returns the champion now."""
     publisher(config).end_canary()
-    previous = tracking.version_tags(config, version).get("previous_champion")
+    previous = mlflow_adapter.model_version(config, version).previous_champion
     if previous:
-        tracking.set_alias(config, tracking.CHAMPION, previous)
-    tracking.set_version_tags(config, version, {"approval": "rolled-back", "rollout": "rolled-back",
-                                                "rollback_reason": canary["reason"]})
+        mlflow_adapter.set_alias(config, CHAMPION, previous)
+    mlflow_adapter.tag_version(config, version, promotion.rolled_back(canary.reason))
     emit_model_event(ROLLOUT_ROLLED_BACK, config.tracking.registered_model, version,
-                     {"reason": canary["reason"], "champion": previous or "", **canary})
+                     {"champion": previous or "", **canary.model_dump()})
     get_run_logger().warning("rolled back v%s: %s", version, canary)
-    return {"status": "rolled-back", "champion": previous}
+    return previous
 
 
 @task
 def deploy_to_fleet(config: LWDConfig, release: Release, robots: list[str]) -> dict:
-    """Every robot gets the release; the live ``robots`` are waited for."""
+    """Every robot gets the release; the live ``robots`` are waited for. Returns the distribution
+    summary (status and latencies)."""
     return distribute(publisher(config), release, robots, config.rollout.timeout_seconds)
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS_S)
-def record_deployed(config: LWDConfig, version: str, result: dict) -> None:
-    tracking.set_version_tags(config, version, {"deployed_us": now_us(), "rollout": result["status"]})
-    shown = {k: v for k, v in result.items() if k != "distribution_latency_s"}
-    emit_model_event(ROLLOUT_COMPLETED, config.tracking.registered_model, version, shown)
-    get_run_logger().info("rollout v%s: %s", version, shown)
+def record_deployed(config: LWDConfig, result: RolloutResult) -> None:
+    mlflow_adapter.tag_version(config, result.version, promotion.deployed(result.status, now_us()))
+    shown = result.model_dump(mode="json", exclude={"distribution_latency_s"}, exclude_none=True)
+    emit_model_event(ROLLOUT_COMPLETED, config.tracking.registered_model, result.version, shown)
+    get_run_logger().info("rollout v%s: %s", result.version, shown)

@@ -187,7 +187,8 @@ def test_an_alias_moved_in_mlflow_ships_once_the_approval_is_recorded(stack):
     assert last_json(gate.stdout)["passed"] is True
     before = champion(config)
     promoted = last_json(lwd(env, "promote", "--model-version", version).stdout)
-    assert promoted == {"version": version, "promoted": True, "approved": False, "approval": "pending"}
+    assert (promoted["version"], promoted["promoted"], promoted["approved"], promoted["approval"]) == (
+        version, True, False, "pending")
     client = registry(config)
     assert str(client.get_model_version_by_alias(config.tracking.registered_model, "challenger").version) == version
     assert champion(config) == before, "promotion alone must not change the champion"
@@ -214,12 +215,12 @@ def test_a_version_that_failed_its_gate_is_refused_even_with_the_alias_moved(sta
     version = last_json(lwd(env, "train").stdout)["model_version"]
     registry(config).set_model_version_tag(config.tracking.registered_model, version, "gate", "fail")
     refused = lwd(env, "approve", version)
-    assert refused.returncode != 0 and "only versions that passed the gate" in refused.stderr
+    assert refused.returncode != 0 and "only versions that passed the evaluation gate can be approved" in refused.stderr
 
     before, fleet = champion(config), deployed_release(config)
     registry(config).set_registered_model_alias(config.tracking.registered_model, "champion", version)
     refused = lwd(env, "rollout", "--model-version", version)
-    assert refused.returncode != 0 and "only versions that passed the evaluation gate ship" in refused.stderr
+    assert refused.returncode != 0 and "only versions that passed the evaluation gate can ship" in refused.stderr
     watched = last_json(lwd(env, "watch-champion").stdout)
     assert watched["status"] == "refused" and champion(config) == before and deployed_release(config) == fleet
     assert versions(config)[version]["approval"] == "refused"

@@ -7,7 +7,6 @@ from lwd_core.gating import (
     gate_decision,
     gate_metrics,
     gate_table,
-    rollout_refusal,
 )
 
 
@@ -97,17 +96,8 @@ def test_checkpoint_evaluation_is_cached_and_paired_without_prefect(local_store)
     assert gate_decision(first, again, tolerance=0.05, min_success=0.0).passed
 
 
-def test_a_version_ships_only_as_champion_with_a_passed_gate_and_a_recorded_approval():
-    approved = {"gate": "pass", "approval": "approved"}
-    assert rollout_refusal("4", approved, champion="4") is None
-    assert "gate='fail'" in rollout_refusal("4", {**approved, "gate": "fail"}, champion="4")
-    assert "not the approved champion" in rollout_refusal("4", approved, champion="3")
-    # The alias moved in the MLflow UI, but nobody recorded the approval (the watcher does that).
-    assert "no reviewer's approval" in rollout_refusal("4", {"gate": "pass", "approval": "pending"}, champion="4")
-
-
 def test_the_gate_report_shows_each_task_against_the_champion_with_intervals():
-    from lwd_core.gating import gate_report_markdown
+    from lwd_core.gating import GateResult, gate_report_markdown
 
     def evaluation(rates: dict[str, float]) -> dict:
         tasks = {t: {"success_rate": r, "ci_low": r / 2, "ci_high": (1 + r) / 2, "episodes": 20} for t, r in rates.items()}
@@ -117,9 +107,9 @@ def test_the_gate_report_shows_each_task_against_the_champion_with_intervals():
 
     candidate, champion = evaluation({"swap-pair": 0.8, "restock-back": 0.5}), evaluation({"swap-pair": 0.6, "restock-back": 0.5})
     decision = gate_decision(candidate, champion, tolerance=0.05, min_success=0.0, champion="3")
-    report = gate_report_markdown("4", candidate, "3", champion, decision, "http://mlflow/#/runs/abc")
+    report = gate_report_markdown(GateResult.of("4", "3", decision, candidate, champion), "http://mlflow/#/runs/abc")
     assert "PASS (v4 vs champion v3)" in report and "| task | v4 | v3 | change |" in report
     assert "| swap-pair | 80% (40% to 90%, n=20) | 60% (30% to 80%, n=20) | +20 pts |" in report
     assert "| **mean** |" in report and report.endswith("http://mlflow/#/runs/abc")
-    first = gate_report_markdown("1", candidate, None, None, gate_decision(candidate, None, 0.05, 0.2))
+    first = gate_report_markdown(GateResult.of("1", None, gate_decision(candidate, None, 0.05, 0.2), candidate, None))
     assert "vs no champion" in first and "| swap-pair | 80% (40% to 90%, n=20) | - | - |" in first

@@ -268,7 +268,7 @@ def test_ingest_labels_what_it_buffers(local_store):
     assert report.count("accepted") == 3 and unlabelled_keys(local_store, "online") == []
     labels = read_labels(local_store, [report.labels_key])
     assert sorted(labels["episode_id"]) == sorted(e.episode_id for e in episodes)
-    assert report.summary()["intervention_steps"] == sum(int(e.interventions.sum()) for e in episodes)
+    assert report.summary().intervention_steps == sum(int(e.interventions.sum()) for e in episodes)
 
 
 def test_an_episode_the_labeller_fails_on_is_buffered_unlabelled_with_the_reason(local_store):
@@ -387,7 +387,7 @@ def test_ingest_reports_how_long_each_episode_waited_in_raw(local_store):
     assert report.count("accepted") == 3
     # Bounded by the clock around the call, however long a loaded machine takes over it.
     assert all(before - uploaded - 0.01 <= outcome.queued_s <= after - uploaded + 0.01 for outcome in report.outcomes)
-    assert report.summary()["queued_s"] == sorted(outcome.queued_s for outcome in report.outcomes)
+    assert report.summary().queued_s == sorted(outcome.queued_s for outcome in report.outcomes)
 
 
 def test_a_dead_workers_leases_lapse_and_others_take_over(local_store):

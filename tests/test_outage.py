@@ -93,6 +93,6 @@ def test_ingest_flow_retries_through_an_outage(flaky_s3, prefect_server, tmp_pat
     with temporary_settings({PREFECT_API_URL: prefect_server["url"]}):
         result = ingest(config=config)  # the listing task fails, retries after 1 s and 5 s, then succeeds
     restarted.join()
-    assert result["accepted"] == 4 and result["quarantined"] == 0
+    assert result.accepted == 4 and result.quarantined == 0
     buffered = sorted(k.rsplit("/", 1)[1].removesuffix(".parquet") for k in store.list("buffer/online", ".parquet"))
     assert buffered == sorted(e.episode_id for e in episodes)

@@ -30,6 +30,8 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from pydantic import BaseModel
+
 from lwd_core.data.episode import Episode, EpisodeFormatError, decode_episode
 from lwd_core.data.labels import labels_table
 from lwd_core.data.layout import (
@@ -83,6 +85,50 @@ class Outcome:
         return (self.ingested_us - self.uploaded_us) / 1e6
 
 
+class IngestSummary(BaseModel):
+    """Counts of one ingest batch, or of a whole ingest run (:meth:`total`)."""
+
+    seen: int = 0
+    accepted: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    transitions_accepted: int = 0
+    successes: int = 0
+    intervention_steps: int = 0
+    quarantine_reasons: dict[str, int] = {}  # reason (up to its first ':') -> episodes
+    latency_s: list[float] = []  # episode end -> buffer, per accepted episode, sorted
+    queued_s: list[float] = []  # upload -> buffer, per accepted episode, sorted
+
+    @classmethod
+    def total(cls, parts: list[IngestSummary]) -> IngestSummary:
+        counts = ("seen", "accepted", "quarantined", "duplicates", "transitions_accepted", "successes",
+                  "intervention_steps")
+        reasons: dict[str, int] = {}
+        for part in parts:
+            for reason, count in part.quarantine_reasons.items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        return cls(**{name: sum(getattr(part, name) for part in parts) for name in counts},
+                   quarantine_reasons=reasons, latency_s=sorted(x for part in parts for x in part.latency_s),
+                   queued_s=sorted(x for part in parts for x in part.queued_s))
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.successes / self.accepted if self.accepted else None
+
+
+class QuarantinedEpisode(BaseModel):
+    raw_key: str
+    reasons: list[str]
+
+
+class IngestBatch(BaseModel):
+    """What one micro-batch did, for the ingest flow: counts, its log's key, what was quarantined."""
+
+    summary: IngestSummary
+    log: str
+    quarantined: list[QuarantinedEpisode]
+
+
 @dataclass
 class IngestReport:
     outcomes: list[Outcome] = field(default_factory=list)
@@ -91,7 +137,7 @@ class IngestReport:
     def count(self, status: Status) -> int:
         return sum(o.status == status for o in self.outcomes)
 
-    def summary(self) -> dict:
+    def summary(self) -> IngestSummary:
         reasons: dict[str, int] = {}
         for outcome in self.outcomes:
             for reason in outcome.reasons:
@@ -100,12 +146,17 @@ class IngestReport:
         accepted = [o for o in self.outcomes if o.status == "accepted"]
         latencies = sorted(o.latency_s for o in accepted if o.latency_s is not None)
         queued = sorted(o.queued_s for o in accepted if o.queued_s is not None)
-        return {"seen": len(self.outcomes), "accepted": self.count("accepted"),
-                "quarantined": self.count("quarantined"), "duplicates": self.count("duplicate"),
-                "transitions_accepted": sum(o.steps for o in accepted),
-                "successes": sum(bool(o.success) for o in accepted),
-                "intervention_steps": sum(o.intervention_steps for o in accepted),
-                "quarantine_reasons": reasons, "latency_s": latencies, "queued_s": queued}
+        return IngestSummary(seen=len(self.outcomes), accepted=self.count("accepted"),
+                             quarantined=self.count("quarantined"), duplicates=self.count("duplicate"),
+                             transitions_accepted=sum(o.steps for o in accepted),
+                             successes=sum(bool(o.success) for o in accepted),
+                             intervention_steps=sum(o.intervention_steps for o in accepted),
+                             quarantine_reasons=reasons, latency_s=latencies, queued_s=queued)
+
+    def batch(self, log_key: str) -> IngestBatch:
+        return IngestBatch(summary=self.summary(), log=log_key,
+                           quarantined=[QuarantinedEpisode(raw_key=o.raw_key, reasons=o.reasons)
+                                        for o in self.outcomes if o.status == "quarantined"])
 
 
 def pending_raw(store: ObjectStore, limit: int = 0) -> list[str]:
@@ -508,5 +559,5 @@ def _labels(label: Labeller, accepted: list[tuple[Outcome, Episode]]) -> tuple[s
 def write_ingest_log(store: ObjectStore, report: IngestReport, run_name: str) -> str:
     """Per-batch record (counts, reasons, per-episode latency): the audit trail and latency source."""
     key = ingest_log_key(now_us(), run_name)
-    store.put_json(key, {"summary": report.summary(), "outcomes": [asdict(o) for o in report.outcomes]})
+    store.put_json(key, {"summary": report.summary().model_dump(), "outcomes": [asdict(o) for o in report.outcomes]})
     return key

@@ -10,13 +10,19 @@ training reads rewards from there (:mod:`lwd_core.algo.transition_cache`).
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from pydantic import BaseModel, ConfigDict
 
 from lwd_core.data.episode import Episode
-from lwd_core.data.layout import BufferKind, buffer_prefix, get_episode, labels_key, labels_prefix
+from lwd_core.data.layout import (
+    BufferKind,
+    buffer_prefix,
+    get_episode,
+    labels_key,
+    labels_prefix,
+)
 from lwd_core.data.nstep import NStepSchedule, discounted_return
 from lwd_core.store import ObjectStore, now_us
 from lwd_core.suite import get_task, sparse_rewards
@@ -73,8 +79,11 @@ def write_labels(store: ObjectStore, kind: BufferKind, rows: list[dict]) -> str 
     return key
 
 
-@dataclass(frozen=True)
-class LabelReport:
+class LabelReport(BaseModel):
+    """What one labelling pass wrote for a buffer: episodes labelled and their table (None: nothing new)."""
+
+    model_config = ConfigDict(frozen=True)
+
     kind: BufferKind
     labelled: int
     table: str | None
@@ -82,10 +91,17 @@ class LabelReport:
     intervention_steps: int
 
 
+class LabellingResult(BaseModel):
+    """The label-rewards flow's result: one report per buffer."""
+
+    offline: LabelReport
+    online: LabelReport
+
+
 def label_buffer(store: ObjectStore, kind: BufferKind, gamma: float, schedule: NStepSchedule) -> LabelReport:
     """Label every buffered episode of ``kind`` that no table labels yet, as one new table."""
     rows = [label_episode(get_episode(store, key), gamma, schedule) for key in unlabelled_keys(store, kind)]
-    return LabelReport(kind, len(rows), write_labels(store, kind, rows),
+    return LabelReport(kind=kind, labelled=len(rows), table=write_labels(store, kind, rows),
                        successes=sum(row["outcome"] == "success" for row in rows),
                        intervention_steps=sum(row["intervention_steps"] for row in rows))
 

@@ -54,9 +54,21 @@ class Snapshot(BaseModel):
         """The episodes of one buffer that training may use, in manifest order."""
         return [entry for entry in self.episodes if entry.kind == kind and entry.label_table is not None]
 
-    def summary(self) -> dict:
-        return {"snapshot_id": self.snapshot_id, "parent": self.parent, "stats": self.stats,
-                "unlabelled": self.unlabelled, "episodes": len(self.episodes)}
+    def summary(self) -> SnapshotSummary:
+        return SnapshotSummary(snapshot_id=self.snapshot_id, parent=self.parent, stats=self.stats,
+                               unlabelled=self.unlabelled, episodes=len(self.episodes))
+
+
+class SnapshotSummary(BaseModel):
+    """A snapshot without its episode list: what the snapshot flow returns."""
+
+    model_config = ConfigDict(frozen=True)
+
+    snapshot_id: str
+    parent: str | None
+    stats: dict[str, dict[str, dict[str, int]]]
+    unlabelled: int
+    episodes: int
 
 
 def _listed(store: ObjectStore, kind: BufferKind) -> list[tuple[str, str, str]]:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel
 
 from lwd_core.data.episode import Episode
 from lwd_core.data.layout import buffer_key, dataset_report_key, put_episode
@@ -165,12 +166,22 @@ class DatasetReport:
                     mine[kind] = mine.get(kind, 0) + amount
         self.keys += other.keys
 
-    def summary(self, long_tasks: set[str]) -> dict:
+    def summary(self, long_tasks: set[str]) -> DatasetSummary:
         total = sum(sum(row.values()) for row in self.steps.values()) or 1
         by_kind = {k: sum(row.get(k, 0) for row in self.steps.values()) / total for k in KINDS}
         long = sum(sum(row.values()) for t, row in self.steps.items() if t in long_tasks) / total
-        return {"steps": total, "hours": total * CONTROL_PERIOD_S / 3600, "share_by_kind": by_kind,
-                "long_share": long, "episodes": sum(sum(row.values()) for row in self.episodes.values())}
+        return DatasetSummary(steps=total, hours=total * CONTROL_PERIOD_S / 3600, share_by_kind=by_kind,
+                              long_share=long, episodes=sum(sum(row.values()) for row in self.episodes.values()))
+
+
+class DatasetSummary(BaseModel):
+    """The mix an offline dataset achieved (what ``generate-offline`` returns)."""
+
+    steps: int
+    hours: float
+    share_by_kind: dict[str, float]  # demo / failure / play, as shares of the steps
+    long_share: float  # steps on long-horizon tasks
+    episodes: int
 
 
 def generate_allocation(
@@ -210,6 +221,6 @@ def generate_allocation(
 def write_dataset_report(store: ObjectStore, report: DatasetReport, tasks: Iterable[TaskSpec], mix: OfflineMix) -> dict:
     tasks = list(tasks)
     document = {**asdict(report), "mix": asdict(mix),
-                "achieved": report.summary({t.task_id for t in tasks if t.group == "long"})}
+                "achieved": report.summary({t.task_id for t in tasks if t.group == "long"}).model_dump()}
     store.put_json(dataset_report_key(), document)
     return document

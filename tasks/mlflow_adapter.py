@@ -1,11 +1,12 @@
-"""MLflow: runs, the policy model registry, and the approval aliases reviewers move.
+"""The MLflow adapter: every call the flywheel makes to MLflow (runs, the policy model registry, the
+aliases reviewers move). Tasks call it; flows call tasks. It holds no Prefect task itself.
 
 Registry conventions (MLflow 3: aliases and tags replace stages):
 - alias ``challenger``: a candidate that passed the evaluation gate, awaiting review;
 - alias ``champion``: the approved model the fleet runs (moved by a reviewer in the MLflow UI,
   by ``lwd approve``, or by the flywheel only when auto-approve is explicitly on);
-- version tags: ``snapshot_id``, ``checkpoint`` (store prefix), ``policy_sha256``, ``gate``
-  (pending/pass/fail), ``approval`` (pending/approved/rejected/rolled-back), ``approved_by``.
+- version tags: what :class:`lwd_core.promotion.ModelVersion` reads and the transitions in
+  :mod:`lwd_core.promotion` write.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from lwd_core import promotion
 from lwd_core.config import LWDConfig
 from lwd_core.data.layout import POLICY_FILE, SPEC_FILE
+from lwd_core.gating import GateResult
+from lwd_core.promotion import ModelVersion, TrainedVersion
 from lwd_core.store import COMMIT_MANIFEST, ObjectStore, commit_manifest_key
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+if TYPE_CHECKING:
+    from lwd_core.algo.trainer import TrainingPlan, TrainResult
+
 MODEL_CODE = str(Path(__file__).with_name("mlflow_policy.py"))
 
 
@@ -80,7 +86,8 @@ def policy_input_example():
     return pd.DataFrame({"obs": [[0.0] * OBS_DIM], "instruction": [TASK_SUITE[0].instruction]})
 
 
-def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, tags: dict[str, str]) -> str:
+def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, policy_sha256: str, snapshot_id: str,
+                    stage: str, run_id: str) -> str:
     """Log the checkpoint's policy as a pyfunc model (a LoggedModel) in the active run and register a
     version. The model carries ``lwd_core`` as code, a signature and an input example: it loads with
     ``mlflow.pyfunc.load_model("models:/<name>@champion")`` outside this repository."""
@@ -102,20 +109,21 @@ def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, tags
             input_example=policy_input_example(),
             pip_requirements=[f"{package}=={installed(package)}" for package in MODEL_REQUIREMENTS],
             registered_model_name=name, model_type="flow-policy",
-            params={"checkpoint": checkpoint, "policy_sha256": tags["policy_sha256"]},
-            tags={"snapshot_id": tags["snapshot_id"], "stage": tags["stage"]})
+            params={"checkpoint": checkpoint, "policy_sha256": policy_sha256},
+            tags={"snapshot_id": snapshot_id, "stage": stage})
     version = str(info.registered_model_version)
-    mlflow_client = client(config)
-    for key, value in {**tags, "gate": "pending", "approval": "pending", "model_id": info.model_id}.items():
-        mlflow_client.set_model_version_tag(name, version, key, str(value))
+    tag_version(config, version, promotion.registered(snapshot_id, checkpoint, policy_sha256, stage, run_id,
+                                                      info.model_id))
     return version
 
 
-def version_tags(config: LWDConfig, version: str) -> dict[str, str]:
-    return dict(client(config).get_model_version(config.tracking.registered_model, version).tags)
+def model_version(config: LWDConfig, version: str) -> ModelVersion:
+    found = client(config).get_model_version(config.tracking.registered_model, version)
+    return ModelVersion.from_tags(str(found.version), dict(found.tags))
 
 
-def set_version_tags(config: LWDConfig, version: str, tags: dict[str, Any]) -> None:
+def tag_version(config: LWDConfig, version: str, tags: dict[str, str]) -> None:
+    """Apply one transition's tag update (:mod:`lwd_core.promotion`) to a registry version."""
     mlflow_client = client(config)
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(config.tracking.registered_model, version, key, str(value))
@@ -143,18 +151,8 @@ def delete_alias(config: LWDConfig, alias: str) -> None:
         pass
 
 
-def release_name(version: str) -> str:
-    """The name actors and episodes carry for a registry version."""
-    return f"policy-v{version}"
-
-
-def version_of_release(release: str | None) -> str | None:
-    """The registry version a release name stands for (the inverse of :func:`release_name`)."""
-    return release.removeprefix("policy-v") if release and release.startswith("policy-v") else None
-
-
 @contextmanager
-def training_run(config: LWDConfig, plan: Any, store_uri: str = "") -> Iterator[Callable[[int, dict[str, float]], None]]:
+def training_run(config: LWDConfig, plan: TrainingPlan, store_uri: str = "") -> Iterator[Callable[[int, dict[str, float]], None]]:
     """An MLflow run for one :class:`~lwd_core.algo.trainer.TrainingPlan`: its plan as parameters
     and tags, the snapshot as its input dataset (``store_uri``: the snapshot manifest's address), CPU/GPU
     and memory as system metrics; yields the metric logger the training loop calls."""
@@ -190,24 +188,24 @@ def log_snapshot_input(mlflow, store_uri: str, snapshot_id: str) -> None:
 def pending_candidate(config: LWDConfig) -> str | None:
     """The newest registered version that has not been gated yet."""
     versions = client(config).search_model_versions(f"name='{config.tracking.registered_model}'")
-    pending = [int(v.version) for v in versions if v.tags.get("gate") == "pending"]
+    pending = [int(v.version) for v in versions if v.tags.get("gate") == promotion.GateStatus.PENDING]
     return str(max(pending)) if pending else None
 
 
-def log_gate_run(config: LWDConfig, decision: dict, verdict: Any) -> None:
+def log_gate_run(config: LWDConfig, gate: GateResult) -> None:
     """A gate run: the decision (``gate.json``), success metrics, and the reviewer's evidence."""
     from lwd_core.gating import gate_metrics
 
     mlflow = mlflow_setup(config)
-    candidate, champion = decision["candidate"], decision["champion"]
-    with mlflow.start_run(run_name=f"gate-v{candidate}"):
-        mlflow.set_tags({"kind": "gate", "candidate": candidate, "champion": champion or "", "passed": verdict.passed})
-        mlflow.log_metrics(gate_metrics(decision["candidate_eval"], decision["champion_eval"]))
-        mlflow.log_dict(decision, "gate.json")
-        log_gate_evidence(config, candidate, decision, verdict)
+    with mlflow.start_run(run_name=f"gate-v{gate.candidate}"):
+        mlflow.set_tags({"kind": "gate", "candidate": gate.candidate, "champion": gate.champion or "",
+                         "passed": gate.passed})
+        mlflow.log_metrics(gate_metrics(gate.candidate_eval, gate.champion_eval))
+        mlflow.log_dict(gate.model_dump(mode="json"), "gate.json")
+        log_gate_evidence(config, gate)
 
 
-def log_gate_evidence(config: LWDConfig, candidate: str, decision: dict, verdict: Any) -> None:
+def log_gate_evidence(config: LWDConfig, gate: GateResult) -> None:
     """Inside the gate's run: the per-task bar plot with intervals, and the reviewer's table as the
     model version's description, linking back to this run."""
     import mlflow
@@ -215,13 +213,12 @@ def log_gate_evidence(config: LWDConfig, candidate: str, decision: dict, verdict
     from lwd_core.gating import gate_report_markdown
 
     run = mlflow.active_run()
-    mlflow.log_figure(gate_plot(candidate, decision["candidate_eval"], decision["champion"],
-                                decision["champion_eval"]), "gate_success_by_task.png")
+    mlflow.log_figure(gate_plot(gate.candidate, gate.candidate_eval, gate.champion, gate.champion_eval),
+                      "gate_success_by_task.png")
     run_url = f"{config.tracking.ui_url.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-    report = gate_report_markdown(candidate, decision["candidate_eval"], decision["champion"],
-                                  decision["champion_eval"], verdict, run_url)
-    client(config).update_model_version(config.tracking.registered_model, candidate, description=report)
-    set_version_tags(config, candidate, {"gate_run_id": run.info.run_id})
+    report = gate_report_markdown(gate, run_url)
+    client(config).update_model_version(config.tracking.registered_model, gate.candidate, description=report)
+    tag_version(config, gate.candidate, promotion.gate_evidence(run.info.run_id))
 
 
 def gate_plot(candidate: str, candidate_eval: dict, champion: str | None, champion_eval: dict | None):
@@ -253,7 +250,7 @@ def gate_plot(candidate: str, candidate_eval: dict, champion: str | None, champi
     return figure
 
 
-def checkpoint_logger(store: ObjectStore, plan: Any) -> Callable[[str, int], None]:
+def checkpoint_logger(store: ObjectStore, plan: TrainingPlan) -> Callable[[str, int], None]:
     """Inside :func:`training_run`: each committed checkpoint becomes a LoggedModel of the run (an
     external one: the bytes stay in the object store, named by key and policy hash). The final
     checkpoint is logged as the pyfunc model :func:`register_policy` registers instead."""
@@ -271,7 +268,7 @@ def checkpoint_logger(store: ObjectStore, plan: Any) -> Callable[[str, int], Non
     return log
 
 
-def finish_training_run(config: LWDConfig, store: ObjectStore, plan: Any, result: Any, seconds: float) -> dict:
+def finish_training_run(config: LWDConfig, store: ObjectStore, plan: TrainingPlan, result: TrainResult, seconds: float) -> TrainedVersion:
     """Inside :func:`training_run`: per-task values, throughput, the checkpoint manifest, and a registered
     model version for the checkpoint. Returns what the flows pass on."""
     import mlflow
@@ -288,9 +285,31 @@ def finish_training_run(config: LWDConfig, store: ObjectStore, plan: Any, result
     manifest = store.get_json(commit_manifest_key(result.checkpoint))
     mlflow.log_dict(manifest, f"checkpoint/{COMMIT_MANIFEST}")
     mlflow.set_tag("checkpoint", store.uri(result.checkpoint))
-    version = register_policy(config, store, result.checkpoint, tags={
-        "snapshot_id": plan.snapshot_id, "checkpoint": result.checkpoint,
-        "policy_sha256": manifest["files"][POLICY_FILE]["sha256"], "stage": plan.kind, "run_id": run.info.run_id})
-    return {"checkpoint": result.checkpoint, "model_version": version, "run_id": run.info.run_id, "stage": plan.kind,
-            "snapshot_id": plan.snapshot_id, "steps": plan.steps, "seconds": seconds,
-            "final_metrics": result.history[-1] if result.history else {}}
+    version = register_policy(config, store, result.checkpoint, manifest["files"][POLICY_FILE]["sha256"],
+                              plan.snapshot_id, plan.kind, run.info.run_id)
+    return TrainedVersion(model_version=version, checkpoint=result.checkpoint, run_id=run.info.run_id,
+                          stage=plan.kind, snapshot_id=plan.snapshot_id, steps=plan.steps, seconds=seconds,
+                          final_metrics=result.history[-1] if result.history else {})
+
+
+def log_experiment(config: LWDConfig, experiment_id: str, results: dict, table: str, plot: Path) -> str:
+    """``lwd experiment``'s record: a parent run (settings, table, plot, tests) and a nested run per arm
+    with success against fleet hours (the round as the step). Returns the parent run's id."""
+    mlflow = mlflow_setup(config)
+    with mlflow.start_run(run_name=experiment_id) as run:
+        mlflow.set_tags({"kind": "experiment"})
+        mlflow.log_params({"experiment." + k: str(v) for k, v in config.experiment.model_dump().items()})
+        mlflow.log_params({"algo." + k: str(v) for k, v in config.algo.model_dump().items()})
+        for key, arm in results["arms"].items():
+            with mlflow.start_run(run_name=f"{experiment_id}-{key}", nested=True):
+                mlflow.set_tags({"kind": "experiment-arm", "arm": arm["label"]})
+                for point in arm["curve"]:
+                    mlflow.log_metrics({"success": point["success"], "fleet_hours": point["fleet_hours"]},
+                                       step=point["round"])
+                mlflow.log_metric("final_success", arm["final"]["success"])
+                if key in results["comparisons"]:
+                    mlflow.log_metric("p_value_vs_reference", results["comparisons"][key]["p_value"])
+        mlflow.log_dict(results, "results.json")
+        mlflow.log_text(table, "results.md")
+        mlflow.log_artifact(str(plot))
+        return run.info.run_id

@@ -1,0 +1,293 @@
+"""The promotion state machine of a registered policy version, typed: what its registry tags mean,
+which moves are allowed, and what the promotion flows return.
+
+A version is registered with gate ``pending`` and approval ``pending``. The gate sets ``pass`` or
+``fail``. Only a version that passed can become the challenger, be approved, or ship
+(:meth:`ModelVersion.require_passed_gate` is the one place that says so). A reviewer approves
+(alias ``champion``) or rejects; an approved version is later ``superseded`` by the next one, or
+``rolled-back`` by its canary; alias ``champion`` moved onto a version that did not pass is ``refused``.
+
+The registry itself (MLflow) is reached only through ``tasks/mlflow_adapter.py``; the tag names
+below are the only place its tags are spelled.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, ValidationError, computed_field
+
+CHAMPION, CHALLENGER = "champion", "challenger"  # registry aliases
+RELEASE_PREFIX = "policy-v"
+
+
+def release_name(version: str) -> str:
+    """The name actors and episodes carry for a registry version."""
+    return f"{RELEASE_PREFIX}{version}"
+
+
+def version_of_release(release: str | None) -> str | None:
+    """The registry version a release name stands for (the inverse of :func:`release_name`)."""
+    return release.removeprefix(RELEASE_PREFIX) if release and release.startswith(RELEASE_PREFIX) else None
+
+
+class GateStatus(StrEnum):
+    PENDING = "pending"
+    PASS = "pass"
+    FAIL = "fail"
+
+
+class Approval(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"  # was approved; a later approval replaced it
+    ROLLED_BACK = "rolled-back"  # was approved; its canary regressed
+    REFUSED = "refused"  # alias champion was moved onto it though its gate did not pass
+
+    @property
+    def decided(self) -> bool:
+        return self is not Approval.PENDING
+
+    @property
+    def review_over(self) -> bool:
+        """Its turn has passed: it is never reviewed again."""
+        return self in (Approval.SUPERSEDED, Approval.ROLLED_BACK, Approval.REFUSED)
+
+
+class GateNotPassed(ValueError):
+    """A promotion step was asked of a version whose evaluation gate did not pass."""
+
+
+class ModelVersion(BaseModel):
+    """A registry version as the promotion reads it (its tags, typed). Tags the flywheel does not know
+    are ignored; a known tag with a value that is not allowed is an error naming the tag."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: str
+    snapshot_id: str = ""
+    checkpoint: str = ""
+    policy_sha256: str = ""
+    stage: str = ""
+    run_id: str = ""
+    gate: GateStatus | None = None  # None: registered outside the flywheel
+    gate_mean_success: float | None = None
+    gate_run_id: str = ""
+    approval: Approval | None = None
+    previous_champion: str | None = None
+    approved_by: str = ""
+    approval_comment: str = ""
+    approved_us: int | None = None
+    rejected_by: str = ""
+    rejection_reason: str = ""
+    review_requested_us: int | None = None
+    rollout: str = ""
+
+    @classmethod
+    def from_tags(cls, version: str, tags: dict[str, str]) -> ModelVersion:
+        known = {name: value for name, value in tags.items() if name in cls.model_fields and value != ""}
+        try:
+            return cls(version=str(version), **known)
+        except ValidationError as exc:
+            problems = "; ".join(f"tag {'.'.join(map(str, e['loc']))}={e['input']!r}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"v{version} has registry tags the flywheel cannot read: {problems}") from None
+
+    @property
+    def release(self) -> str:
+        return release_name(self.version)
+
+    @property
+    def passed_gate(self) -> bool:
+        return self.gate is GateStatus.PASS
+
+    def require_passed_gate(self, step: str) -> None:
+        """The rule every promotion step shares: only a version that passed its gate goes further."""
+        if not self.passed_gate:
+            raise GateNotPassed(f"v{self.version} has gate={self.gate_label!r}: only versions that passed the "
+                                f"evaluation gate can {step}")
+
+    @property
+    def gate_label(self) -> str | None:
+        return None if self.gate is None else self.gate.value
+
+    def shipping_refusal(self, champion: str | None) -> str | None:
+        """Why this version must not reach the fleet, or None: it passed its gate, it is the champion, and
+        a reviewer's approval is recorded. Moving the alias alone is not enough."""
+        try:
+            self.require_passed_gate("ship")
+        except GateNotPassed as refusal:
+            return str(refusal)
+        if champion != self.version:
+            return f"v{self.version} is not the approved champion (champion: {champion or 'none'}); approve it first"
+        if self.approval is not Approval.APPROVED:
+            return (f"v{self.version} has approval={None if self.approval is None else self.approval.value!r}: "
+                    "no reviewer's approval is recorded")
+        return None
+
+
+# The tag updates of each transition: the only place the registry's tags are written from.
+
+def registered(snapshot_id: str, checkpoint: str, policy_sha256: str, stage: str, run_id: str,
+               model_id: str) -> dict[str, str]:
+    return {"snapshot_id": snapshot_id, "checkpoint": checkpoint, "policy_sha256": policy_sha256, "stage": stage,
+            "run_id": run_id, "model_id": model_id, "gate": GateStatus.PENDING, "approval": Approval.PENDING}
+
+
+def gated(passed: bool, mean_success: float) -> dict[str, str]:
+    return {"gate": GateStatus.PASS if passed else GateStatus.FAIL, "gate_mean_success": f"{mean_success:.3f}"}
+
+
+def gate_evidence(gate_run_id: str) -> dict[str, str]:
+    return {"gate_run_id": gate_run_id}
+
+
+def challenger(previous_champion: str | None) -> dict[str, str]:
+    return {"approval": Approval.PENDING, "previous_champion": previous_champion or ""}
+
+
+def review_requested(at_us: int) -> dict[str, str]:
+    return {"review_requested_us": str(at_us)}
+
+
+def approved(reviewer: str, comment: str, previous_champion: str | None, at_us: int) -> dict[str, str]:
+    return {"approval": Approval.APPROVED, "approved_by": reviewer, "approval_comment": comment[:500],
+            "approved_us": str(at_us), "previous_champion": previous_champion or ""}
+
+
+def superseded() -> dict[str, str]:
+    return {"approval": Approval.SUPERSEDED}
+
+
+def rejected(reviewer: str, reason: str, at_us: int) -> dict[str, str]:
+    return {"approval": Approval.REJECTED, "rejected_by": reviewer, "rejection_reason": reason[:500],
+            "rejected_us": str(at_us)}
+
+
+def refused(reason: str) -> dict[str, str]:
+    return {"approval": Approval.REFUSED, "refusal_reason": reason}
+
+
+def rollout_started(at_us: int) -> dict[str, str]:
+    return {"rollout": "started", "rollout_started_us": str(at_us)}
+
+
+def rolled_back(reason: str) -> dict[str, str]:
+    return {"approval": Approval.ROLLED_BACK, "rollout": "rolled-back", "rollback_reason": reason}
+
+
+def deployed(status: str, at_us: int) -> dict[str, str]:
+    return {"rollout": status, "deployed_us": str(at_us)}
+
+
+# What the promotion flows return (the Prefect UI shows them; `lwd` prints them as JSON).
+
+class Result(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class TrainedVersion(Result):
+    """A training run's registered candidate."""
+
+    model_version: str
+    checkpoint: str
+    run_id: str
+    stage: str
+    snapshot_id: str
+    steps: int
+    seconds: float
+    final_metrics: dict[str, float] = {}
+
+
+class CanaryReport(Result):
+    robots: list[str]
+    episodes: int
+    success_rate: float
+    baseline_version: str
+    baseline_success_rate: float
+    baseline_episodes: int
+    watched: bool
+    reason: str
+
+
+class RolloutStatus(StrEnum):
+    ALREADY_DEPLOYED = "already-deployed"
+    DEPLOYED = "deployed"
+    DEPLOYED_PARTIALLY = "deployed-partially"  # some live robots did not confirm in time
+    ROLLED_BACK = "rolled-back"
+
+
+class RolloutResult(Result):
+    version: str
+    status: RolloutStatus
+    release: str = ""
+    live_robots: list[str] = []
+    canary: CanaryReport | None = None
+    champion: str | None = None  # after a rollback: the version alias champion is back on
+    distribution_latency_s: list[float] = []
+    distribution_latency_p50_s: float | None = None
+    distribution_latency_p99_s: float | None = None
+
+
+class PromotionResult(Result):
+    version: str
+    promoted: bool  # it is (or was) the challenger
+    approval: Approval | None = None
+    approved_by: str = ""
+    reason: str = ""  # why it was not promoted
+
+    @computed_field
+    @property
+    def approved(self) -> bool:
+        return self.approval is Approval.APPROVED
+
+
+class ApprovalResult(Result):
+    champion: str
+    previous: str | None
+    approved_by: str
+    resumed_review: str | None = None  # the review flow run this approval answered
+
+
+class RejectionResult(Result):
+    version: str
+    rejected_by: str
+    reason: str
+    resumed_review: str | None = None
+    approval: Approval = Approval.REJECTED
+
+
+class ReviewStatus(StrEnum):
+    REFUSED = "refused"  # did not pass its gate
+    AWAITING = "awaiting review"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"
+    ROLLED_BACK = "rolled-back"
+
+
+class ReviewResult(Result):
+    version: str
+    status: ReviewStatus
+    reviewer: str = ""
+    reason: str = ""
+    rollout: RolloutResult | None = None
+
+
+class WatchStatus(StrEnum):
+    NO_CHAMPION = "no champion"
+    NOTHING_TO_SHIP = "nothing to ship"
+    REFUSED = "refused"
+    LEFT_TO_REVIEW = "left to its review run"
+    REVIEW_RESUMED = "review resumed"
+    SHIPPED = "shipped"
+
+
+class WatchResult(Result):
+    status: WatchStatus
+    version: str | None = None
+    reason: str = ""
+    champion: str | None = None  # after a refusal: where alias champion was put back
+    flow_run: str = ""
+    rollout: RolloutResult | None = None
+
