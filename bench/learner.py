@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lwd_core.algo.agents import AGENTS
 from lwd_core.algo.learner import BATCH_KEYS, Learner, LearnerSpec
 from lwd_core.algo.text import MAX_TOKENS
+from lwd_core.algo.update_loop import LOG_EVERY
 from lwd_core.config import AlgoConfig
 
 
@@ -59,8 +60,8 @@ def main() -> None:
     parser.add_argument("--compare-qam", default="", metavar="PATH",
                         help="a local checkout of github.com/ColinQiyangLi/qam to time side by side")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds with --compare-qam")
-    parser.add_argument("--window", type=int, default=10,
-                        help="updates fused per call (lax.scan), as training fuses each logging window")
+    parser.add_argument("--window", type=int, default=LOG_EVERY,
+                        help="updates fused per call (lax.scan); default: as training fuses each logging window")
     parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="matmul dtype of our hidden layers (algo.compute_dtype); the reference stays float32")
     args = parser.parse_args()

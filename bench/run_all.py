@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 
 QUICK = {
     "ingest": ["--episodes", "40", "--repeats", "1"],
-    "learner": ["--hidden", "64", "--heads", "2", "--steps", "2", "--rounds", "1"],
+    "learner": ["--hidden", "64", "--heads", "2", "--steps", "2", "--window", "2", "--rounds", "1"],
     "memory": ["--sizes", "2000", "4000", "--capacity", "3000"],
     "scale": ["--robots", "4", "--seconds", "15"],
     "eval_throughput": ["--episodes", "1", "--max-steps", "20"],

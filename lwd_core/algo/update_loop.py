@@ -17,6 +17,8 @@ from lwd_core.algo.replay import MixedReplay
 # Runs this long fuse each logging window into one call (lax.scan); shorter ones do not pay for a
 # second compilation of the update.
 FUSE_FROM_STEPS = 500
+# Updates per logging window, and so per fused call in a long run.
+LOG_EVERY = 50
 MetricsLogger = Callable[[int, dict[str, float]], None]
 
 
@@ -32,7 +34,7 @@ def run_updates(
     replay: MixedReplay,
     steps: int,
     batch_size: int,
-    log_every: int = 50,
+    log_every: int = LOG_EVERY,
     on_log: MetricsLogger | None = None,
     mesh: Any = None,
     phase: Phase = "train",
