@@ -11,8 +11,7 @@ from lwd_core import promotion
 from lwd_core.config import LWDConfig
 from lwd_core.gating import GateResult, gate_table
 from tasks import mlflow_adapter
-
-RETRY_DELAYS_S = [1, 5, 20]
+from tasks.retries import RETRY_DELAYS_S
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS_S)

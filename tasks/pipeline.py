@@ -25,6 +25,7 @@ from lwd_core.store import open_store
 from lwd_core.suite import fleet_robot_ids, select_tasks
 from tasks import mlflow_adapter
 from tasks.progress import progress
+from tasks.retries import RETRY_DELAYS_S
 
 
 def fleet_ids(config: LWDConfig) -> list[str]:
@@ -45,13 +46,13 @@ def expectations(config: LWDConfig) -> Expectations:
                                   teleoperators=config.fleet.teleoperators)
 
 
-@task(retries=3, retry_delay_seconds=[1, 5, 20])
+@task(retries=3, retry_delay_seconds=RETRY_DELAYS_S)
 def count_uploaded(config: LWDConfig) -> int:
     """Uploads waiting in raw/ (retried: the object store may be briefly unreachable)."""
     return len(pending_raw(open_store(config)))
 
 
-@task(retries=3, retry_delay_seconds=[1, 5, 20], task_run_name="ingest-batch-{index}")
+@task(retries=3, retry_delay_seconds=RETRY_DELAYS_S, task_run_name="ingest-batch-{index}")
 def ingest_next_batch(config: LWDConfig, owner: str, index: int, batch_size: int = 64,
                       lease_s: float = 120.0) -> IngestBatch | None:
     """One micro-batch from the shards of raw/ this worker leases (retried: the object store may be

@@ -16,8 +16,8 @@ from lwd_core.promotion import CHALLENGER, CHAMPION, ModelVersion
 from lwd_core.store import now_us
 from tasks import mlflow_adapter
 from tasks.events import AWAITING_REVIEW, ROLLOUT_REFUSED, emit_model_event
+from tasks.retries import RETRY_DELAYS_S
 
-RETRY_DELAYS_S = [1, 5, 20]
 REVIEW_FLOW = "review"
 
 

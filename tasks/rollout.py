@@ -21,13 +21,7 @@ from lwd_core.security import keyring_for, release_signer
 from lwd_core.store import ObjectStore, open_store
 from tasks import mlflow_adapter
 from tasks.events import ROLLOUT_COMPLETED, ROLLOUT_ROLLED_BACK, emit_model_event
-
-RETRY_DELAYS_S = [1, 5, 20]
-
-
-def unless_refused(task, task_run, state) -> bool:
-    """Retry what may pass next time (the registry or store briefly unreachable), never a refusal."""
-    return not isinstance(state.result(raise_on_failure=False), PermissionError | ValueError)
+from tasks.retries import RETRY_DELAYS_S, unless_refused
 
 
 def publisher(config: LWDConfig) -> Coordinator:
