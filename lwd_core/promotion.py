@@ -93,6 +93,11 @@ class ModelVersion(BaseModel):
             problems = "; ".join(f"tag {'.'.join(map(str, e['loc']))}={e['input']!r}: {e['msg']}" for e in exc.errors())
             raise ValueError(f"v{version} has registry tags the flywheel cannot read: {problems}") from None
 
+    @staticmethod
+    def awaits_gate(tags: dict[str, str]) -> bool:
+        """From raw tags (a registry search), without reading the rest: gate not run yet."""
+        return tags.get("gate") == GateStatus.PENDING
+
     @property
     def release(self) -> str:
         return release_name(self.version)
@@ -173,10 +178,10 @@ def rollout_started(at_us: int) -> dict[str, str]:
 
 
 def rolled_back(reason: str) -> dict[str, str]:
-    return {"approval": Approval.ROLLED_BACK, "rollout": "rolled-back", "rollback_reason": reason}
+    return {"approval": Approval.ROLLED_BACK, "rollout": RolloutStatus.ROLLED_BACK, "rollback_reason": reason}
 
 
-def deployed(status: str, at_us: int) -> dict[str, str]:
+def deployed(status: RolloutStatus, at_us: int) -> dict[str, str]:
     return {"rollout": status, "deployed_us": str(at_us)}
 
 

@@ -188,7 +188,7 @@ def log_snapshot_input(mlflow, store_uri: str, snapshot_id: str) -> None:
 def pending_candidate(config: LWDConfig) -> str | None:
     """The newest registered version that has not been gated yet."""
     versions = client(config).search_model_versions(f"name='{config.tracking.registered_model}'")
-    pending = [int(v.version) for v in versions if v.tags.get("gate") == promotion.GateStatus.PENDING]
+    pending = [int(v.version) for v in versions if ModelVersion.awaits_gate(v.tags)]
     return str(max(pending)) if pending else None
 
 

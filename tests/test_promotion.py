@@ -34,6 +34,7 @@ def test_a_registered_version_waits_for_its_gate_and_cannot_be_promoted_before()
     version = walk("4", REGISTERED)
     assert version.gate is GateStatus.PENDING and version.approval is Approval.PENDING
     assert version.checkpoint == "checkpoints/run-1/step-00000010" and version.release == "policy-v4"
+    assert ModelVersion.awaits_gate({"gate": "pending"}) and not ModelVersion.awaits_gate({"gate": "pass"})
     with pytest.raises(GateNotPassed, match="v4 has gate='pending'.*can be approved"):
         version.require_passed_gate("be approved")
 
