@@ -62,7 +62,7 @@ class SyntheticActor(Actor):
     """The production actor with its robots' physics replaced by recorded episodes."""
 
     def __init__(self, *args, templates: dict, episode_s: float, **kwargs):
-        super().__init__(*args, intervene=False, **kwargs)
+        super().__init__(*args, human=None, **kwargs)
         self.templates, self.episode_s = templates, episode_s
         self._rng_np = np.random.default_rng(0)
 

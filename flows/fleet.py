@@ -172,7 +172,7 @@ def actor_main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    actor = Actor(store, edge, tasks, intervene=config.fleet.intervention, seed=config.algo.seed,
+    actor = Actor(store, edge, tasks, human=config.fleet.human, seed=config.algo.seed,
                   max_steps=config.fleet.max_episode_steps or None, poll_s=config.fleet.poll_seconds,
                   verify_release=release_verifier(keyring), realtime_factor=config.fleet.realtime_factor,
                   floor_dir=Path(config.data_dir) / FLOOR_DIR)  # per host: robots may move between processes

@@ -97,6 +97,44 @@ class OrchestrationConfig(_Section):
     work_pool: str = "lwd-process"
 
 
+class HumanConfig(BaseModel):
+    """The person who watches the fleet's rollouts and takes over (times in seconds of robot time;
+    behaviour in lwd_core/sim/teleop.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # "realistic": a person with the limits below. "oracle": OGBench's expert, instant and exact, with no
+    # budget (the limits below are then ignored): every takeover is a perfect expert label.
+    kind: Literal["realistic", "oracle"] = "realistic"
+    # From noticing a stall or drift to having control; the robot keeps acting meanwhile.
+    reaction_s: float = Field(default=0.5, ge=0.0)
+    # Std of the noise on each corrective action (actions lie in [-1, 1]).
+    action_noise: float = Field(default=0.1, ge=0.0)
+    # Chance that a planned sub-goal is wrong (a misjudged spot for the block), pursued for
+    # ``wrong_subgoal_s`` before the person notices and re-plans.
+    wrong_subgoal_prob: float = Field(default=0.15, ge=0.0, le=1.0)
+    wrong_subgoal_s: float = Field(default=1.5, gt=0.0)
+    # Seconds of control the person can give per robot hour (None: unlimited). Each episode may spend
+    # its share, budget x its time limit / 1 h, so no episode's help depends on which robot or process
+    # ran the ones before it.
+    budget_s_per_robot_hour: float | None = Field(default=720.0, ge=0.0)
+    # Std (metres) of the person's estimate of each position they judge progress by.
+    perception_noise_m: float = Field(default=0.005, ge=0.0)
+    # What counts as stuck: less than ``min_progress_m`` over ``stall_s``, or ``drift_m`` past the best.
+    stall_s: float = Field(default=2.0, gt=0.0)
+    min_progress_m: float = Field(default=0.02, ge=0.0)
+    drift_m: float = Field(default=0.15, gt=0.0)
+    # How long one takeover lasts (it also ends when the subgoal is done).
+    takeover_s: float = Field(default=3.0, gt=0.0)
+
+    def effective(self) -> HumanConfig:
+        """The settings that act: the oracle's limits switched off."""
+        if self.kind == "realistic":
+            return self
+        return self.model_copy(update={"reaction_s": 0.0, "action_noise": 0.0, "wrong_subgoal_prob": 0.0,
+                                       "budget_s_per_robot_hour": None, "perception_noise_m": 0.0})
+
+
 class FleetConfig(_Section):
     # Robots per fleet host (one host unless `hosts` names several).
     robots: int = Field(default=4, ge=1, le=1024)
@@ -115,8 +153,9 @@ class FleetConfig(_Section):
     # Identities (not robot ids) whose uploads may be demonstrations or play; robots upload rollouts
     # only. Each signs like a robot: its public key is <keys_dir>/robots/<identity>.pub.
     teleoperators: list[str] = Field(default_factory=list)
-    # The scripted human takes over stalled or drifting rollouts (steps flagged as interventions).
-    intervention: bool = True
+    # The person who watches rollouts and takes over stalled or drifting ones (steps flagged as
+    # interventions): realistic by default, or the oracle; null: nobody intervenes.
+    human: HumanConfig | None = Field(default_factory=HumanConfig)
     # Robots sharing one actor process (one batched policy call); 0: spread over the CPU cores.
     robots_per_process: int = Field(default=0, ge=0)
     # Cap on steps per fleet episode; 0 means each task's own time limit.
@@ -209,6 +248,8 @@ class ExperimentConfig(_Section):
     play_per_task: int = Field(default=10, ge=0)
     # Simulator worker processes (0: one per CPU core).
     workers: int = Field(default=0, ge=0)
+    # The person who watches the online arms' fleet episodes and takes over (the same for every arm).
+    human: HumanConfig = Field(default_factory=HumanConfig)
 
 
 class GateConfig(_Section):

@@ -14,8 +14,9 @@ labels their rewards, a snapshot names them, and the trainer plans and runs the 
    human data only, so it starts its online rounds from the pretrained policy itself.
 4. Online rounds for the arms that learn from the fleet (HG-DAgger, RECAP, IQL, LWD online): each round
    the arm's current policy runs the same number of fleet episodes from the same initial states (training
-   seeds), with the scripted human taking over stalled or drifting rollouts; then the same number of
-   updates on mixed offline/online replay.
+   seeds), with the same human (``experiment.human``, realistic by default, recorded in the results)
+   taking over stalled or drifting rollouts; then the same number of updates on mixed offline/online
+   replay.
 5. Evaluation: fixed evaluation seeds (disjoint from every training seed, checked), the same episodes for
    every arm, Wilson intervals per arm, and an exact McNemar test on the paired episodes for
    "LWD online vs each arm".
@@ -137,7 +138,7 @@ class Experiment:
             task_id = tasks[i % len(tasks)].task_id
             seed = train_seed(self.settings.train_seed, f"fleet-round{round_index}", task_id, i // len(tasks))
             requests.append(EpisodeRequest(task_id, seed, robot_id=robots[i % len(robots)],
-                                           policy_version=f"round{round_index}", intervention=True))
+                                           policy_version=f"round{round_index}", human=self.settings.human))
         return requests
 
     def check_seeds_disjoint(self) -> None:
@@ -320,6 +321,7 @@ class Experiment:
                 "reference_arm": REFERENCE_ARM,
                 "updates_per_round": [self.online_updates(k) for k in range(1, s.rounds + 1)],
                 "eval_seed": s.eval_seed, "train_seed": s.train_seed, "data": self.data_report,
+                "human": s.human.model_dump(mode="json"),
                 "minutes": round((time.monotonic() - started) / 60, 2)}
 
     def _curve_point(self, round_index: int, episodes: int, steps: int, interventions: int, learner: Learner,
@@ -416,9 +418,9 @@ def pool_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError("pooling needs at least two runs")
     first = runs[0]
     for run in runs[1:]:
-        for name in ("tasks", "eval_seed", "reference_arm"):
-            if run[name] != first[name]:
-                raise ValueError(f"runs differ in {name}: {first[name]!r} vs {run[name]!r}; only runs "
+        for name in ("tasks", "eval_seed", "reference_arm", "human"):  # runs before "human" was recorded: None
+            if run.get(name) != first.get(name):
+                raise ValueError(f"runs differ in {name}: {first.get(name)!r} vs {run.get(name)!r}; only runs "
                                  "of one experiment on different training seeds pool")
     seeds = [run["train_seed"] for run in runs]
     if len(set(seeds)) != len(seeds):
@@ -445,7 +447,7 @@ def pool_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         comparisons[key] = {"difference": float(np.mean(differences)), "per_run": differences,
                             "runs_ahead": sum(d > 0 for d in differences), "wins": wins, "losses": losses,
                             "p_value": 1.0 if wins + losses == 0 else float(binomtest(wins, wins + losses, 0.5).pvalue)}
-    return {"tasks": first["tasks"], "eval_seed": first["eval_seed"], "train_seeds": seeds,
+    return {"tasks": first["tasks"], "eval_seed": first["eval_seed"], "train_seeds": seeds, "human": first.get("human"),
             "reference_arm": first["reference_arm"], "arms": arms, "comparisons": comparisons}
 
 

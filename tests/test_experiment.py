@@ -8,7 +8,7 @@ import pytest
 from conftest import make_episode
 
 from lwd_core.algo.learner_process import LearnerProcess
-from lwd_core.config import AlgoConfig, ExperimentConfig
+from lwd_core.config import AlgoConfig, ExperimentConfig, HumanConfig
 from lwd_core.experiment import ARMS, Experiment, pool_runs, pooled_markdown
 from lwd_core.sim.evaluate import TaskResult, mcnemar_p, paired_comparison, summarize
 from lwd_core.sim.pool import SimPool
@@ -64,6 +64,8 @@ def test_runs_on_different_training_seeds_pool_into_one_paired_test():
         pool_runs([_run(0, 0.6, 0.4, 5, 1), _run(0, 0.6, 0.4, 5, 1)])
     with pytest.raises(ValueError, match="eval_seed"):
         pool_runs([_run(0, 0.6, 0.4, 5, 1), _run(1, 0.6, 0.4, 5, 1) | {"eval_seed": 6}])
+    with pytest.raises(ValueError, match="human"):  # an oracle run does not pool with a realistic one
+        pool_runs([_run(0, 0.6, 0.4, 5, 1) | {"human": {"kind": "oracle"}}, _run(1, 0.6, 0.4, 5, 1)])
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +85,7 @@ def tiny_results(tmp_path_factory):
 def test_every_arm_is_measured_with_equal_fleet_budgets(tiny_results):
     experiment, results = tiny_results
     assert set(results["arms"]) == {"pretrained", *ARMS}
+    assert results["human"]["kind"] == "realistic"  # reported with the results
     online = [arm for key, arm in results["arms"].items() if key in ARMS and ARMS[key].online]
     assert len(online) == 4
     for arm in online:
@@ -104,8 +107,9 @@ def test_evaluation_seeds_are_fixed_and_disjoint_from_training_seeds(tiny_result
     # The same fleet round starts from the same states for every arm, and rounds differ.
     assert experiment.fleet_requests(1) == experiment.fleet_requests(1)
     assert experiment.fleet_requests(1) != experiment.fleet_requests(2)
-    assert all(r.intervention for r in experiment.fleet_requests(1))
-    assert not any(r.intervention for r in experiment.eval_requests(3))
+    # The realistic person watches the fleet (the default); nobody helps during evaluation.
+    assert all(r.human == HumanConfig() and r.human.kind == "realistic" for r in experiment.fleet_requests(1))
+    assert not any(r.human for r in experiment.eval_requests(3))
 
 
 def test_unknown_arm_is_a_clear_error(tmp_path):

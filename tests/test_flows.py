@@ -331,7 +331,7 @@ def test_rollout_rolls_back_when_the_canary_regresses(stack, prefect_server):
     keyring = keyring_for(config, ["robot-00"])
     edge = EdgeClient(Path(config.data_dir) / "spool" / "canary-test", store, sign=episode_signer(keyring))
     # No teleoperator: the canary's own (untrained) policy decides, so it regresses.
-    actor = Actor(store, edge, robots, intervene=False, max_steps=30, poll_s=0.2,
+    actor = Actor(store, edge, robots, human=None, max_steps=30, poll_s=0.2,
                   verify_release=release_verifier(keyring))
     thread = threading.Thread(target=actor.run, kwargs={"stop": stop}, daemon=True)
     thread.start()

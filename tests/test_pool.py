@@ -8,6 +8,7 @@ import signal
 import numpy as np
 import pytest
 
+from lwd_core.config import HumanConfig
 from lwd_core.sim.pool import EpisodeRequest, SimPool, SimPoolError
 from lwd_core.sim.rollout import EpisodeRunner, make_env
 from lwd_core.suite import ACTION_DIM, get_task, pad_observation
@@ -81,7 +82,7 @@ def test_a_reused_simulator_starts_and_runs_like_a_fresh_one():
 
 
 def test_stalled_rollouts_get_interventions_identically_in_every_pool(worker_pool):
-    requests = [EpisodeRequest("restock-horizontal", seed, intervention=True, max_steps=100) for seed in (1, 5)]
+    requests = [EpisodeRequest("restock-horizontal", seed, human=HumanConfig(kind="oracle"), max_steps=100) for seed in (1, 5)]
     with SimPool(1) as inline:
         episodes = inline.run(requests, zero_policy)
     for episode in episodes:

@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lwd_core.config import HumanConfig
 from lwd_core.data.episode import Episode
 from lwd_core.sim.rollout import MonotonicClock, make_env, run_episode
-from lwd_core.sim.teleop import InterventionMonitor, Teleoperator
+from lwd_core.sim.teleop import (
+    InterventionMonitor,
+    RolloutHuman,
+    Teleoperator,
+    plan_subgoal,
+    seen_scene,
+)
 from lwd_core.suite import (
     MAX_SCENE_OBS,
     OBS_DIM,
@@ -76,9 +83,9 @@ def test_stalling_policy_gets_interventions_and_the_human_finishes():
         calls.append(obs)
         return np.zeros((4, 5), np.float32)  # never moves: a stall
 
+    oracle = HumanConfig(kind="oracle", stall_s=1.0, takeover_s=10.0)  # 20-step window, 200-step takeover
     episode = run_episode(env, task, robot_id="robot-1", policy_version="v0", source="rollout", seed=5,
-                          teleop=Teleoperator(env, np.random.default_rng(0)), policy=frozen_policy,
-                          monitor=InterventionMonitor(stall_window=20, takeover_steps=200))
+                          policy=frozen_policy, human=RolloutHuman(env, task, oracle, seed=0))
     assert episode.interventions.any() and not episode.interventions[:20].any()
     assert episode.outcome == "success"  # the takeover completed the task
     policy_steps = ~episode.interventions
@@ -99,6 +106,72 @@ def test_monitor_stall_drift_and_handback():
     monitor.observe(1, 0.3)
     assert monitor.observe(1, 0.45) is True  # drifted 0.15 past the best
     assert monitor.observe(2, 0.45) is False  # a new subgoal ends the takeover
+
+
+def test_monitor_reaction_delay_and_budget():
+    monitor = InterventionMonitor(stall_window=3, min_progress=0.01, takeover_steps=5, reaction_steps=2,
+                                  budget_steps=3)
+    seen = [monitor.observe(0, 0.5) for _ in range(10)]
+    # Stalled at the 4th look; two looks to react (the robot acting), then control until the budget of 3
+    # steps is spent, and never again in this episode however stuck the robot is.
+    assert seen == [False] * 3 + [False, False, True, True, True] + [False] * 2
+    assert monitor.budget_left == 0
+    assert not any(monitor.observe(0, 0.5) for _ in range(20))
+
+
+def test_the_human_judges_progress_from_the_observation_not_the_simulator():
+    for task in (get_task("restock-horizontal"), get_task("swap-pair"), get_task("unstack-tower")):
+        env = make_env(task)
+        ob, _ = env.reset(seed=3)
+        u = env.unwrapped
+        scene = seen_scene(env, ob)
+        truth = np.array([u._data.joint(f"object_joint_{i}").qpos[:3] for i in range(u._num_cubes)])
+        np.testing.assert_allclose(scene.blocks, truth, atol=1e-9)
+        np.testing.assert_allclose(scene.effector, u._data.site_xpos[u._pinch_site_id], atol=1e-9)
+        # Poking the simulator's state without a new observation changes nothing the person sees.
+        u._data.joint("object_joint_0").qpos[:3] += 0.1
+        assert np.array_equal(seen_scene(env, ob).blocks, scene.blocks)
+        noisy = seen_scene(env, ob, np.random.default_rng(0), noise_m=0.01)
+        assert 0 < np.abs(noisy.blocks - scene.blocks).max() < 0.05
+        env.close()
+
+
+def test_a_realistic_human_reacts_late_within_budget_and_corrects_imperfectly():
+    task = get_task("restock-horizontal")
+    env = make_env(task)
+
+    def frozen_policy(obs, _task):
+        return np.zeros((4, 5), np.float32)
+
+    def rollout(config):
+        return run_episode(env, task, robot_id="robot-1", policy_version="v0", source="rollout", seed=5,
+                           policy=frozen_policy, human=RolloutHuman(env, task, config, seed=0))
+
+    oracle = rollout(HumanConfig(kind="oracle"))
+    # 20 steps to react; 10% of each episode's time; exact eyes, so only the reaction moves the takeover.
+    person = rollout(HumanConfig(reaction_s=1.0, budget_s_per_robot_hour=360.0, perception_noise_m=0.0))
+    assert person.interventions.any()
+    assert np.argmax(person.interventions) == np.argmax(oracle.interventions) + 20  # the reaction time
+    assert person.interventions.sum() <= 0.1 * task.horizon < oracle.interventions.sum()
+    assert oracle.outcome == "success" and person.outcome == "failure"  # out of budget before done
+    # The oracle's unlimited, instant help is the realistic settings switched off.
+    assert HumanConfig(kind="oracle", reaction_s=9.0).effective().reaction_s == 0.0
+    env.close()
+
+
+def test_a_wrong_subgoal_is_pursued_for_a_while_then_replanned():
+    task = get_task("restock-horizontal")
+    env = make_env(task)
+    ob, info = env.reset(seed=1)
+    operator = Teleoperator(env, np.random.default_rng(0), wrong_subgoal_prob=1.0, wrong_subgoal_steps=5)
+    operator.reset(ob, info)
+    right = plan_subgoal(seen_scene(env, ob))
+    assert np.linalg.norm(operator._goal.position - right.position) > 0.01
+    operator.wrong_subgoal_prob = 0.0
+    for _ in range(5):  # the person notices after wrong_subgoal_steps and re-plans
+        ob, _, _, _, info = env.step(operator.act(ob, info))
+    assert np.allclose(operator._goal.position, right.position)
+    env.close()
 
 
 def test_clock_is_strictly_monotone_even_if_wall_clock_steps_back():

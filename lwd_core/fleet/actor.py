@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 
 from lwd_core.algo.text import tokenize
+from lwd_core.config import HumanConfig
 from lwd_core.data.layout import safe_name
 from lwd_core.fleet.coordinator import Coordinator, Release, now_us
 from lwd_core.fleet.edge import EdgeClient, fsync_write
 from lwd_core.sim.rollout import EpisodeRunner, make_env
-from lwd_core.sim.teleop import InterventionMonitor, Teleoperator
+from lwd_core.sim.teleop import RolloutHuman
 from lwd_core.store import ObjectStore
 from lwd_core.suite import CONTROL_PERIOD_S, TaskSpec
 
@@ -131,7 +132,7 @@ class Actor:
         edge: EdgeClient,
         robots: dict[str, TaskSpec],
         *,
-        intervene: bool = True,
+        human: HumanConfig | None = HumanConfig(),
         max_steps: int | None = None,
         seed: int = 0,
         poll_s: float = 1.0,
@@ -140,7 +141,7 @@ class Actor:
         realtime_factor: float = 0.0,
         floor_dir: str | os.PathLike | None = None,
     ):
-        """``verify_release``: the release key's verifier (lwd_core.security.release_verifier); each
+        """``human``: the person who watches each rollout and takes over (None: nobody). ``verify_release``: the release key's verifier (lwd_core.security.release_verifier); each
         release must verify and be no older than the last one accepted before its hashes are trusted
         (production actors always pass it; None skips only that check, never the hash checks). ``realtime_factor``:
         pace control steps at that multiple of the robots' 20 Hz (1.0: real time); 0: as fast as the
@@ -159,7 +160,7 @@ class Actor:
             robot.per_version = previous.get("per_version", {})
             robot.swaps = previous.get("swaps", [])
             robot.revision_floor = read_revision_floor(self.floor_dir, robot.robot_id, store.url)
-        self.intervene = intervene
+        self.human = human
         self.max_steps = max_steps
         self.seed = seed
         self.poll_s = poll_s
@@ -263,13 +264,10 @@ class Actor:
         if robot.env is None:
             robot.env = make_env(robot.task)
         seed = _seed(robot.robot_id, robot.episodes_started, self.seed)
-        teleop = monitor = None
-        if self.intervene:
-            teleop = Teleoperator(robot.env, np.random.default_rng(seed))
-            monitor = InterventionMonitor()
+        human = None if self.human is None else RolloutHuman(robot.env, robot.task, self.human, seed)
         robot.runner = EpisodeRunner(robot.env, robot.task, robot_id=robot.robot_id,
                                      policy_version=robot.release.version, source="rollout", seed=seed,
-                                     teleop=teleop, monitor=monitor, max_steps=self.max_steps, clock=self.clock)
+                                     human=human, max_steps=self.max_steps, clock=self.clock)
         robot.episodes_started += 1
         return True
 

@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lwd_core.config import HumanConfig
 from lwd_core.data.episode import Episode
 from lwd_core.memory import trim_heap
 from lwd_core.sim.rollout import EpisodeRunner, make_env
-from lwd_core.sim.teleop import InterventionMonitor, Teleoperator
+from lwd_core.sim.teleop import RolloutHuman
 from lwd_core.suite import ACTION_DIM, TaskSpec, get_task
 
 if TYPE_CHECKING:
@@ -49,14 +50,14 @@ _JOIN_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class EpisodeRequest:
-    """One policy rollout. ``intervention``: a teleoperator takes over stalled or drifting rollouts, as on
-    the fleet's robots (those steps are flagged in the episode)."""
+    """One policy rollout. ``human``: the person who watches it and takes over when it stalls or drifts,
+    as on the fleet's robots (those steps are flagged in the episode); None: nobody intervenes."""
 
     task_id: str
     seed: int
     robot_id: str = "eval"
     policy_version: str = "eval"
-    intervention: bool = False
+    human: HumanConfig | None = None
     max_steps: int | None = None
 
 
@@ -94,14 +95,10 @@ class _Shard:
         task = get_task(request.task_id)
         env = self._acquire_env(task)
         try:
-            teleop = monitor = None
-            if request.intervention:
-                # Seeded by the episode alone, so results do not depend on how requests are spread.
-                teleop = Teleoperator(env, np.random.default_rng(request.seed))
-                monitor = InterventionMonitor()
+            # Seeded by the episode alone, so results do not depend on how requests are spread.
+            human = None if request.human is None else RolloutHuman(env, task, request.human, request.seed)
             runner = EpisodeRunner(env, task, robot_id=request.robot_id, policy_version=request.policy_version,
-                                   source="rollout", seed=request.seed, teleop=teleop, monitor=monitor,
-                                   max_steps=request.max_steps)
+                                   source="rollout", seed=request.seed, human=human, max_steps=request.max_steps)
         except BaseException:
             self._release_env(task.task_id, env)
             raise

@@ -2,9 +2,10 @@
 
 Who acts at each step:
 - ``source="demo"`` / ``"play"``: the teleoperator throughout (play uses a noisy teleoperator);
-- ``source="rollout"``: the policy, one action chunk at a time; with a monitor, the teleoperator takes
-  over when the policy stalls or drifts (those steps are flagged ``intervention``), and the policy
-  re-plans from a fresh chunk when control returns.
+- ``source="rollout"``: the policy, one action chunk at a time; with a watching human
+  (:class:`~lwd_core.sim.teleop.RolloutHuman`), the person takes over when they see the policy stall or
+  drift (those steps are flagged ``intervention``), and the policy re-plans from a fresh chunk when
+  control returns.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lwd_core.data.episode import Episode, Source
-from lwd_core.sim.teleop import InterventionMonitor, Teleoperator, cube_subgoal
+from lwd_core.sim.teleop import RolloutHuman, Teleoperator
 from lwd_core.suite import TaskSpec, pad_observation, sparse_reward
 
 # (padded observation, task) -> action chunk (chunk, action_dim) in [-1, 1]
@@ -80,15 +81,17 @@ class EpisodeRunner:
         source: Source,
         seed: int,
         teleop: Teleoperator | None = None,
-        monitor: InterventionMonitor | None = None,
+        human: RolloutHuman | None = None,
         max_steps: int | None = None,
         clock: Callable[[], int] | None = None,
     ):
+        if human is not None:
+            if source != "rollout" or teleop is not None:
+                raise ValueError("a watching human takes over rollouts, with their own teleoperator")
+            teleop = human.teleop
         if source != "rollout" and teleop is None:
             raise ValueError(f"a {source} episode needs a teleoperator")
-        if monitor is not None and teleop is None:
-            raise ValueError("interventions need a teleoperator")
-        self.env, self.task, self.teleop, self.monitor = env, task, teleop, monitor
+        self.env, self.task, self.teleop, self.human = env, task, teleop, human
         self.robot_id, self.policy_version, self.source = robot_id, policy_version, source
         self.clock = clock or MonotonicClock()
         self.limit = min(max_steps or task.horizon, task.horizon)
@@ -96,12 +99,12 @@ class EpisodeRunner:
         forget_solver_warmstart(env)
         if teleop is not None:
             teleop.reset(self._ob, self._info)
-        if monitor is not None:
-            monitor.reset()
+        if human is not None:
+            human.reset()
         self._record: dict[str, list] = {k: [] for k in _RECORD_FIELDS}
         self._pending: list[np.ndarray] = []
         self._chunk_pos = 0
-        self._human = source != "rollout"
+        self._human_in_control = source != "rollout"
         self.done = False
 
     @property
@@ -119,14 +122,14 @@ class EpisodeRunner:
 
     @property
     def needs_chunk(self) -> bool:
-        return not self.done and not self._human and not self._pending
+        return not self.done and not self._human_in_control and not self._pending
 
     def step(self, chunk: np.ndarray | None = None) -> None:
         if self.done:
             raise RuntimeError("the episode is over")
         record = self._record
         padded = self.observation
-        if self._human:
+        if self._human_in_control:
             action = self.teleop.act(self._ob, self._info)
             self._pending.clear()
             position = 0  # the human decides every step: each action is its own chunk
@@ -145,7 +148,7 @@ class EpisodeRunner:
         record["action"].append(action)
         record["reward"].append(sparse_reward(success))
         record["success"].append(success)
-        record["intervention"].append(self.source == "rollout" and self._human)
+        record["intervention"].append(self.source == "rollout" and self._human_in_control)
         record["terminal"].append(bool(terminated))
         record["chunk_pos"].append(position)
         record["timestamp"].append(self.clock())
@@ -153,10 +156,9 @@ class EpisodeRunner:
         if terminated or truncated or len(record["obs"]) >= self.limit:
             self.done = True
             return
-        if self.monitor is not None:
-            block, progress = cube_subgoal(self.env)
-            self._human = self.monitor.observe(block, progress)
-            if self._human and not record["intervention"][-1]:
+        if self.human is not None:
+            self._human_in_control = self.human.watch(self._ob)
+            if self._human_in_control and not record["intervention"][-1]:
                 self.teleop.reset(self._ob, self._info)  # the human re-plans from where the robot left things
 
     def episode(self) -> Episode:
@@ -196,7 +198,7 @@ def run_episode(
     seed: int,
     teleop: Teleoperator | None = None,
     policy: ChunkPolicy | None = None,
-    monitor: InterventionMonitor | None = None,
+    human: RolloutHuman | None = None,
     max_steps: int | None = None,
     clock: Callable[[], int] | None = None,
 ) -> Episode:
@@ -204,7 +206,7 @@ def run_episode(
     if source == "rollout" and policy is None:
         raise ValueError("a rollout needs a policy")
     runner = EpisodeRunner(env, task, robot_id=robot_id, policy_version=policy_version, source=source, seed=seed,
-                           teleop=teleop, monitor=monitor, max_steps=max_steps, clock=clock)
+                           teleop=teleop, human=human, max_steps=max_steps, clock=clock)
     while not runner.done:
         runner.step(policy(runner.observation, task) if runner.needs_chunk else None)
     return runner.episode()
