@@ -1,10 +1,11 @@
 """`lwd experiment`: the paper's comparison (BC, HG-DAgger, RECAP, IQL, LWD offline, LWD online) from one
 pretrained start with equal update and fleet budgets; see :mod:`lwd_core.experiment` for the protocol.
 
-Results go to ``<data_dir>/experiment/`` (results.json, results.md, success_vs_experience.png; each
-arm's store, with its buffers, labels, snapshots and checkpoints, under ``stores/<experiment_id>/``), to the
-object store (``experiments/<id>/results.json``) and to MLflow: one run per arm with success against
-fleet hours (the round as the step), and a parent run with the table, the plot and the significance tests.
+Results go to ``<data_dir>/experiment/`` (results.json, results.md, success_vs_experience.png,
+value_diagnostics.png; each arm's store, with its buffers, labels, snapshots and checkpoints, under
+``stores/<experiment_id>/``), to the object store (``experiments/<id>/results.json``) and to MLflow: one
+run per arm with success against fleet hours (the round as the step) and, for the value arms, DIVL's tau
+over training, and a parent run with the table, the plots and the significance tests.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from pydantic import BaseModel
 
 from lwd_core.algo.compilation import use_compilation_cache
 from lwd_core.config import LWDConfig, load_config
-from lwd_core.experiment import PLOT_FILE, RESULTS_FILE, Experiment, write_report
+from lwd_core.experiment import (
+    PLOT_FILE,
+    RESULTS_FILE,
+    VALUE_PLOT_FILE,
+    Experiment,
+    write_report,
+)
 from lwd_core.sim.pool import SimPool
 from tasks.experiment import log_experiment, store_results
 
@@ -50,7 +57,8 @@ def experiment(config: LWDConfig | None = None) -> ExperimentSummary:
 
     table = write_report(results, out_dir)
     stored = store_results(config, experiment_id, results)
-    run_id = log_experiment(config, experiment_id, results, table, out_dir / PLOT_FILE)
+    plots = [path for path in (out_dir / PLOT_FILE, out_dir / VALUE_PLOT_FILE) if path.exists()]
+    run_id = log_experiment(config, experiment_id, results, table, plots)
     print(table)
     logger.info("experiment %s done in %.1f min; results in %s", experiment_id, results["minutes"], out_dir)
     return ExperimentSummary(experiment_id=experiment_id, minutes=results["minutes"],

@@ -46,6 +46,7 @@ from lwd_core.algo.trainer import (
     use_pretrained,
 )
 from lwd_core.algo.transition_cache import TransitionCache
+from lwd_core.algo.value_diagnostics import value_diagnostics
 from lwd_core.config import AlgoConfig, ExperimentConfig
 from lwd_core.data.episode import Episode
 from lwd_core.data.labels import label_buffer
@@ -286,7 +287,7 @@ class Experiment:
                 trained, store_name = self.offline_stage(arm, self.offline, pretrained), f"arms/{arm.key}"
             offline_results[arm.key] = trained
             learner, state = trained.learner, trained.state
-            curve, online = [], []
+            curve, online, histories = [], [], [trained.history]
             if arm.online:
                 curve.append(self._curve_point(0, 0, 0, 0, learner, state))
                 for round_index in range(1, s.rounds + 1):
@@ -296,6 +297,7 @@ class Experiment:
                     online += fleet
                     trained = self.online_round(arm, store_name, round_index, fleet)
                     learner, state = trained.learner, trained.state
+                    histories.append(trained.history)
                     curve.append(self._curve_point(round_index, len(online), sum(e.num_steps for e in online),
                                                    sum(int(e.interventions.sum()) for e in online), learner, state,
                                                    fleet))
@@ -304,6 +306,9 @@ class Experiment:
             final_outcomes[arm.key] = outcomes
             results[arm.key] = {"label": arm.label, "online": arm.online, "final": success_summary(outcomes),
                                 "curve": curve, "seconds": round(time.monotonic() - arm_started, 1)}
+            value = value_diagnostics(trained, histories)
+            if value is not None:
+                results[arm.key]["value"] = value
             self.log(f"{arm.label}: {results[arm.key]['final']['success']:.1%} "
                      f"({results[arm.key]['seconds']:.0f}s)")
 
@@ -356,6 +361,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> str:
     (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     (out_dir / "results.md").write_text(table + "\n")
     plot(results, out_dir / PLOT_FILE)
+    plot_value_diagnostics(results, out_dir / VALUE_PLOT_FILE)
     return table
 
 
@@ -401,6 +407,66 @@ def plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+VALUE_PLOT_FILE = "value_diagnostics.png"
+
+
+def plot_value_diagnostics(results: dict, path: Path) -> bool:
+    """The DIVL vs expectile ablation's plot: DIVL's tau and entropy over training, the reference arm's
+    learned return distribution per data source, and every value arm's values beside the Monte Carlo
+    returns. False (nothing written) when no arm has a value model."""
+    arms = {key: arm for key, arm in results["arms"].items() if arm.get("value")}
+    if not arms:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_tau, ax_dist, ax_bars) = plt.subplots(1, 3, figsize=(17, 4.5))
+    for index, (key, arm) in enumerate(arms.items()):
+        training = arm["value"]["training"]
+        continued = any(ARMS[other].continues == key for other in arms if other in ARMS)  # its tau starts the other's
+        if training["tau"] and not continued:
+            ax_tau.plot(training["tau"], color=f"C{index}", label=f"{arm['label']}: tau")
+            ax_tau.plot(training["entropy"], color=f"C{index}", linestyle=":", label=f"{arm['label']}: entropy")
+            for end in training["run_ends"][:-1]:
+                ax_tau.axvline(end, color="grey", linewidth=0.6, alpha=0.5)
+    ax_tau.set(title="DIVL's bootstrap quantile over training", xlabel="logged window (50 updates; lines: runs)",
+               ylim=(0, 1))
+    ax_tau.legend(fontsize=7)
+
+    shown = next((key for key in (results.get("reference_arm"), *arms) if key in arms
+                  and any("distribution" in g for g in arms[key]["value"]["groups"].values())), None)
+    if shown:
+        value = arms[shown]["value"]
+        for index, (group, entry) in enumerate(value["groups"].items()):
+            ax_dist.plot(value["atoms"], entry["distribution"], color=f"C{index}", label=f"{group} (n={entry['rows']})")
+            ax_dist.axvline(entry["mc_return"], color=f"C{index}", linestyle="--", linewidth=0.8)
+        ax_dist.set(title=f"{arms[shown]['label']}: mean learned return distribution", xlabel="return (dashed: Monte Carlo mean)",
+                    ylabel="probability")
+        ax_dist.legend(fontsize=7)
+
+    groups = list(dict.fromkeys(g for arm in arms.values() for g in arm["value"]["groups"]))
+    first = arms[shown or next(iter(arms))]["value"]["groups"]
+    bars = [("Monte Carlo return", {g: e["mc_return"] for g, e in first.items()})]
+    for arm in arms.values():
+        entries = arm["value"]["groups"]
+        bars.append((f"{arm['label']}: value", {g: e["value"] for g, e in entries.items()}))
+        if any("bootstrap" in e for e in entries.values()):
+            bars.append((f"{arm['label']}: bootstrap (tau-quantile)", {g: e["bootstrap"] for g, e in entries.items()}))
+    width = 0.8 / len(bars)
+    for index, (label, heights) in enumerate(bars):
+        ax_bars.bar(np.arange(len(groups)) + index * width, [heights.get(g, np.nan) for g in groups], width,
+                    label=label, color=f"C{index}")
+    ax_bars.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, fontsize=8)
+    ax_bars.set(title="Values on replay states by who acted", ylabel="return")
+    ax_bars.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def pool_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:

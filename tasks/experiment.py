@@ -22,6 +22,6 @@ def store_results(config: LWDConfig, experiment_id: str, results: dict) -> str:
 
 
 @task(retries=2, retry_delay_seconds=5)
-def log_experiment(config: LWDConfig, experiment_id: str, results: dict, table: str, plot: Path) -> str:
+def log_experiment(config: LWDConfig, experiment_id: str, results: dict, table: str, plots: list[Path]) -> str:
     """The experiment's MLflow runs (:func:`tasks.mlflow_adapter.log_experiment`); the parent run's id."""
-    return mlflow_adapter.log_experiment(config, experiment_id, results, table, plot)
+    return mlflow_adapter.log_experiment(config, experiment_id, results, table, plots)

@@ -292,9 +292,10 @@ def finish_training_run(config: LWDConfig, store: ObjectStore, plan: TrainingPla
                           final_metrics=result.history[-1] if result.history else {})
 
 
-def log_experiment(config: LWDConfig, experiment_id: str, results: dict, table: str, plot: Path) -> str:
-    """``lwd experiment``'s record: a parent run (settings, table, plot, tests) and a nested run per arm
-    with success against fleet hours (the round as the step). Returns the parent run's id."""
+def log_experiment(config: LWDConfig, experiment_id: str, results: dict, table: str, plots: list[Path]) -> str:
+    """``lwd experiment``'s record: a parent run (settings, table, plots, tests) and a nested run per arm
+    with success against fleet hours (the round as the step) and, for a value arm, DIVL's tau and entropy
+    per logged window and its value diagnostics. Returns the parent run's id."""
     mlflow = mlflow_setup(config)
     with mlflow.start_run(run_name=experiment_id) as run:
         mlflow.set_tags({"kind": "experiment"})
@@ -307,9 +308,15 @@ def log_experiment(config: LWDConfig, experiment_id: str, results: dict, table: 
                     mlflow.log_metrics({"success": point["success"], "fleet_hours": point["fleet_hours"]},
                                        step=point["round"])
                 mlflow.log_metric("final_success", arm["final"]["success"])
+                training = arm.get("value", {}).get("training", {})
+                for window, (tau, entropy) in enumerate(zip(training.get("tau", []), training.get("entropy", []))):
+                    mlflow.log_metrics({"divl_tau": tau, "divl_entropy": entropy}, step=window)
+                if arm.get("value"):
+                    mlflow.log_dict(arm["value"], "value_diagnostics.json")
                 if key in results["comparisons"]:
                     mlflow.log_metric("p_value_vs_reference", results["comparisons"][key]["p_value"])
         mlflow.log_dict(results, "results.json")
         mlflow.log_text(table, "results.md")
-        mlflow.log_artifact(str(plot))
+        for path in plots:
+            mlflow.log_artifact(str(path))
         return run.info.run_id

@@ -8,8 +8,15 @@ import pytest
 from conftest import make_episode
 
 from lwd_core.algo.learner_process import LearnerProcess
-from lwd_core.config import AlgoConfig, ExperimentConfig, HumanConfig
-from lwd_core.experiment import ARMS, Experiment, pool_runs, pooled_markdown
+from lwd_core.config import AlgoConfig, ExperimentConfig, HumanConfig, LWDConfig
+from lwd_core.experiment import (
+    ARMS,
+    VALUE_PLOT_FILE,
+    Experiment,
+    pool_runs,
+    pooled_markdown,
+    write_report,
+)
 from lwd_core.sim.evaluate import TaskResult, mcnemar_p, paired_comparison, summarize
 from lwd_core.sim.pool import SimPool
 from lwd_core.suite import ACTION_DIM, OBS_DIM
@@ -96,6 +103,40 @@ def test_every_arm_is_measured_with_equal_fleet_budgets(tiny_results):
     # LWD online against every other arm on the same evaluation episodes.
     assert set(results["comparisons"]) == set(results["arms"]) - {"lwd-online"}
     assert all(0.0 <= c["p_value"] <= 1.0 for c in results["comparisons"].values())
+
+
+def test_the_value_arms_report_what_their_value_model_learned(tiny_results, tmp_path):
+    _, results = tiny_results
+    lwd, iql = results["arms"]["lwd-online"]["value"], results["arms"]["iql"]["value"]
+    # DIVL's tau over every logged window of the offline stage and both rounds, inside its bounds.
+    training = lwd["training"]
+    assert len(training["tau"]) == len(training["entropy"]) == training["run_ends"][-1] > 0
+    assert len(training["run_ends"]) == 3 and all(0.5 <= tau <= 0.9 for tau in training["tau"])
+    assert iql["training"]["tau"] == []  # the expectile ablation has no tau
+    demonstrations = lwd["groups"]["demonstrations"]
+    assert sum(demonstrations["distribution"]) == pytest.approx(1.0, abs=1e-3)
+    assert len(demonstrations["distribution"]) == len(lwd["atoms"])
+    assert "distribution" not in iql["groups"]["demonstrations"] and "value" in iql["groups"]["demonstrations"]
+    assert "value" not in results["arms"]["bc"]  # no value model
+    write_report(results, tmp_path)
+    assert (tmp_path / VALUE_PLOT_FILE).stat().st_size > 0
+
+
+def test_the_mlflow_record_carries_divl_tau_and_the_value_plot(tiny_results, tmp_path):
+    from mlflow import MlflowClient
+
+    from tasks.mlflow_adapter import log_experiment
+
+    _, results = tiny_results
+    config = LWDConfig(data_dir=str(tmp_path))
+    write_report(results, tmp_path / "report")
+    run_id = log_experiment(config, "exp-test", results, "table", [tmp_path / "report" / VALUE_PLOT_FILE])
+    client = MlflowClient(config.tracking.mlflow_uri)
+    parent = client.get_run(run_id)
+    (lwd_run,) = client.search_runs([parent.info.experiment_id], "tags.arm = 'LWD online'")
+    history = sorted(client.get_metric_history(lwd_run.info.run_id, "divl_tau"), key=lambda m: m.step)
+    assert [m.value for m in history] == pytest.approx(results["arms"]["lwd-online"]["value"]["training"]["tau"])
+    assert VALUE_PLOT_FILE in [a.path for a in client.list_artifacts(run_id)]
 
 
 def test_evaluation_seeds_are_fixed_and_disjoint_from_training_seeds(tiny_results):

@@ -191,4 +191,4 @@ class LWD(Agent[LWDAgentConfig]):
         probs, h_norm = divl.value_statistics(out, config.value_representation, self.atoms)
         boot, tau, _ = divl.bootstrap_value(out, config.value_representation, self.atoms, config.tau_min,
                                             config.tau_max, config.tau_direction)
-        return {"mean": (probs * self.atoms).sum(-1), "entropy": h_norm, "tau": tau, "bootstrap": boot}
+        return {"mean": (probs * self.atoms).sum(-1), "entropy": h_norm, "tau": tau, "bootstrap": boot, "probs": probs}
