@@ -141,10 +141,11 @@ class Actor:
         realtime_factor: float = 0.0,
         floor_dir: str | os.PathLike | None = None,
     ):
-        """``human``: the person who watches each rollout and takes over (None: nobody). ``verify_release``: the release key's verifier (lwd_core.security.release_verifier); each
-        release must verify and be no older than the last one accepted before its hashes are trusted
-        (production actors always pass it; None skips only that check, never the hash checks). ``realtime_factor``:
-        pace control steps at that multiple of the robots' 20 Hz (1.0: real time); 0: as fast as the
+        """``human``: the person who watches each rollout and takes over (None: nobody).
+        ``verify_release``: the release key's verifier (lwd_core.security.release_verifier); each release
+        must verify and be no older than the last one accepted before its hashes are trusted (production
+        actors always pass it; None skips only that check, never the hash checks). ``realtime_factor``: pace
+        control steps at that multiple of the robots' 20 Hz (1.0: real time); 0: as fast as the
         simulator goes. ``floor_dir``: where each robot's accepted-revision floor survives restarts
         (None: ``release-floor`` in the edge client's spool)."""
         import jax
