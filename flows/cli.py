@@ -271,7 +271,8 @@ def experiment(config: ConfigOption = None) -> None:
     """Paper table: BC, HG-DAgger, RECAP, IQL, LWD offline and online from one pretrained policy, equal
     budgets, paired evaluation seeds and significance tests (the config's `experiment` section).
 
-    2 CPU cores (<30 min): --config configs/experiment-reduced.yaml; GPU machine: configs/experiment-full.yaml.
+    2 CPU cores: --config configs/experiment-reduced.yaml (<30 min) or configs/experiment-long.yaml (long
+    tasks, <45 min); GPU machine: configs/experiment-full.yaml.
     """
     from flows.experiment import experiment
 

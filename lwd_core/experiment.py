@@ -104,11 +104,13 @@ def experiment_tasks(task_ids: list[str]) -> tuple[TaskSpec, ...]:
 
 
 def success_summary(outcomes: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Per-task success and the suite mean with a 95% Wilson interval over all episodes."""
+    """Per-task success and the suite mean with a 95% Wilson interval over all episodes, and each episode's
+    outcome (in evaluation-seed order, so any two arms can be paired later)."""
     flat = np.concatenate(list(outcomes.values()))
     low, high = wilson_interval(int(flat.sum()), len(flat))
     return {"success": float(flat.mean()), "ci": [low, high], "episodes": len(flat),
-            "per_task": {task: float(o.mean()) for task, o in outcomes.items()}}
+            "per_task": {task: float(o.mean()) for task, o in outcomes.items()},
+            "outcomes": {task: o.astype(int).tolist() for task, o in outcomes.items()}}
 
 
 class Experiment:

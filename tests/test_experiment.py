@@ -99,7 +99,7 @@ def test_every_arm_is_measured_with_equal_fleet_budgets(tiny_results):
         assert [p["round"] for p in arm["curve"]] == [0, 1, 2]
         assert [p["fleet_episodes"] for p in arm["curve"]] == [0, 2, 4]  # the same budget for every arm
     for arm in results["arms"].values():
-        assert arm["final"]["episodes"] == 3
+        assert arm["final"]["episodes"] == 3 == len(arm["final"]["outcomes"]["restock-horizontal"])
     # LWD online against every other arm on the same evaluation episodes.
     assert set(results["comparisons"]) == set(results["arms"]) - {"lwd-online"}
     assert all(0.0 <= c["p_value"] <= 1.0 for c in results["comparisons"].values())
