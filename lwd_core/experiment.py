@@ -46,6 +46,7 @@ from lwd_core.algo.trainer import (
     use_pretrained,
 )
 from lwd_core.algo.transition_cache import TransitionCache
+from lwd_core.algo.update_loop import LOG_EVERY
 from lwd_core.algo.value_diagnostics import value_diagnostics
 from lwd_core.config import AlgoConfig, ExperimentConfig
 from lwd_core.data.episode import Episode
@@ -435,7 +436,7 @@ def plot_value_diagnostics(results: dict, path: Path) -> bool:
             ax_tau.plot(training["entropy"], color=f"C{index}", linestyle=":", label=f"{arm['label']}: entropy")
             for end in training["run_ends"][:-1]:
                 ax_tau.axvline(end, color="grey", linewidth=0.6, alpha=0.5)
-    ax_tau.set(title="DIVL's bootstrap quantile over training", xlabel="logged window (50 updates; lines: runs)",
+    ax_tau.set(title="DIVL's bootstrap quantile over training", xlabel=f"logged window ({LOG_EVERY} updates; lines: runs)",
                ylim=(0, 1))
     ax_tau.legend(fontsize=7)
 

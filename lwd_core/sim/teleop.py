@@ -277,7 +277,7 @@ class RolloutHuman:
 
     def __init__(self, env: Any, task: TaskSpec, config: HumanConfig, seed: int):
         acting = config.effective()
-        self.config, self.env = config, env
+        self.env = env
         self.rng = np.random.default_rng(seed)
         self.perception_noise = acting.perception_noise_m
         self.teleop = Teleoperator(env, np.random.default_rng([seed, 1]), noise=acting.action_noise,
