@@ -2,10 +2,8 @@
 # Both set everything up themselves: uv (from PyPI if missing) and the locked environment.
 SHELL := /bin/bash
 UV := python3 -m uv
-export DO_NOT_TRACK := 1
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
-export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK := true
+# The services' own settings (telemetry off, the ephemeral server's start-up timeout) are applied by
+# `lwd` itself (flows/service_defaults.py), so a command behaves the same with or without make.
 export UV_PYTHON_DOWNLOADS := never
 
 .PHONY: setup flywheel test test-slow bench clean

@@ -29,6 +29,9 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def main() -> None:
+    from flows.service_defaults import apply_service_defaults
+
+    apply_service_defaults()
     parser = argparse.ArgumentParser()
     parser.add_argument("--robots", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=120.0)

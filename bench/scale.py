@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from flows.service_defaults import apply_service_defaults  # noqa: E402
 from lwd_core.fleet.actor import Actor  # noqa: E402
 
 CONTROL_HZ = 20.0
@@ -221,8 +222,7 @@ def main() -> None:
     args = parser.parse_args()
     # Its own Prefect home: the bench's ephemeral API never shares a database with another run.
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="lwd-scale-prefect-"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    apply_service_defaults()
     templates = record_templates(args.tasks, args.episode_steps)
     points = [measure(robots, args, templates) for robots in args.robots]
     # The worker runs back to back whenever anything waits, so its busy share is high at any load; its

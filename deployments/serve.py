@@ -48,6 +48,9 @@ def to_deployments(specs: list[dict[str, Any]]):
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m deployments.serve [NAME ...]``: every deployment, or only those named."""
+    from flows.service_defaults import apply_service_defaults
+
+    apply_service_defaults()  # before Prefect is imported
     from prefect import serve
 
     names = set(sys.argv[1:] if argv is None else argv)

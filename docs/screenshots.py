@@ -24,6 +24,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from flows.service_defaults import apply_service_defaults  # noqa: E402
+
 OUT = ROOT / "docs" / "screenshots"
 
 
@@ -113,8 +117,8 @@ def main() -> None:
     home = Path(tempfile.mkdtemp())
     prefect_port, mlflow_port = free_port(), free_port()
     api = f"http://127.0.0.1:{prefect_port}/api"
-    base_env = {**os.environ, "LWD_CONFIG": args.config, "LWD_DATA_DIR": args.data_dir, "DO_NOT_TRACK": "1",
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(home)}
+    base_env = {**os.environ, "LWD_CONFIG": args.config, "LWD_DATA_DIR": args.data_dir, "PREFECT_HOME": str(home)}
+    apply_service_defaults(base_env)  # also for the servers started here, not only `lwd`
     server_env = {**base_env, "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
                   "PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": api}
     env = {**base_env, "PREFECT_API_URL": api, "LWD_TRACKING__UI_URL": f"http://127.0.0.1:{mlflow_port}"}

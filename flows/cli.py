@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
+from flows.service_defaults import apply_service_defaults
 from lwd_core.config import CONFIG_FILE_ENV, LWDConfig, load_config
 
 app = typer.Typer(
@@ -72,16 +73,8 @@ def _options(version: Annotated[bool, typer.Option("--version", callback=_versio
 
 def _run(config: LWDConfig, stage: Callable[..., Any], **params: Any) -> Any:
     """Run a stage with the loaded config as its parameter; the config's Prefect API (if any) is used
-    unless PREFECT_API_URL is set explicitly. The embedded temporary server sends no telemetry (as
-    under `make`), unless PREFECT_SERVER_ANALYTICS_ENABLED says otherwise: its heartbeat can meet the
-    fresh SQLite database still locked by migrations and log a traceback on a first run."""
-    import os
-
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        temporary_settings,
-    )
+    unless PREFECT_API_URL is set explicitly."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from tasks.events import flush_events
 
@@ -90,8 +83,6 @@ def _run(config: LWDConfig, stage: Callable[..., Any], **params: Any) -> Any:
         pass  # an explicit API: nothing to add
     elif config.orchestration.prefect_api_url:
         updates[PREFECT_API_URL] = config.orchestration.prefect_api_url
-    elif "PREFECT_SERVER_ANALYTICS_ENABLED" not in os.environ:  # the embedded temporary server
-        updates[PREFECT_SERVER_ANALYTICS_ENABLED] = False
     with temporary_settings(updates=updates):
         try:
             result = stage(config=config, **params)
@@ -345,6 +336,7 @@ def keys_generate(
 
 
 def main() -> None:
+    apply_service_defaults()  # before Prefect or MLflow is imported: they read these at import
     app()
 
 

@@ -9,10 +9,10 @@ import tempfile
 import numpy as np
 import pytest
 
-# No network here: keep every service quiet and offline before anything imports them.
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+from flows.service_defaults import apply_service_defaults
+
+# No network here: keep every service quiet and offline before anything imports them, as `lwd` does.
+apply_service_defaults()
 os.environ.setdefault("MUJOCO_GL", "disable")
 # One compilation cache for the session: the many `lwd` processes the tests start compile each program once.
 _COMPILATION_CACHE = tempfile.mkdtemp(prefix="lwd-test-jax-cache-")

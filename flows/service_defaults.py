@@ -1,0 +1,30 @@
+"""What `lwd` sets for the services it starts, unless the user already set it: one home for these, so a
+command behaves the same whether `make`, a test, a bench script or a user's shell runs it.
+
+These are the services' own environment variables (Prefect, MLflow read them when imported), so they are
+set before either is imported; LWD's settings stay in the config.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+SERVICE_DEFAULTS = {
+    # Prefect's ephemeral API server gets 20 s to start by default: on a busy 2-core machine (CI, a
+    # training run beside it) its first start with migrations takes longer and the command failed.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # No telemetry: these machines are offline, and the embedded server's analytics heartbeat met its
+    # fresh SQLite database still locked by migrations and logged a traceback.
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # MLflow checks a logged model's pip requirements against the network index; there is none here.
+    "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true",
+}
+
+
+def apply_service_defaults(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Fill in each default the environment does not set; returns the ones applied."""
+    applied = {name: value for name, value in SERVICE_DEFAULTS.items() if name not in environ}
+    environ.update(applied)
+    return applied
