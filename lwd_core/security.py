@@ -167,8 +167,9 @@ def episode_signature_check(keyring: Keyring) -> Callable[[Any, Mapping[str, str
 
 
 def release_message(release: Mapping[str, Any]) -> bytes:
-    """What a release signature covers (canonical JSON)."""
-    fields = ("version", "checkpoint", "policy_sha256", "manifest_sha256", "revision")
+    """What a release signature covers (canonical JSON): what to run, the revision it was published
+    at, and whom it is for (its stage, the robots it targets or excludes)."""
+    fields = ("version", "checkpoint", "policy_sha256", "manifest_sha256", "revision", "stage", "targets", "excluded")
     return json.dumps({name: release.get(name) for name in fields}, sort_keys=True).encode()
 
 

@@ -117,6 +117,59 @@ def test_actor_accepts_only_signed_current_releases(local_store, keyring, tmp_pa
     assert coordinator.actor(ROBOT)["running_version"] == "v2"
 
 
+def test_a_robot_runs_only_a_release_signed_for_it(local_store, keyring, tmp_path):
+    """Whom a release is for is signed with it: rewriting the desired state's robot lists (widening the
+    canary, dropping a robot from it, ending it, the canary's release as everyone's) moves no robot."""
+    canary_robot, stable_robot = "robot-00", "robot-01"
+    coordinator = publisher(local_store, keyring)
+    robots = assign_tasks([canary_robot, stable_robot], (get_task("restock-horizontal"),))
+    actor = Actor(local_store, EdgeClient(tmp_path / "spool", local_store, sign=episode_signer(keyring)), robots,
+                  max_steps=5, poll_s=0.0, verify_release=release_verifier(keyring))
+    by_id = {robot.robot_id: robot for robot in actor.robots}
+
+    def running() -> dict[str, str | None]:
+        return {robot_id: (robot.release.version if robot.release else None) for robot_id, robot in by_id.items()}
+
+    def settle(until) -> None:
+        deadline = time.monotonic() + 300  # until every robot has decided, however loaded the machine
+        while not until() and time.monotonic() < deadline:
+            actor.run(max_episodes=2, duration_s=1)
+
+    coordinator.publish_all(tiny_policy_checkpoint(local_store, "checkpoints/v1", 0))
+    settle(lambda: running() == {canary_robot: "v1", stable_robot: "v1"})
+    genuine = coordinator.publish_canary(tiny_policy_checkpoint(local_store, "checkpoints/v2", 1), [canary_robot])
+    settle(lambda: running() == {canary_robot: "v2", stable_robot: "v1"})
+    assert running() == {canary_robot: "v2", stable_robot: "v1"}
+    assert (genuine["canary"]["release"]["stage"], genuine["canary"]["release"]["targets"]) == ("canary", [canary_robot])
+    assert genuine["stable"]["excluded"] == [canary_robot]
+
+    def refused(document: dict, robot_id: str) -> None:
+        local_store.put_json("fleet/desired.json", document)  # an attacker with write access to the store
+        for robot in by_id.values():
+            robot.rejected = None
+        settle(lambda: by_id[robot_id].rejected is not None)
+        assert running() == {canary_robot: "v2", stable_robot: "v1"}
+        assert "not signed for" in (coordinator.actor(robot_id)["last_error"] or "")
+
+    canary = genuine["canary"]
+    refused(genuine | {"canary": canary | {"robots": [canary_robot, stable_robot]}}, stable_robot)  # widened
+    refused(genuine | {"canary": canary | {"robots": []}}, canary_robot)  # a robot dropped from it
+    refused(genuine | {"canary": None}, canary_robot)  # ended without the release key
+    refused(genuine | {"stable": canary["release"]}, stable_robot)  # the canary's release as everyone's
+    # Rewriting the signed lists themselves breaks the signature.
+    widened = canary["release"] | {"targets": [canary_robot, stable_robot]}
+    local_store.put_json("fleet/desired.json", genuine | {"canary": {"release": widened,
+                                                                     "robots": [canary_robot, stable_robot]}})
+    by_id[stable_robot].rejected = None
+    settle(lambda: by_id[stable_robot].rejected is not None)
+    assert "signature does not verify" in coordinator.actor(stable_robot)["last_error"]
+    # The genuine end of the canary (signed) moves the canary robot back.
+    coordinator.end_canary()
+    settle(lambda: running() == {canary_robot: "v1", stable_robot: "v1"})
+    actor.close()
+    assert running() == {canary_robot: "v1", stable_robot: "v1"}
+
+
 def test_a_restarted_actor_still_refuses_older_releases(local_store, keyring, tmp_path):
     """The accepted revision survives a restart (it is on the robot's disk); a floor file that cannot
     be read refuses every release rather than starting again from 0."""

@@ -227,6 +227,9 @@ class Actor:
                 if not self.verify_release(asdict(desired)):
                     raise PermissionError("release signature does not verify")
                 self._check_revision(robot, desired)
+            if not desired.is_for(robot.robot_id):
+                raise PermissionError(f"the {desired.stage} release is not signed for {robot.robot_id} "
+                                      f"(the desired state's robot lists were changed without the release key)")
             self.policies.get(desired)
             # Durable before the switch: a crash after it must not reopen the door to older releases.
             floor = max(robot.revision_floor or 0, desired.revision)
@@ -247,7 +250,7 @@ class Actor:
         """The running release re-signed at a newer revision (every publish re-signs all current
         releases): the floor rises with it, or a release replaced meanwhile (a rolled-back canary, say)
         could be replayed to this robot later."""
-        if robot.revision_floor is None or current.revision <= robot.revision_floor:
+        if robot.revision_floor is None or current.revision <= robot.revision_floor or not current.is_for(robot.robot_id):
             return
         if self.verify_release is not None and not self.verify_release(asdict(current)):
             return  # not the rollout side's: the floor follows signed revisions only

@@ -8,9 +8,9 @@ State lives in the object store so every actor, flow and dashboard reads one sou
                                 per-version episode/success counts, recent swap timestamps
 
 A release names a committed checkpoint, the sha256 of its policy file and of its whole manifest, and
-carries the release key's signature with the revision it was published at (lwd_core.security);
-actors refuse releases that do not verify, that are older than one they accepted, or whose files do
-not hash to what the signed manifest says. Timestamps are UTC microseconds so latency percentiles can be computed afterwards.
+carries the release key's signature with the revision it was published at, its stage and the robots it
+is for (lwd_core.security); actors refuse releases that do not verify, that are not for them, that are
+older than one they accepted, or whose files do not hash to what the signed manifest says. Timestamps are UTC microseconds so latency percentiles can be computed afterwards.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from lwd_core.data.layout import (
     FLEET_ACTORS_PREFIX,
@@ -48,10 +48,22 @@ class Release:
     # the above (lwd_core.security.release_message); both set by the coordinator when it publishes.
     revision: int = 0
     signature: str = ""
+    # Whom it is for, set when published and signed with the rest: a canary names its robots; the
+    # stable release is for every robot but the canary's. A robot runs only a release signed for it,
+    # so rewriting the desired state cannot widen a canary or move a robot to another release.
+    stage: Literal["stable", "canary"] = "stable"
+    targets: tuple[str, ...] | None = None  # None: every robot
+    excluded: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Release | None:
-        return cls(**data) if data else None
+        if not data:
+            return None
+        lists = {name: tuple(data[name]) for name in ("targets", "excluded") if data.get(name) is not None}
+        return cls(**{**data, **lists})
+
+    def is_for(self, robot_id: str) -> bool:
+        return (self.targets is None or robot_id in self.targets) and robot_id not in self.excluded
 
 
 def release_for_checkpoint(store: ObjectStore, checkpoint: str, version: str, approved_us: int | None = None) -> Release:
@@ -108,8 +120,14 @@ class Coordinator:
             change(document)
             document["revision"] = int(document.get("revision", 0)) + 1
             document["updated_us"] = now_us()
-            # Every release a robot may be told to run carries this revision under a fresh signature.
-            for release in (document["stable"], (document["canary"] or {}).get("release")):
+            # Every release a robot may be told to run carries this revision and whom it is for under
+            # a fresh signature.
+            canary = document["canary"]
+            if document["stable"]:
+                document["stable"].update(stage="stable", targets=None, excluded=canary["robots"] if canary else [])
+            if canary:
+                canary["release"].update(stage="canary", targets=canary["robots"], excluded=[])
+            for release in (document["stable"], (canary or {}).get("release")):
                 if release:
                     release["revision"] = document["revision"]
                     release["signature"] = self.sign_release(release)
