@@ -68,20 +68,23 @@ def make_episode(
     successes = np.zeros(steps, dtype=bool)
     if success:
         successes[-1] = True
+    source = overrides.get("source", "rollout")
+    # A person takes over now and then in a rollout, one step at a time (chunk_pos 0); never in a demo.
+    interventions = overrides.get("interventions", (np.arange(steps) % 5 == 3) & (source == "rollout"))
     fields = dict(
         robot_id=robot_id,
         task_id=task_id,
         instruction=task.instruction if task is not None else "put the red cube on the shelf",
         policy_version="v0",
-        source="rollout",
+        source=source,
         outcome="success" if success else "failure",
         observations=obs[:-1],
         actions=rng.uniform(-1, 1, size=(steps, action_dim)),
         rewards=sparse_rewards(successes),
         successes=successes,
-        interventions=np.arange(steps) % 5 == 3,
+        interventions=interventions,
         terminals=successes,
-        chunk_pos=np.arange(steps) % 5,
+        chunk_pos=np.where(interventions, 0, np.arange(steps) % 5),
         timestamps_us=1_780_000_000_000_000 + np.arange(steps) * 50_000,
         next_observations=obs[1:],
     )

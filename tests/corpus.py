@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 from conftest import make_episode
 
 from lwd_core.data.episode import LAYOUT_KEY, Episode, footer_key
-from lwd_core.suite import ACTION_DIM, MAX_SCENE_OBS, OBS_DIM, SCENES
+from lwd_core.suite import ACTION_DIM, MAX_SCENE_OBS, OBS_DIM, SCENES, TELEOP_POLICY_VERSION, sparse_rewards
 
 ROBOT, TASK, VERSION = "robot-00", "restock-horizontal", "policy-v1"
+TELEOPERATOR = "operator-1"
 
 
 def fleet_episode(seed: int = 0, steps: int = 20, **overrides) -> Episode:
@@ -126,7 +127,26 @@ def bad_corpus(max_steps: int) -> list[BadCase]:
     terminals = failed.terminals.copy()
     terminals[-1] = True  # the suite's simulator terminates only at the goal
     cases.append(BadCase("terminal-failure", failed.replace(terminals=terminals).to_parquet_bytes(),
-                         "terminal step that is not a success"))
+                         "terminal and success flags disagree"))
+    # Claims checked both ways: a success (reward 0, by the suite's rule) on a step that did not end the
+    # episode is a reward the robot did not earn.
+    successes = good.successes.copy()
+    successes[5] = True
+    cases.append(BadCase("success-mid-episode", good.replace(successes=successes, rewards=sparse_rewards(successes))
+                         .to_parquet_bytes(), "terminal and success flags disagree"))
+    successes = failed.successes.copy()
+    successes[-1] = True  # a failed episode relabelled a success, rewards and outcome to match, never terminated
+    cases.append(BadCase("success-without-terminal", failed.replace(
+        successes=successes, rewards=sparse_rewards(successes), outcome="success").to_parquet_bytes(),
+        "terminal and success flags disagree"))
+    demo = fleet_episode(seed=114, robot_id=TELEOPERATOR, source="demo", policy_version=TELEOP_POLICY_VERSION)
+    cases.append(BadCase("demo-with-interventions", demo.replace(
+        interventions=np.arange(demo.num_steps) % 4 == 1, chunk_pos=np.zeros(demo.num_steps, np.int32)).to_parquet_bytes(),
+        "intervention steps in a demonstration or play episode"))
+    interventions = good.interventions.copy()
+    interventions[np.flatnonzero(good.chunk_pos == 2)[0]] = True  # the policy's own step passed off as a person's
+    cases.append(BadCase("intervention-mid-chunk", good.replace(interventions=interventions).to_parquet_bytes(),
+                         "intervention step inside a policy's action chunk"))
     cases.append(BadCase("outcome-contradicts-flags", good.replace(outcome="failure").to_parquet_bytes(),
                          "outcome disagrees"))
     cases.append(BadCase("robot-claims-demo", fleet_episode(seed=107, source="demo").to_parquet_bytes(),

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from corpus import ROBOT, TASK, VERSION, bad_corpus, fleet_episode
+from corpus import ROBOT, TASK, TELEOPERATOR, VERSION, bad_corpus, fleet_episode
 
 from lwd_core.data.ingest import (
     MIN_CLAIM,
@@ -35,7 +35,7 @@ from lwd_core.suite import ACTION_DIM, OBS_DIM
 MAX_STEPS = 60
 EXPECT = Expectations(obs_dim=OBS_DIM, action_dim=ACTION_DIM, tasks=frozenset({TASK, "swap-pair"}),
                       robots=frozenset({ROBOT, "robot-01"}), policy_versions=frozenset({VERSION}), max_steps=MAX_STEPS,
-                      max_age_s=20 * 365 * 86400.0)  # fixture episodes carry fixed 2026 timestamps
+                      teleoperators=frozenset({TELEOPERATOR}), max_age_s=20 * 365 * 86400.0)  # fixture episodes carry fixed 2026 timestamps
 
 
 def upload(store, name: str, data: bytes) -> str:

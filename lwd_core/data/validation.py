@@ -116,6 +116,10 @@ def _semantics(episode: Episode, exp: Expectations) -> dict[str, bool]:
         "source_allowed": episode.robot_id in (exp.robots if episode.source == "rollout" else exp.teleoperators),
         # A human's episode names no release, and a rollout must not pass for a human's.
         "version_matches_source": (episode.policy_version == TELEOP_POLICY_VERSION) == (episode.source != "rollout"),
+        # An intervention is a person taking over a robot's rollout; a demonstration or play is all human.
+        "interventions_match_source": episode.source == "rollout" or not episode.interventions.any(),
+        # The person decides every step of a takeover: each of their actions starts a chunk of its own.
+        "interventions_act_step_by_step": not (episode.interventions & (episode.chunk_pos != 0)).any(),
     }
 
 
@@ -163,8 +167,9 @@ def check_frame(episodes: Iterable[Episode], exp: Expectations) -> pl.DataFrame:
         "action_abs_max": np.nan_to_num(action_abs_max, nan=np.inf, posinf=np.inf),
         "timestamp_delta_us": timestamp_delta.astype(np.int64),
         "reward_matches_success": rewards == sparse_rewards(successes),
-        # The suite's simulator terminates only at the goal (success and termination are one flag).
-        "terminal_is_success": ~terminals | successes,
+        # The suite's simulator terminates exactly at the goal: success and termination are one flag,
+        # so a success claimed on a step that did not end the episode (a reward it did not earn) fails.
+        "terminal_matches_success": terminals == successes,
         "episode_steps": np.repeat(steps.astype(np.int64), steps),
     }
     columns |= {name: np.repeat(np.asarray(values, bool), steps) for name, values in semantics.items()}
@@ -205,8 +210,9 @@ def _suite_spec(exp: Expectations) -> list[tuple[str, str, dict, str]]:
          f"timestamps outside [now - {exp.max_age_s:.0f}s, now + {exp.max_skew_s:.0f}s]"),
         ("ExpectColumnValuesToBeInSet", "terminal_only_last", {"value_set": [True]},
          "terminal step before the end of the episode"),
-        ("ExpectColumnValuesToBeInSet", "terminal_is_success", {"value_set": [True]},
-         "terminal step that is not a success (the suite's episodes terminate only at the goal)"),
+        ("ExpectColumnValuesToBeInSet", "terminal_matches_success", {"value_set": [True]},
+         "terminal and success flags disagree (the suite's episodes end exactly at the goal: a success step "
+         "is the terminal one, and a terminal step a success)"),
         ("ExpectColumnValuesToBeInSet", "outcome_matches_success", {"value_set": [True]},
          "outcome disagrees with the last step's success flag"),
         ("ExpectColumnValuesToBeInSet", "instruction_matches_task", {"value_set": [True]},
@@ -215,6 +221,10 @@ def _suite_spec(exp: Expectations) -> list[tuple[str, str, dict, str]]:
          "source not allowed for this uploader (robots upload rollouts only, teleoperators demonstrations and play)"),
         ("ExpectColumnValuesToBeInSet", "version_matches_source", {"value_set": [True]},
          f"policy version and source disagree (rollouts name a release, demonstrations and play {TELEOP_POLICY_VERSION!r})"),
+        ("ExpectColumnValuesToBeInSet", "interventions_match_source", {"value_set": [True]},
+         "intervention steps in a demonstration or play episode (only a robot's rollout can be taken over)"),
+        ("ExpectColumnValuesToBeInSet", "interventions_act_step_by_step", {"value_set": [True]},
+         "intervention step inside a policy's action chunk (a person's takeover acts one step at a time, chunk_pos 0)"),
     ]
 
 
