@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_production_stack import env_file
+
+from infra.local_stack import env_file
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
