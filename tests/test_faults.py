@@ -196,7 +196,7 @@ def test_random_kills_lose_nothing_duplicate_nothing_and_end_on_one_approved_rel
         assert not edge.flush().failed
         finished |= {record["episode_id"] for record in edge.finished()}
     final = _script(INGEST, "--once")
-    assert final.wait(timeout=300) == 0
+    assert final.wait(timeout=1800) == 0  # imports (minutes when loaded), then the whole backlog
     ids = _buffer_ids(store)
     assert len(ids) == len(set(ids)), "an episode is in the buffer twice"
     assert finished and finished <= set(ids), f"lost {len(finished - set(ids))} finished episodes"
@@ -209,7 +209,7 @@ def test_random_kills_lose_nothing_duplicate_nothing_and_end_on_one_approved_rel
     resumed_from = latest_committed_checkpoint(store, RUN_ROOT)
     assert resumed_from is not None, "no learner kill landed after a checkpoint"
     finisher = _script(LEARNER)
-    assert finisher.wait(timeout=600) == 0
+    assert finisher.wait(timeout=1800) == 0  # imports and compilation, then training to the target step
     last = latest_committed_checkpoint(store, RUN_ROOT)
     manifest = store.get_json(f"{last}/_MANIFEST.json")
     assert manifest["step"] == LEARNER_STEPS and manifest["resumed_from"] is not None

@@ -305,7 +305,11 @@ def test_a_round_waits_for_the_reviewer_in_the_suspended_review_form_then_ships(
             assert state_of(review_id).type == StateType.COMPLETED, state_of(review_id)
         finally:
             serve.terminate()
-            serve.wait(timeout=60)
+            try:
+                serve.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+                serve.wait()
     tags = versions(config)[version]
     assert (tags["approval"], tags["approved_by"], tags["approval_comment"]) == ("approved", "dana", "better on swap-pair")
     assert champion(config) == version and deployed_release(config) == f"policy-v{version}"

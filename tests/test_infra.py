@@ -80,7 +80,7 @@ def test_multi_worker_prefect_settings_pass_prefects_own_check(compose):
              "from prefect.settings import get_current_settings\n"
              "assert get_current_settings().server.events.causal_ordering == 'prefect_redis.ordering'\n"
              "_validate_multi_worker(2, lambda message: sys.exit(message))\n")
-    checked = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
+    checked = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=600)
     assert checked.returncode == 0, checked.stderr[-2000:]
 
 

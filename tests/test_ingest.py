@@ -439,7 +439,7 @@ store = ObjectStore(os.environ["STORE_URL"])
 owner = sys.argv[1]
 keys, accepted, deadline = [], 0, time.monotonic() + 600
 while True:
-    claim = claim_uploads(store, owner, batch_size=8)
+    claim = claim_uploads(store, owner, batch_size=8, lease_s=900)  # outlasts the wait below
     # Hold the first claim until the other worker has claimed too: both take a share on any machine.
     while not keys and len(store.get_json(INGEST_LEASES_KEY)["workers"]) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
