@@ -57,3 +57,40 @@ def test_the_label_stage_is_the_source_of_training_rewards(local_store, monkeypa
     assert np.all(shift > 0)
     # Same state, same rows, same bootstrap: the targets move by exactly the rewards' change.
     np.testing.assert_allclose(_td_target_mean(after) - _td_target_mean(before), shift.mean(), rtol=1e-4)
+
+
+def test_a_label_table_or_buffer_file_altered_in_the_store_is_refused(local_store):
+    """Someone with write access to the store rewrites a label table (a failure's rewards raised to a
+    success's) or swaps a buffer file: training refuses it, naming what was altered."""
+    import io
+
+    import polars as pl
+    import pytest
+
+    from lwd_core.store import StoreError
+
+    task = TASK_SUITE[0].task_id
+    episodes = [make_episode(steps=20, obs_dim=OBS_DIM, action_dim=ACTION_DIM, task_id=task, seed=950 + i,
+                             success=i == 0, source="demo" if i == 0 else "rollout") for i in range(2)]
+    keys = [buffer_key("offline", task, episode.episode_id) for episode in episodes]
+    for key, episode in zip(keys, episodes, strict=True):
+        put_episode(local_store, key, episode)
+    label_buffer(local_store, "offline", ALGO.discount, NStepSchedule.from_config(ALGO))
+    snapshot = build_snapshot(local_store)
+    (table,) = local_store.list(LABELS_PREFIX, suffix=".parquet")
+    genuine = local_store.get(table)
+
+    frame = pl.read_parquet(io.BytesIO(genuine))
+    forged = frame.with_columns(pl.col("rewards").list.eval(pl.lit(0.0, pl.Float32)))  # never failed
+    sink = io.BytesIO()
+    forged.write_parquet(sink)
+    local_store.put_atomic(table, sink.getvalue())
+    with pytest.raises(StoreError, match="altered in the store"):
+        TransitionCache().load(local_store, snapshot, ALGO, "offline")
+
+    local_store.put_atomic(table, genuine)
+    put_episode(local_store, keys[1], episodes[0])  # another (valid, signed-once) episode under its key
+    with pytest.raises(StoreError, match="replaced in the store"):
+        TransitionCache().load(local_store, snapshot, ALGO, "offline")
+    put_episode(local_store, keys[1], episodes[1])
+    assert TransitionCache().load(local_store, snapshot, ALGO, "offline").offline is not None

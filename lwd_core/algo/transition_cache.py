@@ -26,7 +26,7 @@ from lwd_core.data.layout import BufferKind, get_episode, replay_segment_key, re
 from lwd_core.data.nstep import NStepSchedule, RunKind, build_transitions
 from lwd_core.data.snapshot import Snapshot, SnapshotEpisode
 from lwd_core.store import ObjectStore, StoreError, now_us
-from lwd_core.suite import TASK_INDEX, TASK_SUITE
+from lwd_core.suite import TASK_INDEX, TASK_SUITE, sparse_rewards
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,15 @@ def _build_pieces(store: ObjectStore, entries: list[SnapshotEpisode], settings: 
     for entry in entries:
         if entry.episode_id not in rewards:
             raise StoreError(f"label table {entry.label_table} has no row for episode {entry.episode_id}")
-        pieces[piece_id(entry)] = build_episode_transitions([get_episode(store, entry.key)], [rewards[entry.episode_id]],
-                                                            settings)
+        episode = get_episode(store, entry.key)
+        # Whoever can write to the store could swap a buffer file or a label table: the episode must be
+        # the one the snapshot names, and its rewards the suite's rule applied to its success flags.
+        if episode.episode_id != entry.episode_id:
+            raise StoreError(f"{entry.key} holds episode {episode.episode_id}, not {entry.episode_id}: replaced in the store")
+        if not np.array_equal(rewards[entry.episode_id], sparse_rewards(episode.successes)):
+            raise StoreError(f"label table {entry.label_table} gives episode {entry.episode_id} rewards the suite's "
+                             f"reward rule does not: the table was altered in the store, not trusted")
+        pieces[piece_id(entry)] = build_episode_transitions([episode], [rewards[entry.episode_id]], settings)
     return pieces
 
 
