@@ -33,6 +33,10 @@ fleet_app = typer.Typer(help="Simulated robot fleet: start actors, show versions
 app.add_typer(fleet_app, name="fleet")
 keys_app = typer.Typer(help="Ed25519 keys: one per robot, and the release key.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+import_app = typer.Typer(help="Bring data in: a LeRobotDataset v3 as offline data.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+export_app = typer.Typer(help="Hand data out: a snapshot as a LeRobotDataset v3.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 ConfigOption = Annotated[
     Path | None,
@@ -333,6 +337,30 @@ def keys_generate(
     typer.echo(json.dumps({"keys_dir": str(keyring.root), "written": written,
                            "fingerprints": {name: keyring.fingerprint(name)
                                             for name in [*names, *([RELEASE] if release else [])]}}, indent=2))
+
+
+@import_app.command("lerobot")
+def import_lerobot(
+    path: Annotated[Path, typer.Argument(help="The dataset's root directory (meta/info.json, data/).")],
+    config: ConfigOption = None,
+) -> None:
+    """A LeRobotDataset v3 into the offline buffer through ingestion: a bad episode is quarantined with
+    its reason, the others land exactly once. Feature names: the config's `lerobot` section."""
+    from flows.lerobot import import_lerobot as flow
+
+    _run(_load(config), flow, path=str(path.resolve()))
+
+
+@export_app.command("lerobot")
+def export_lerobot(
+    snapshot: Annotated[str, typer.Argument(help="Snapshot id ('latest' for the newest).")],
+    path: Annotated[Path, typer.Argument(help="A new or empty directory for the dataset.")],
+    config: ConfigOption = None,
+) -> None:
+    """A snapshot's episodes as a LeRobotDataset v3 that LeRobot's `LeRobotDataset` opens."""
+    from flows.lerobot import export_lerobot as flow
+
+    _run(_load(config), flow, snapshot_id="" if snapshot == "latest" else snapshot, path=str(path.resolve()))
 
 
 def main() -> None:

@@ -283,6 +283,20 @@ class RolloutConfig(_Section):
     heartbeat_timeout_seconds: float = Field(default=60.0, gt=0.0)
 
 
+class LeRobotConfig(_Section):
+    """Which of a LeRobotDataset's features are what, for `lwd import lerobot` (datasets name their state
+    and action as their robot does)."""
+
+    state: str = "observation.state"  # the scene's state (padded on import) or the suite's full observation
+    action: str = "action"
+    success: str = "next.success"  # a per-frame bool; the episode succeeds on the frame where it is true
+    intervention: str = ""  # a per-frame bool feature marking a person's steps, if the dataset has one
+    source: Literal["demo", "play"] = "demo"  # what the imported episodes are
+    # The dataset's task text -> a suite task id; a text not listed must be a suite task's instruction.
+    tasks: dict[str, str] = Field(default_factory=dict)
+    uploader: str = "lerobot-import"  # the identity imported episodes carry (a teleoperator's)
+
+
 class LWDConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LWD_",
@@ -305,6 +319,7 @@ class LWDConfig(BaseSettings):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    lerobot: LeRobotConfig = Field(default_factory=LeRobotConfig)
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> LWDConfig:

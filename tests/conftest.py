@@ -39,6 +39,12 @@ LONGEST_FIRST = ("test_flows.py", "test_faults.py", "test_experiment.py", "test_
                  "test_production_stack.py", "test_qam.py", "test_deployments.py", "test_distributed.py")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--lerobot-python", default="",
+                     help="a Python with the lerobot package (its own environment: it pulls torch), for the "
+                          "interop test that opens our export with LeRobotDataset")
+
+
 def pytest_collection_modifyitems(items):
     rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order

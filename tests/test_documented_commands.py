@@ -163,6 +163,8 @@ RUN_ELSEWHERE = {
                     IN_THE_TINY_FLYWHEEL),
     **dict.fromkeys(("approve", "reject", "watch-champion"), "tests/test_flows.py runs it on a tiny flywheel's versions"),
     "fleet up": "tests/test_fleet.py runs the actors and edge clients it starts",
+    "import lerobot": "tests/test_lerobot.py imports the LeRobot-made fixture with it",
+    "export lerobot": "tests/test_lerobot.py exports a snapshot (and opens it with LeRobot in the interop run)",
 }
 # Commands that start or need a long-lived server: parse-checked, then skipped with this reason.
 NEEDS_A_SERVER = {

@@ -37,6 +37,7 @@ from lwd_core.data.labels import labels_table
 from lwd_core.data.layout import (
     INGEST_LEASES_KEY,
     RAW_PREFIX,
+    BufferKind,
     buffer_key,
     ingest_log_key,
     quarantine_key,
@@ -487,13 +488,15 @@ def ingest_batch(
     check_signature: SignatureCheck | None = None,
     label: Labeller | None = None,
     workers: int = 4,
+    kind: BufferKind = "online",
 ) -> IngestReport:
     """Every object is settled on its own: an error while handling one quarantines that one, with the
     reason, and the batch goes on. Reads (fetch, decode, hash, signature) and writes (re-encode, put,
     remove the raw copy) run on ``workers`` threads: the store's round trips and the Parquet codec
     release the GIL. With ``label``, the accepted episodes' labels are written as one table for the
     batch, in the buffer objects' group commit and after them (what is not labelled here, after a
-    crash say, the label stage picks up)."""
+    crash say, the label stage picks up). ``kind``: the buffer accepted episodes join (an import of
+    demonstrations joins the offline one)."""
     report = IngestReport()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") if workers > 1 else nullcontext() as pool:
         each = pool.map if pool is not None else map
@@ -520,7 +523,7 @@ def ingest_batch(
                 outcome.reasons = ["duplicate: episode id already ingested"]
                 store.discard(raw)
             else:
-                outcome.destination = buffer_key("online", episode.task_id, episode.episode_id)
+                outcome.destination = buffer_key(kind, episode.task_id, episode.episode_id)
                 writes.append((outcome, episode, signature))
             seen.add(episode.episode_id)
             report.outcomes.append(outcome)
@@ -529,7 +532,8 @@ def ingest_batch(
         encoded = list(each(lambda item: item[1].to_parquet_bytes(item[2]), writes))
         objects = [(outcome.destination, data) for (outcome, _, _), data in zip(writes, encoded, strict=True)]
         # The labels table shares the episodes' group commit and becomes visible after them.
-        labels = _labels(label, [(outcome, episode) for outcome, episode, _ in writes]) if label is not None else None
+        labels = (_labels(label, [(outcome, episode) for outcome, episode, _ in writes], kind) if label is not None
+                  else None)
         report.labels_key = labels[0] if labels is not None else None
         store.put_many_atomic(objects, workers=workers, last=labels)
         ingested = now_us()
@@ -543,7 +547,7 @@ def ingest_batch(
     return report
 
 
-def _labels(label: Labeller, accepted: list[tuple[Outcome, Episode]]) -> tuple[str, bytes] | None:
+def _labels(label: Labeller, accepted: list[tuple[Outcome, Episode]], kind: BufferKind) -> tuple[str, bytes] | None:
     """The labels table of the episodes being buffered. One the labeller fails on is buffered
     unlabelled, with the reason on its outcome, for the label stage to retry (``unlabelled_keys``)
     rather than holding back the batch."""
@@ -553,7 +557,7 @@ def _labels(label: Labeller, accepted: list[tuple[Outcome, Episode]]) -> tuple[s
             rows.append(label(episode))
         except Exception as exc:  # noqa: BLE001
             outcome.reasons = bounded([*outcome.reasons, f"not labelled: {_error(exc)}"])
-    return labels_table("online", rows) if rows else None
+    return labels_table(kind, rows) if rows else None
 
 
 def write_ingest_log(store: ObjectStore, report: IngestReport, run_name: str) -> str:

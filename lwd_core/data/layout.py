@@ -57,6 +57,12 @@ def raw_key(robot_id: str, episode_id: str, when: datetime | None = None) -> str
     return f"raw/{day}/{safe_name(robot_id, 'robot id')}/{safe_name(episode_id, 'episode id')}.parquet"
 
 
+def import_staging_key(dataset: str, name: str) -> str:
+    """Where an imported episode waits for ingestion: outside raw/, which the fleet's ingestion drains
+    with the fleet's expectations."""
+    return f"import/{safe_name(dataset, 'dataset name')}/{safe_name(name, 'episode name')}.parquet"
+
+
 def quarantine_key(name: str) -> str:
     return f"quarantine/{safe_name(name, 'quarantine name')}.parquet"
 
