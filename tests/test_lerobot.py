@@ -18,7 +18,12 @@ from conftest import last_json, lwd
 from lwd_core.config import AlgoConfig, LeRobotConfig
 from lwd_core.data.labels import label_buffer
 from lwd_core.data.layout import buffer_prefix, get_episode
-from lwd_core.data.lerobot import _write_tasks, export_snapshot, import_dataset, read_dataset
+from lwd_core.data.lerobot import (
+    _write_tasks,
+    export_snapshot,
+    import_dataset,
+    read_dataset,
+)
 from lwd_core.data.nstep import NStepSchedule
 from lwd_core.data.snapshot import build_snapshot
 from lwd_core.suite import SCENE_OBS_DIMS, get_task
