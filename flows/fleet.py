@@ -131,13 +131,14 @@ def fleet_status(config: LWDConfig | None = None) -> None:
         print("no actors have reported yet (start some with `lwd fleet up`)")
         return
     header = f"{'robot':<10} {'task':<20} {'desired':<14} {'running':<14} {'sync':<5} {'state':<17} " \
-             f"{'episodes':>8} {'success':>8} {'heartbeat':>10}"
+             f"{'episodes':>8} {'autonomous':>10} {'assisted':>8} {'heartbeat':>10}"
     print(header)
     for row in rows:
-        rate = "-" if row["success_rate"] is None else f"{row['success_rate']:.0%}"
+        autonomous, assisted = ("-" if row[name] is None else f"{row[name]:.0%}"
+                                for name in ("autonomous_success", "assisted_success"))
         print(f"{row['robot_id']:<10} {row['task_id'] or '-':<20} {row['desired'] or '-':<14} "
               f"{row['running'] or '-':<14} {'yes' if row['in_sync'] else 'NO':<5} {row['state'] or '-':<17} "
-              f"{row['episodes']:>8} {rate:>8} {row['heartbeat_age_s']:>9.0f}s")
+              f"{row['episodes']:>8} {autonomous:>10} {assisted:>8} {row['heartbeat_age_s']:>9.0f}s")
         if row["last_error"]:
             print(f"{'':<10} error: {row['last_error']}")
 

@@ -53,15 +53,17 @@ class FleetRound(BaseModel):
     fleet_episodes: int | None = None
     fleet_steps: int | None = None
     quarantined: int | None = None
-    fleet_success: float | None = None
+    # Autonomous: finished by the policy alone; assisted: rescued by the teleoperator (never "success").
+    autonomous_success: float | None = None
+    assisted_success: float | None = None
+    takeovers_per_robot_hour: float | None = None
     intervention_steps: int | None = None
 
     @classmethod
     def of(cls, ingested: IngestSummary) -> FleetRound:
-        rate = ingested.success_rate
         return cls(fleet_episodes=ingested.accepted, fleet_steps=ingested.transitions_accepted,
-                   quarantined=ingested.quarantined, fleet_success=None if rate is None else round(rate, 3),
-                   intervention_steps=ingested.intervention_steps)
+                   quarantined=ingested.quarantined, intervention_steps=ingested.intervention_steps,
+                   **ingested.fleet_outcomes.rates())
 
 
 class RoundRecord(Deployment, FleetRound):
@@ -226,7 +228,7 @@ def where_to_look(config) -> list[str]:
 
 def format_table(rows: list[RoundRecord]) -> str:
     columns = ["round", "stage", "model_version", "candidate_success", "champion_success", "gate", "approved",
-               "rollout", "fleet_episodes", "fleet_success"]
+               "rollout", "fleet_episodes", "autonomous_success", "assisted_success"]
     lines = [" | ".join(f"{c:>17}" for c in columns)]
     for row in rows:
         shown = row.model_dump()

@@ -205,11 +205,14 @@ class TrainedVersion(Result):
 
 
 class CanaryReport(Result):
+    """The canary's evidence: autonomous success (no teleoperator rescue) of the canary robots on the new
+    release against the fleet's on the previous one."""
+
     robots: list[str]
     episodes: int
-    success_rate: float
+    autonomous_success: float
     baseline_version: str
-    baseline_success_rate: float
+    baseline_autonomous_success: float
     baseline_episodes: int
     watched: bool
     reason: str

@@ -63,12 +63,16 @@ def test_a_canary_is_judged_against_the_stable_release_on_the_fleet(local_store,
 
     coordinator = publisher(local_store, keyring)
     stable, candidate = (tiny_policy_checkpoint(local_store, f"checkpoints/v{i}", i) for i in (1, 2))
-    record = {stable.version: {"episodes": 10, "successes": 9}, candidate.version: {"episodes": 2, "successes": 0}}
+    # The candidate's two episodes both ended in success, but the teleoperator rescued both: they are
+    # assisted, so its autonomous success is 0 and the canary regresses.
+    record = {stable.version: {"episodes": 10, "autonomous_successes": 9},
+              candidate.version: {"episodes": 2, "assisted_episodes": 2, "assisted_successes": 2}}
     coordinator.report("robot-00", {"running_version": candidate.version, "per_version": record})
     assert live_robots(coordinator, heartbeat_timeout_s=60) == ["robot-00"]
     verdict, report = judge_canary(coordinator, candidate, ["robot-00"], stable.version, episodes_per_robot=2,
                                    timeout_s=5, tolerance=0.25)
-    assert not verdict.promote and report["watched"] and report["baseline_success_rate"] == 0.9
+    assert not verdict.promote and report["watched"] and report["baseline_autonomous_success"] == 0.9
+    assert report["autonomous_success"] == 0.0
     late, _ = judge_canary(coordinator, candidate, ["robot-00"], stable.version, 3, timeout_s=0.0, tolerance=1.0)
     assert late.reason == "canary timeout"
     deployed = distribute(coordinator, candidate, ["robot-00"], timeout_s=5)
@@ -113,3 +117,20 @@ def test_the_gate_report_shows_each_task_against_the_champion_with_intervals():
     assert "| **mean** |" in report and report.endswith("http://mlflow/#/runs/abc")
     first = gate_report_markdown(GateResult.of("1", None, gate_decision(candidate, None, 0.05, 0.2), candidate, None))
     assert "vs no champion" in first and "| swap-pair | 80% (40% to 90%, n=20) | - | - |" in first
+
+
+def test_fleet_success_is_autonomous_and_a_rescue_is_assisted():
+    import numpy as np
+
+    from lwd_core.data.outcomes import OutcomeCounts, takeovers
+
+    assert takeovers(np.array([0, 1, 1, 0, 0, 1, 0, 1], bool)) == 3 and takeovers(np.array([1, 1], bool)) == 1
+    counts = OutcomeCounts()
+    counts.add(True, np.zeros(100, bool))  # the policy alone
+    counts.add(True, np.array([0] * 50 + [1] * 50, bool))  # rescued
+    counts.add(False, np.zeros(100, bool))
+    counts.add(False, np.array([1, 0] * 50, bool))  # 50 takeovers, still failed
+    assert (counts.autonomous_success, counts.assisted_success) == (0.25, 0.25)
+    assert counts.takeovers == 51 and counts.takeovers_per_robot_hour == 51 / (400 * 0.05 / 3600)
+    assert OutcomeCounts.from_dict(counts.to_dict()) + OutcomeCounts() == counts
+    assert OutcomeCounts.from_dict({"episodes": 3, "successes": 3}).autonomous_success == 0.0  # an old report

@@ -43,6 +43,7 @@ from lwd_core.data.layout import (
     quarantine_key,
     quarantine_reason_key,
 )
+from lwd_core.data.outcomes import OutcomeCounts, takeovers
 from lwd_core.data.validation import Expectations, validate_episodes
 from lwd_core.faults import failpoint
 from lwd_core.security import SIGNATURE_KEY, SIGNER_KEY
@@ -67,6 +68,7 @@ class Outcome:
     steps: int = 0
     success: bool | None = None
     intervention_steps: int = 0
+    takeovers: int = 0
     finished_us: int | None = None
     uploaded_us: int | None = None  # as the store's listing dated it
     ingested_us: int | None = None
@@ -94,7 +96,12 @@ class IngestSummary(BaseModel):
     quarantined: int = 0
     duplicates: int = 0
     transitions_accepted: int = 0
-    successes: int = 0
+    # Of the accepted episodes (lwd_core.data.outcomes): successes without a takeover, episodes and
+    # successes with one, and takeovers.
+    autonomous_successes: int = 0
+    assisted_episodes: int = 0
+    assisted_successes: int = 0
+    takeovers: int = 0
     intervention_steps: int = 0
     quarantine_reasons: dict[str, int] = {}  # reason (up to its first ':') -> episodes
     latency_s: list[float] = []  # episode end -> buffer, per accepted episode, sorted
@@ -102,8 +109,8 @@ class IngestSummary(BaseModel):
 
     @classmethod
     def total(cls, parts: list[IngestSummary]) -> IngestSummary:
-        counts = ("seen", "accepted", "quarantined", "duplicates", "transitions_accepted", "successes",
-                  "intervention_steps")
+        counts = ("seen", "accepted", "quarantined", "duplicates", "transitions_accepted", "autonomous_successes",
+                  "assisted_episodes", "assisted_successes", "takeovers", "intervention_steps")
         reasons: dict[str, int] = {}
         for part in parts:
             for reason, count in part.quarantine_reasons.items():
@@ -113,8 +120,10 @@ class IngestSummary(BaseModel):
                    queued_s=sorted(x for part in parts for x in part.queued_s))
 
     @property
-    def success_rate(self) -> float | None:
-        return self.successes / self.accepted if self.accepted else None
+    def fleet_outcomes(self) -> OutcomeCounts:
+        return OutcomeCounts(episodes=self.accepted, steps=self.transitions_accepted,
+                             autonomous_successes=self.autonomous_successes, assisted_episodes=self.assisted_episodes,
+                             assisted_successes=self.assisted_successes, takeovers=self.takeovers)
 
 
 class QuarantinedEpisode(BaseModel):
@@ -150,7 +159,10 @@ class IngestReport:
         return IngestSummary(seen=len(self.outcomes), accepted=self.count("accepted"),
                              quarantined=self.count("quarantined"), duplicates=self.count("duplicate"),
                              transitions_accepted=sum(o.steps for o in accepted),
-                             successes=sum(bool(o.success) for o in accepted),
+                             autonomous_successes=sum(bool(o.success) and not o.takeovers for o in accepted),
+                             assisted_episodes=sum(bool(o.takeovers) for o in accepted),
+                             assisted_successes=sum(bool(o.success) and bool(o.takeovers) for o in accepted),
+                             takeovers=sum(o.takeovers for o in accepted),
                              intervention_steps=sum(o.intervention_steps for o in accepted),
                              quarantine_reasons=reasons, latency_s=latencies, queued_s=queued)
 
@@ -516,6 +528,7 @@ def ingest_batch(
             outcome = Outcome(raw, "accepted", episode.episode_id, episode.task_id, episode.robot_id,
                               steps=episode.num_steps, success=episode.outcome == "success",
                               intervention_steps=int(episode.interventions.sum()),
+                              takeovers=takeovers(episode.interventions),
                               finished_us=int(episode.timestamps_us[-1]))
             existing = in_buffer(store, episode.task_id, episode.episode_id)
             if existing or episode.episode_id in seen:

@@ -32,6 +32,7 @@ import numpy as np
 from lwd_core.algo.text import tokenize
 from lwd_core.config import HumanConfig
 from lwd_core.data.layout import safe_name
+from lwd_core.data.outcomes import OutcomeCounts
 from lwd_core.fleet.coordinator import Coordinator, Release, now_us
 from lwd_core.fleet.edge import EdgeClient, fsync_write
 from lwd_core.sim.rollout import EpisodeRunner, make_env
@@ -279,12 +280,9 @@ class Actor:
         episode = robot.runner.episode()
         robot.runner = None
         self.edge.spool(episode)
-        counts = robot.per_version.setdefault(episode.policy_version, {"episodes": 0, "successes": 0,
-                                                                       "intervention_steps": 0, "steps": 0})
-        counts["episodes"] += 1
-        counts["successes"] += int(episode.outcome == "success")
-        counts["intervention_steps"] += int(episode.interventions.sum())
-        counts["steps"] += episode.num_steps
+        counts = OutcomeCounts.from_dict(robot.per_version.get(episode.policy_version))
+        counts.add(episode.outcome == "success", episode.interventions)
+        robot.per_version[episode.policy_version] = counts.to_dict()
         self.episodes_finished += 1
         self.report(robot, "running")
 

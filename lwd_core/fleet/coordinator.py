@@ -29,6 +29,7 @@ from lwd_core.data.layout import (
     actor_status_key,
     safe_name,
 )
+from lwd_core.data.outcomes import OutcomeCounts
 from lwd_core.store import ObjectStore, commit_manifest_key, now_us, sha256_hex
 
 _HISTORY = 20
@@ -189,8 +190,7 @@ class Coordinator:
         now = now_us()
         for robot_id, state in sorted(self.actors().items()):
             release = self.release_for(robot_id, document)
-            episodes = sum(v["episodes"] for v in state.get("per_version", {}).values())
-            successes = sum(v["successes"] for v in state.get("per_version", {}).values())
+            counts = sum(map(OutcomeCounts.from_dict, state.get("per_version", {}).values()), OutcomeCounts())
             rows.append({
                 "robot_id": robot_id,
                 "task_id": state.get("task_id"),
@@ -198,8 +198,8 @@ class Coordinator:
                 "running": state.get("running_version"),
                 "in_sync": bool(release) and state.get("running_version") == release.version,
                 "state": state.get("state"),
-                "episodes": episodes,
-                "success_rate": successes / episodes if episodes else None,
+                "episodes": counts.episodes,
+                **counts.rates(),
                 "heartbeat_age_s": (now - state["heartbeat_us"]) / 1e6,
                 "last_error": state.get("last_error"),
             })
@@ -211,16 +211,11 @@ class Coordinator:
         targets = robots if robots is not None else list(states)
         return bool(targets) and all(states.get(r, {}).get("running_version") == version for r in targets)
 
-    def outcomes(self, version: str, robots: list[str] | None = None) -> tuple[int, int]:
-        """(episodes, successes) finished under ``version`` by ``robots`` (default: all)."""
-        episodes = successes = 0
-        for robot_id, state in self.actors().items():
-            if robots is not None and robot_id not in robots:
-                continue
-            counts = state.get("per_version", {}).get(version, {})
-            episodes += counts.get("episodes", 0)
-            successes += counts.get("successes", 0)
-        return episodes, successes
+    def outcomes(self, version: str, robots: list[str] | None = None) -> OutcomeCounts:
+        """What ``robots`` (default: all) finished under ``version``, autonomous and assisted."""
+        return sum((OutcomeCounts.from_dict(state.get("per_version", {}).get(version))
+                    for robot_id, state in self.actors().items() if robots is None or robot_id in robots),
+                   OutcomeCounts())
 
     def distribution_latencies_s(self, version: str) -> list[float]:
         """Per robot: seconds from the release's approval to that robot running it."""

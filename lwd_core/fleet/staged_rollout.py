@@ -33,13 +33,14 @@ def judge_canary(coordinator: Coordinator, release: Release, canary: list[str], 
     timeout), :func:`lwd_core.gating.canary_decision` against the baseline release's fleet record;
     with the report a rollout shows."""
     needed = episodes_per_robot * len(canary)
-    watched = wait_until(lambda: coordinator.outcomes(release.version, canary)[0] >= needed, timeout_s)
-    episodes, successes = coordinator.outcomes(release.version, canary)
-    base_episodes, base_successes = coordinator.outcomes(baseline_version)
-    verdict = canary_decision(episodes, successes, base_episodes, base_successes, watched, tolerance)
-    report = {"robots": canary, "episodes": episodes, "success_rate": verdict.canary_rate,
-              "baseline_version": baseline_version, "baseline_success_rate": verdict.baseline_rate,
-              "baseline_episodes": base_episodes, "watched": watched, "reason": verdict.reason}
+    watched = wait_until(lambda: coordinator.outcomes(release.version, canary).episodes >= needed, timeout_s)
+    # Autonomous success on both sides: a rescue by the teleoperator is not the release's success.
+    seen, baseline = coordinator.outcomes(release.version, canary), coordinator.outcomes(baseline_version)
+    verdict = canary_decision(seen.episodes, seen.autonomous_successes, baseline.episodes,
+                              baseline.autonomous_successes, watched, tolerance)
+    report = {"robots": canary, "episodes": seen.episodes, "autonomous_success": verdict.canary_rate,
+              "baseline_version": baseline_version, "baseline_autonomous_success": verdict.baseline_rate,
+              "baseline_episodes": baseline.episodes, "watched": watched, "reason": verdict.reason}
     return verdict, report
 
 
