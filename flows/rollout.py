@@ -1,11 +1,13 @@
 """Staged rollout of the champion through the coordinator.
 
 1. First release ever: every robot gets it.
-2. Otherwise the canary subset (``fleet.canary_fraction`` of live robots) gets it first; once each
-   canary robot finished ``rollout.canary_episodes`` episodes on it, :func:`lwd_core.gating.canary_decision`
-   compares its success with the previous release's. A regression beyond ``rollout.regression_tolerance``
-   (or a timeout) rolls the canaries back and returns alias ``champion`` to the previous version;
-   otherwise every robot gets it.
+2. Otherwise the canary subset (``fleet.canary_fraction`` of live robots, at least
+   ``rollout.canary_min_robots``) gets it first. Once it has the evidence (``rollout.canary_min_episodes``
+   episodes from at least ``rollout.canary_min_robots`` robots), :func:`lwd_core.gating.canary_decision`
+   compares its autonomous success with the previous release's: every robot gets it only when the 95%
+   interval of the difference lies above ``-rollout.regression_tolerance``. Otherwise, or without the
+   evidence by ``rollout.timeout_seconds``, the canaries roll back and alias ``champion`` returns to the
+   previous version. The decision, its n and interval are tagged on the version and shown on the run.
 3. Wait until every live robot runs it; record distribution latencies (approval -> running).
 
 Only the champion with a passed gate and a recorded approval ships
@@ -24,6 +26,7 @@ from tasks.rollout import (
     deploy_to_fleet,
     fleet_now,
     mark_rollout_started,
+    record_canary,
     record_deployed,
     roll_back,
     watch_canary,
@@ -41,6 +44,7 @@ def rollout(model_version: str = "", config: LWDConfig | None = None) -> Rollout
     canary = None
     if stable and robots:
         promote, canary = watch_canary(config, release, robots, stable)
+        record_canary(config, version, promote, canary)
         if not promote:
             champion = roll_back(config, version, canary)
             return RolloutResult(version=version, status=RolloutStatus.ROLLED_BACK, release=release.version,

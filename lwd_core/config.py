@@ -274,9 +274,13 @@ class PromotionConfig(_Section):
 
 
 class RolloutConfig(_Section):
-    # Canary episodes per canary robot before the decision.
-    canary_episodes: int = Field(default=1, ge=1)
-    # Roll back when canary success < the previous release's success - tolerance.
+    # The canary's evidence before it may reach every robot: at least this many episodes on the new
+    # release, from at least this many canary robots (lwd_core.gating.canary_decision); short of it at
+    # timeout_seconds, it rolls back.
+    canary_min_episodes: int = Field(default=20, ge=1)
+    canary_min_robots: int = Field(default=2, ge=1)
+    # Non-inferiority margin: the 95% interval of (canary - previous release) autonomous success must
+    # lie above -regression_tolerance.
     regression_tolerance: float = Field(default=0.25, ge=0.0, le=1.0)
     timeout_seconds: float = Field(default=900.0, gt=0.0)
     # Actors silent longer than this are not waited for.

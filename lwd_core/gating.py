@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -60,25 +61,57 @@ class GateResult(BaseModel):
                    champion_eval=champion_eval)
 
 
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval: sensible at 0 or n successes and for small n."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def difference_interval(successes_a: int, trials_a: int, successes_b: int, trials_b: int) -> tuple[float, float]:
+    """95% interval of rate a minus rate b (Newcombe's hybrid score interval, from the two Wilson
+    intervals): sound for small samples and rates near 0 or 1."""
+    rate_a = successes_a / trials_a if trials_a else 0.0
+    rate_b = successes_b / trials_b if trials_b else 0.0
+    (low_a, high_a), (low_b, high_b) = wilson_interval(successes_a, trials_a), wilson_interval(successes_b, trials_b)
+    difference = rate_a - rate_b
+    return (difference - math.sqrt((rate_a - low_a) ** 2 + (high_b - rate_b) ** 2),
+            difference + math.sqrt((high_a - rate_a) ** 2 + (rate_b - low_b) ** 2))
+
+
 @dataclass(frozen=True)
 class CanaryDecision:
     promote: bool
     reason: str
     canary_rate: float
     baseline_rate: float
+    difference_low: float  # 95% interval of canary minus baseline autonomous success
+    difference_high: float
 
 
 def canary_decision(canary_episodes: int, canary_successes: int, baseline_episodes: int, baseline_successes: int,
-                    finished_in_time: bool, tolerance: float) -> CanaryDecision:
+                    enough_evidence: bool, tolerance: float) -> CanaryDecision:
+    """Non-inferiority on autonomous success: the canary reaches every robot only when it has the
+    configured evidence and the 95% interval of (canary - baseline) lies above ``-tolerance``; without
+    the evidence in time, or with an interval reaching below, it rolls back."""
     canary_rate = canary_successes / canary_episodes if canary_episodes else 0.0
     baseline_rate = baseline_successes / baseline_episodes if baseline_episodes else 0.0
-    if not finished_in_time:
-        return CanaryDecision(False, "canary timeout", canary_rate, baseline_rate)
-    if canary_rate < baseline_rate - tolerance:
-        return CanaryDecision(False, f"canary {canary_rate:.2f} < baseline {baseline_rate:.2f}", canary_rate,
-                              baseline_rate)
-    return CanaryDecision(True, f"canary {canary_rate:.2f} >= baseline {baseline_rate:.2f} - {tolerance}",
-                          canary_rate, baseline_rate)
+    low, high = difference_interval(canary_successes, canary_episodes, baseline_successes, baseline_episodes)
+    shown = (f"canary {canary_rate:.2f} (n={canary_episodes}) vs baseline {baseline_rate:.2f} "
+             f"(n={baseline_episodes}): difference 95% CI [{low:+.2f}, {high:+.2f}]")
+    if not enough_evidence:
+        return CanaryDecision(False, f"canary timeout before enough evidence; {shown}", canary_rate, baseline_rate,
+                              low, high)
+    if not baseline_episodes:  # the previous release never ran on the fleet: nothing to be worse than
+        return CanaryDecision(True, f"no baseline record; canary {canary_rate:.2f} (n={canary_episodes})",
+                              canary_rate, baseline_rate, low, high)
+    if low < -tolerance:
+        return CanaryDecision(False, f"{shown} reaches below -{tolerance}", canary_rate, baseline_rate, low, high)
+    return CanaryDecision(True, f"{shown} lies above -{tolerance}", canary_rate, baseline_rate, low, high)
 
 
 def gate_metrics(candidate_eval: dict, champion_eval: dict | None) -> dict[str, float]:

@@ -181,6 +181,11 @@ def rolled_back(reason: str) -> dict[str, str]:
     return {"approval": Approval.ROLLED_BACK, "rollout": RolloutStatus.ROLLED_BACK, "rollback_reason": reason}
 
 
+def canary_decided(promote: bool, reason: str) -> dict[str, str]:
+    """The canary's decision with its evidence (n, rates and the 95% interval, in ``reason``)."""
+    return {"canary_decision": "promote" if promote else "roll back", "canary_evidence": reason}
+
+
 def deployed(status: RolloutStatus, at_us: int) -> dict[str, str]:
     return {"rollout": status, "deployed_us": str(at_us)}
 
@@ -209,10 +214,13 @@ class CanaryReport(Result):
     release against the fleet's on the previous one."""
 
     robots: list[str]
+    robots_seen: int  # canary robots that finished an episode on the new release
     episodes: int
     autonomous_success: float
     baseline_version: str
     baseline_autonomous_success: float
+    difference_ci: list[float]  # 95% interval of canary minus baseline autonomous success
+    rule: str
     baseline_episodes: int
     watched: bool
     reason: str

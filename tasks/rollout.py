@@ -5,6 +5,7 @@ the fleet does not (a retry would wait the whole timeout again)."""
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 
 from lwd_core import promotion
 from lwd_core.config import LWDConfig
@@ -72,12 +73,29 @@ def watch_canary(config: LWDConfig, release: Release, robots: list[str],
                  baseline_version: str) -> tuple[bool, CanaryReport]:
     """The canary subset gets the release; whether it may reach every robot, and the canary's report."""
     coordinator = publisher(config)
-    canary = choose_canary(robots, config.fleet.canary_fraction)
+    canary = choose_canary(robots, config.fleet.canary_fraction, config.rollout.canary_min_robots)
     coordinator.publish_canary(release, canary)
     get_run_logger().info("canary: %s -> %s", ",".join(canary), release.version)
-    verdict, report = judge_canary(coordinator, release, canary, baseline_version, config.rollout.canary_episodes,
-                                   config.rollout.timeout_seconds, config.rollout.regression_tolerance)
+    verdict, report = judge_canary(coordinator, release, canary, baseline_version, config.rollout.canary_min_episodes,
+                                   config.rollout.canary_min_robots, config.rollout.timeout_seconds,
+                                   config.rollout.regression_tolerance)
     return verdict.promote, CanaryReport(**report)
+
+
+@task(retries=3, retry_delay_seconds=RETRY_DELAYS_S)
+def record_canary(config: LWDConfig, version: str, promote: bool, canary: CanaryReport) -> None:
+    """The decision, its n and its interval: on the version (tags) and on the Prefect run (artifact)."""
+    mlflow_adapter.tag_version(config, version, promotion.canary_decided(promote, canary.reason))
+    low, high = canary.difference_ci
+    create_markdown_artifact(key="canary", description=f"v{version}: canary decision", markdown="\n".join([
+        f"### Canary for v{version}: {'promote to every robot' if promote else 'roll back'}", "",
+        "| | robots | episodes | autonomous success |", "|---|---|---|---|",
+        f"| canary (v{version}) | {canary.robots_seen} of {len(canary.robots)} | {canary.episodes} | "
+        f"{canary.autonomous_success:.0%} |",
+        f"| baseline ({canary.baseline_version}) | fleet | {canary.baseline_episodes} | "
+        f"{canary.baseline_autonomous_success:.0%} |", "",
+        f"Difference, 95% interval: [{100 * low:+.0f}, {100 * high:+.0f}] points. Rule: {canary.rule}.",
+        f"Decision: {canary.reason}."]))
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS_S)

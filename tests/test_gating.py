@@ -26,13 +26,15 @@ def test_gate_without_a_champion_needs_the_minimum():
 
 
 def test_canary_rolls_back_on_regression_or_timeout():
-    assert canary_decision(4, 3, 20, 16, finished_in_time=True, tolerance=0.25).promote  # 0.75 vs 0.80
-    regressed = canary_decision(4, 1, 20, 16, finished_in_time=True, tolerance=0.25)  # 0.25 vs 0.80
-    assert not regressed.promote and "0.25 < baseline 0.80" in regressed.reason
-    late = canary_decision(4, 4, 20, 16, finished_in_time=False, tolerance=0.25)
-    assert not late.promote and late.reason == "canary timeout"
-    # No baseline episodes yet: any canary result is accepted.
-    assert canary_decision(2, 0, 0, 0, finished_in_time=True, tolerance=0.25).promote
+    assert canary_decision(40, 31, 200, 160, enough_evidence=True, tolerance=0.25).promote  # 0.78 vs 0.80
+    regressed = canary_decision(40, 10, 200, 160, enough_evidence=True, tolerance=0.25)  # 0.25 vs 0.80
+    assert not regressed.promote and "reaches below -0.25" in regressed.reason and "(n=40)" in regressed.reason
+    # The same rates on 4 episodes: the interval is too wide to show the canary is not worse.
+    assert not canary_decision(4, 3, 20, 16, enough_evidence=True, tolerance=0.25).promote
+    late = canary_decision(40, 40, 200, 160, enough_evidence=False, tolerance=0.25)
+    assert not late.promote and late.reason.startswith("canary timeout before enough evidence")
+    # No baseline episodes yet: nothing to be worse than.
+    assert canary_decision(2, 0, 0, 0, enough_evidence=True, tolerance=0.25).promote
 
 
 def _task_eval(rates: dict[str, float]) -> dict:
@@ -69,12 +71,12 @@ def test_a_canary_is_judged_against_the_stable_release_on_the_fleet(local_store,
               candidate.version: {"episodes": 2, "assisted_episodes": 2, "assisted_successes": 2}}
     coordinator.report("robot-00", {"running_version": candidate.version, "per_version": record})
     assert live_robots(coordinator, heartbeat_timeout_s=60) == ["robot-00"]
-    verdict, report = judge_canary(coordinator, candidate, ["robot-00"], stable.version, episodes_per_robot=2,
-                                   timeout_s=5, tolerance=0.25)
+    verdict, report = judge_canary(coordinator, candidate, ["robot-00"], stable.version, min_episodes=2,
+                                   min_robots=1, timeout_s=5, tolerance=0.25)
     assert not verdict.promote and report["watched"] and report["baseline_autonomous_success"] == 0.9
     assert report["autonomous_success"] == 0.0
-    late, _ = judge_canary(coordinator, candidate, ["robot-00"], stable.version, 3, timeout_s=0.0, tolerance=1.0)
-    assert late.reason == "canary timeout"
+    late, _ = judge_canary(coordinator, candidate, ["robot-00"], stable.version, 3, 1, timeout_s=0.0, tolerance=1.0)
+    assert late.reason.startswith("canary timeout before enough evidence")
     deployed = distribute(coordinator, candidate, ["robot-00"], timeout_s=5)
     assert deployed == {"status": "deployed", "distribution_latency_s": []}
     assert coordinator.desired()["stable"]["version"] == candidate.version
@@ -134,3 +136,37 @@ def test_fleet_success_is_autonomous_and_a_rescue_is_assisted():
     assert counts.takeovers == 51 and counts.takeovers_per_robot_hour == 51 / (400 * 0.05 / 3600)
     assert OutcomeCounts.from_dict(counts.to_dict()) + OutcomeCounts() == counts
     assert OutcomeCounts.from_dict({"episodes": 3, "successes": 3}).autonomous_success == 0.0  # an old report
+
+
+def test_a_canary_cannot_promote_on_less_evidence_than_configured(local_store, keyring):
+    """A perfect canary on one robot and a few episodes waits for its minimum, then times out and rolls
+    back; with the minimum met and a good record it promotes, with its interval in the report."""
+    from conftest import publisher
+    from test_fleet import tiny_policy_checkpoint
+
+    from lwd_core.fleet.staged_rollout import judge_canary
+    from lwd_core.gating import difference_interval
+
+    coordinator = publisher(local_store, keyring)
+    stable, candidate = (tiny_policy_checkpoint(local_store, f"checkpoints/v{i}", i) for i in (1, 2))
+    coordinator.report("robot-05", {"running_version": stable.version,
+                                    "per_version": {stable.version: {"episodes": 200, "autonomous_successes": 120}}})
+    coordinator.report("robot-00", {"running_version": candidate.version,
+                                    "per_version": {candidate.version: {"episodes": 5, "autonomous_successes": 5}}})
+    canary = ["robot-00", "robot-01"]
+    verdict, report = judge_canary(coordinator, candidate, canary, stable.version, min_episodes=20, min_robots=2,
+                                   timeout_s=0.5, tolerance=0.1)
+    assert not verdict.promote and not report["watched"] and report["robots_seen"] == 1
+    assert "timeout before enough evidence" in verdict.reason and "n=5" in verdict.reason
+    for robot, successes in (("robot-00", 18), ("robot-01", 19)):
+        coordinator.report(robot, {"running_version": candidate.version,
+                                   "per_version": {candidate.version: {"episodes": 20, "autonomous_successes": successes}}})
+    verdict, report = judge_canary(coordinator, candidate, canary, stable.version, min_episodes=20, min_robots=2,
+                                   timeout_s=60, tolerance=0.1)
+    assert verdict.promote and report["episodes"] == 40 and report["robots_seen"] == 2
+    low, high = report["difference_ci"]
+    assert -0.1 < low < 0.925 - 0.6 < high  # canary 92.5% vs baseline 60%
+    # The interval is Newcombe's: at equal rates it is centred on 0, and narrower with more episodes.
+    assert difference_interval(10, 20, 100, 200)[0] < difference_interval(100, 200, 100, 200)[0] < 0
+    # Enough episodes but a worse canary: rolled back, even within the old point rule.
+    assert not canary_decision(40, 22, 200, 120, True, 0.1).promote

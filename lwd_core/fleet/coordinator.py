@@ -77,11 +77,12 @@ def release_for_checkpoint(store: ObjectStore, checkpoint: str, version: str, ap
                    manifest_sha256=sha256_hex(manifest), approved_us=approved_us or now_us())
 
 
-def choose_canary(robot_ids: list[str], fraction: float) -> list[str]:
-    """A deterministic canary subset: the first ceil(fraction * n) robots (at least one)."""
+def choose_canary(robot_ids: list[str], fraction: float, minimum: int = 1) -> list[str]:
+    """A deterministic canary subset: the first ceil(fraction * n) robots, at least ``minimum`` (the
+    robots the canary's evidence needs)."""
     if not robot_ids:
         return []
-    count = min(len(robot_ids), max(1, math.ceil(fraction * len(robot_ids))))
+    count = min(len(robot_ids), max(minimum, math.ceil(fraction * len(robot_ids))))
     return sorted(robot_ids)[:count]
 
 

@@ -28,19 +28,31 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 
 
 
 def judge_canary(coordinator: Coordinator, release: Release, canary: list[str], baseline_version: str,
-                 episodes_per_robot: int, timeout_s: float, tolerance: float) -> tuple[CanaryDecision, dict[str, Any]]:
-    """Once each canary robot finished ``episodes_per_robot`` episodes on ``release`` (or at the
-    timeout), :func:`lwd_core.gating.canary_decision` against the baseline release's fleet record;
-    with the report a rollout shows."""
-    needed = episodes_per_robot * len(canary)
-    watched = wait_until(lambda: coordinator.outcomes(release.version, canary).episodes >= needed, timeout_s)
+                 min_episodes: int, min_robots: int, timeout_s: float, tolerance: float
+                 ) -> tuple[CanaryDecision, dict[str, Any]]:
+    """Waits until the canary robots finished ``min_episodes`` episodes on ``release``, from at least
+    ``min_robots`` of them (or the timeout), then :func:`lwd_core.gating.canary_decision` against the
+    baseline release's fleet record; with the report a rollout shows and records."""
+
+    def robots_seen() -> list[str]:
+        return [robot for robot in canary if coordinator.outcomes(release.version, [robot]).episodes]
+
+    def enough() -> bool:
+        return (coordinator.outcomes(release.version, canary).episodes >= min_episodes
+                and len(robots_seen()) >= min_robots)
+
+    enough_evidence = wait_until(enough, timeout_s)
     # Autonomous success on both sides: a rescue by the teleoperator is not the release's success.
     seen, baseline = coordinator.outcomes(release.version, canary), coordinator.outcomes(baseline_version)
     verdict = canary_decision(seen.episodes, seen.autonomous_successes, baseline.episodes,
-                              baseline.autonomous_successes, watched, tolerance)
-    report = {"robots": canary, "episodes": seen.episodes, "autonomous_success": verdict.canary_rate,
-              "baseline_version": baseline_version, "baseline_autonomous_success": verdict.baseline_rate,
-              "baseline_episodes": baseline.episodes, "watched": watched, "reason": verdict.reason}
+                              baseline.autonomous_successes, enough_evidence, tolerance)
+    report = {"robots": canary, "robots_seen": len(robots_seen()), "episodes": seen.episodes,
+              "autonomous_success": verdict.canary_rate, "baseline_version": baseline_version,
+              "baseline_autonomous_success": verdict.baseline_rate, "baseline_episodes": baseline.episodes,
+              "difference_ci": [round(verdict.difference_low, 3), round(verdict.difference_high, 3)],
+              "rule": f"needs >= {min_episodes} episodes from >= {min_robots} robots; promote when the 95% "
+                      f"interval of canary - baseline autonomous success lies above -{tolerance}",
+              "watched": enough_evidence, "reason": verdict.reason}
     return verdict, report
 
 

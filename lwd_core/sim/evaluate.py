@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from lwd_core.data.layout import eval_cache_key
+from lwd_core.gating import wilson_interval
 from lwd_core.sim.pool import EpisodeRequest, SimPool
 from lwd_core.store import ObjectStore, sha256_hex
 from lwd_core.suite import TaskSpec
@@ -27,17 +27,6 @@ BatchPolicy = Callable[[np.ndarray, list[TaskSpec]], np.ndarray]
 
 def eval_seed(base: int, task_id: str, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"eval/{base}/{task_id}/{index}".encode()).digest()[:4], "little")
-
-
-def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval: sensible at 0 or n successes and for small n."""
-    if trials == 0:
-        return 0.0, 1.0
-    p = successes / trials
-    denom = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mcnemar_p(reference: np.ndarray, other: np.ndarray) -> float:
