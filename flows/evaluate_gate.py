@@ -25,6 +25,6 @@ def evaluate_gate(model_version: str = "", episodes_per_task: int = 0, config: L
     champ = evaluate_version(config, champion, episodes, config.gate.seed) if champion and champion != candidate else None
     verdict = gate_decision(cand, champ, config.gate.tolerance, config.gate.min_success, champion)
     gate = GateResult.of(candidate, champion, verdict, cand, champ)
-    log_gate_run(config, gate)
+    log_gate_run(config, gate, episodes)
     record_gate_result(config, gate)
     return gate

@@ -84,11 +84,17 @@ class TrackingConfig(_Section):
     # Where a new experiment keeps run and model artifacts; empty: the server's default, or
     # <data_dir>/mlartifacts with the embedded sqlite store (not ./mlruns of whatever the cwd is).
     artifact_location: str = ""
-    # The MLflow UI reviewers open (links in notifications and version descriptions).
-    ui_url: str = "http://127.0.0.1:5000"
+    # The MLflow UI's public address, for links read outside it (notifications). Empty: links are
+    # relative to the UI (#/models/...), so a version page's links work on whatever host and port the
+    # UI is served.
+    ui_url: str = ""
+
+    def ui_link(self, route: str) -> str:
+        """A link to a page of the MLflow UI (``route``: ``/models/...``, ``/experiments/...``)."""
+        return f"{self.ui_url.rstrip('/')}/#{route}" if self.ui_url else f"#{route}"
 
     def version_page(self, version: str) -> str:
-        return f"{self.ui_url.rstrip('/')}/#/models/{self.registered_model}/versions/{version}"
+        return self.ui_link(f"/models/{self.registered_model}/versions/{version}")
 
 
 class OrchestrationConfig(_Section):

@@ -156,5 +156,5 @@ def gate_report_markdown(gate: GateResult, gate_run_url: str = "") -> str:
             change = f"{100 * (row['success_rate'] - other['success_rate']):+.0f} pts" if other else "-"
             lines.append(f"| {name} | {cell(row)} | {cell(other)} | {change} |")
     if gate_run_url:
-        lines += ["", f"Gate run (plot, per-episode outcomes): {gate_run_url}"]
+        lines += ["", f"[Gate run]({gate_run_url}): parameters, plot, per-episode outcomes."]
     return "\n".join(lines)

@@ -22,8 +22,8 @@ def gate_contenders(config: LWDConfig, model_version: str) -> tuple[str | None, 
 
 
 @task
-def log_gate_run(config: LWDConfig, gate: GateResult) -> None:
-    mlflow_adapter.log_gate_run(config, gate)
+def log_gate_run(config: LWDConfig, gate: GateResult, episodes_per_task: int) -> None:
+    mlflow_adapter.log_gate_run(config, gate, episodes_per_task)
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS_S)

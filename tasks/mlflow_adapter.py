@@ -192,20 +192,29 @@ def pending_candidate(config: LWDConfig) -> str | None:
     return str(max(pending)) if pending else None
 
 
-def log_gate_run(config: LWDConfig, gate: GateResult) -> None:
-    """A gate run: the decision (``gate.json``), success metrics, and the reviewer's evidence."""
+def log_gate_run(config: LWDConfig, gate: GateResult, episodes_per_task: int) -> None:
+    """A gate run: how it was run (parameters), the decision (``gate.json``), success metrics, a
+    description linking to the version it judged, and the reviewer's evidence."""
     from lwd_core.gating import gate_metrics
 
     mlflow = mlflow_setup(config)
     with mlflow.start_run(run_name=f"gate-v{gate.candidate}"):
+        verdict = "PASS" if gate.passed else "FAIL"
         mlflow.set_tags({"kind": "gate", "candidate": gate.candidate, "champion": gate.champion or "",
-                         "passed": gate.passed})
-        mlflow.log_metrics(gate_metrics(gate.candidate_eval, gate.champion_eval))
+                         "passed": gate.passed, "mlflow.note.content":
+                             f"Evaluation gate of [v{gate.candidate}]({config.tracking.version_page(gate.candidate)}) "
+                             f"against {'v' + gate.champion if gate.champion else 'no champion'}: {verdict}. "
+                             f"Rule: {gate.rule}."})
+        mlflow.log_params({"episodes_per_task": episodes_per_task, "seed": config.gate.seed,
+                           "tolerance": config.gate.tolerance, "min_success": config.gate.min_success,
+                           "rule": gate.rule[:500], "candidate": gate.candidate, "champion": gate.champion or "-"})
+        mlflow.log_metrics({name: round(value, 4)
+                            for name, value in gate_metrics(gate.candidate_eval, gate.champion_eval).items()})
         mlflow.log_dict(gate.model_dump(mode="json"), "gate.json")
-        log_gate_evidence(config, gate)
+        log_gate_evidence(config, gate, episodes_per_task)
 
 
-def log_gate_evidence(config: LWDConfig, gate: GateResult) -> None:
+def log_gate_evidence(config: LWDConfig, gate: GateResult, episodes_per_task: int) -> None:
     """Inside the gate's run: the per-task bar plot with intervals, and the reviewer's table as the
     model version's description, linking back to this run."""
     import mlflow
@@ -213,15 +222,18 @@ def log_gate_evidence(config: LWDConfig, gate: GateResult) -> None:
     from lwd_core.gating import gate_report_markdown
 
     run = mlflow.active_run()
-    mlflow.log_figure(gate_plot(gate.candidate, gate.candidate_eval, gate.champion, gate.champion_eval),
+    title = (f"Gate v{gate.candidate}: {'PASS' if gate.passed else 'FAIL'}, n = {episodes_per_task} episodes per task\n"
+             f"{gate.rule}")
+    mlflow.log_figure(gate_plot(gate.candidate, gate.candidate_eval, gate.champion, gate.champion_eval, title),
                       "gate_success_by_task.png")
-    run_url = f"{config.tracking.ui_url.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    run_url = config.tracking.ui_link(f"/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
     report = gate_report_markdown(gate, run_url)
     client(config).update_model_version(config.tracking.registered_model, gate.candidate, description=report)
     tag_version(config, gate.candidate, promotion.gate_evidence(run.info.run_id))
 
 
-def gate_plot(candidate: str, candidate_eval: dict, champion: str | None, champion_eval: dict | None):
+def gate_plot(candidate: str, candidate_eval: dict, champion: str | None, champion_eval: dict | None,
+              title: str = ""):
     """Success per task, candidate beside champion, with 95% Wilson intervals as error bars."""
     import matplotlib
 
@@ -244,6 +256,7 @@ def gate_plot(candidate: str, candidate_eval: dict, champion: str | None, champi
     axis.set_xticks(np.arange(len(tasks)), tasks, rotation=30, ha="right")
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("success rate (95% CI)")
+    axis.set_title(title, fontsize=9)
     axis.legend()
     figure.tight_layout()
     plt.close(figure)

@@ -92,6 +92,18 @@ def test_flywheel_runs_every_stage_and_reports_where_to_look(stack, prefect_serv
     assert description.startswith("### Evaluation gate: PASS (v2 vs champion v1)") and "| **mean** |" in description
     gate_run = tags["2"]["gate_run_id"]
     assert gate_run in description and "gate_success_by_task.png" in {a.path for a in client.list_artifacts(gate_run)}
+    # Its link is relative to the MLflow UI: from a UI on any host and port it opens that gate run.
+    import re
+    from urllib.parse import urljoin
+
+    link = re.search(r"\[Gate run\]\(([^)]+)\)", description).group(1)
+    opened = urljoin("http://10.1.2.3:31337/#/models/lwd-policy/versions/2", link)
+    assert opened.startswith("http://10.1.2.3:31337/#/experiments/") and opened.endswith(f"/runs/{gate_run}")
+    # The gate run says how it was run, with rounded numbers, and links back to the version.
+    gate = client.get_run(gate_run).data
+    assert {"episodes_per_task", "seed", "tolerance", "min_success", "rule"} <= set(gate.params)
+    assert all(value == round(value, 4) for value in gate.metrics.values())
+    assert "[v2](#/models/lwd-policy/versions/2)" in gate.tags["mlflow.note.content"]
     assert [d.dataset.name for d in train_run.inputs.dataset_inputs] == [tags["2"]["snapshot_id"]]
     assert any(key.startswith("system/") for key in client.get_run(train_run.info.run_id).data.metrics)
     import mlflow
