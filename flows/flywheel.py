@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from flows.evaluate_gate import evaluate_gate
@@ -85,6 +85,38 @@ class RoundRecord(Deployment, FleetRound):
                    champion_success=None if gate.champion_mean is None else round(gate.champion_mean, 3),
                    gate="pass" if gate.passed else "fail", **deployed.model_dump(), **fleet.model_dump())
 
+    def summary_line(self) -> str:
+        """The round for a log line a person reads."""
+        def share(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0%}"
+
+        fleet = ("" if self.fleet_episodes is None else
+                 f"; fleet {self.fleet_episodes} episodes: autonomous {share(self.autonomous_success)}, "
+                 f"assisted {share(self.assisted_success)}")
+        return (f"round {self.round} ({self.stage}): v{self.model_version} {share(self.candidate_success)} vs "
+                f"champion {share(self.champion_success)}, gate {self.gate}, "
+                f"{'approved' if self.approved else 'not approved'}, rollout {self.rollout}{fleet}")
+
+    def markdown(self, config: LWDConfig) -> str:
+        """The round's report for the Prefect UI: a narrow table and links into MLflow."""
+        def share(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0%}"
+
+        page = config.tracking.version_page(self.model_version)
+        # A link into MLflow from Prefect's UI needs MLflow's address (tracking.ui_url); without it, the route.
+        version = f"[v{self.model_version}]({page})" if config.tracking.ui_url else f"v{self.model_version} (MLflow UI {page})"
+        rows = [("candidate", f"{version}: {share(self.candidate_success)} on the gate (its page links the gate run)"),
+                ("champion", share(self.champion_success)), ("gate", self.gate),
+                ("review", "approved" if self.approved else ("promoted" if self.promoted else "-")),
+                ("rollout (canary decision on the version page)", self.rollout),
+                ("fleet episodes this round", "-" if self.fleet_episodes is None else str(self.fleet_episodes)),
+                ("autonomous success (no rescue)", share(self.autonomous_success)),
+                ("assisted success (rescued by the teleoperator)", share(self.assisted_success)),
+                ("takeovers per robot hour", "-" if self.takeovers_per_robot_hour is None
+                 else f"{self.takeovers_per_robot_hour:.1f}")]
+        return "\n".join([f"### Flywheel round {self.round} ({self.stage})", "", "| | |", "|---|---|",
+                          *(f"| {name} | {value} |" for name, value in rows)])
+
 
 class FlywheelResult(BaseModel):
     rounds: list[RoundRecord]
@@ -116,6 +148,12 @@ def _deploy(config: LWDConfig, gate: GateResult) -> Deployment:
                       distribution_latency_p50_s=reviewed.rollout and reviewed.rollout.distribution_latency_p50_s)
 
 
+def _report_round(config: LWDConfig, record: RoundRecord) -> None:
+    print(record.summary_line())
+    create_markdown_artifact(key=f"flywheel-round-{record.round}", markdown=record.markdown(config),
+                             description=f"Flywheel round {record.round}")
+
+
 def _trained(trained: TrainedVersion | None) -> TrainedVersion:
     if trained is None:  # only a multi-host follower process returns None, and the flywheel leads
         raise RuntimeError("the training run registered no model version")
@@ -145,7 +183,7 @@ def flywheel(rounds: int = 1, robots: int = 0, method: MethodName = "lwd", gate_
         trained = _trained(train(snapshot_id=snapshot.snapshot_id, method=method, resume=False, config=config))
         gate = evaluate_gate(trained.model_version, config=config)
         table.append(RoundRecord.of(0, trained, gate, _deploy(config, gate), FleetRound()))
-        print(f"round 0 (offline): {table[-1].model_dump()}")
+        _report_round(config, table[-1])
     starting_champion = champion_version(config)
     if starting_champion is None:
         raise RuntimeError("no approved champion: approve one (MLflow UI or `lwd approve`) and run again")
@@ -166,14 +204,15 @@ def flywheel(rounds: int = 1, robots: int = 0, method: MethodName = "lwd", gate_
             if not config.promotion.auto_approve:
                 watch_champion(config=config)  # a reviewer may have moved alias champion in the MLflow UI
             table.append(flywheel_round(round_index, method=method, config=config))
-            print(f"round {round_index}: {table[-1].model_dump()}")
+            _report_round(config, table[-1])
     finally:
         stop_fleet.set()
         supervisor.stop()
     ingest(config=config)  # what the fleet uploaded while stopping
 
-    create_table_artifact(key="flywheel-rounds", table=[row.model_dump() for row in table],
-                          description="Per-round success of the flywheel")
+    create_table_artifact(key="flywheel-rounds", table=table_rows(table),
+                          description="Per-round success of the flywheel (gate success of each round's candidate; "
+                                      "the fleet's autonomous and assisted success; round 0 has no champion yet)")
     summary = FlywheelResult(rounds=table, champion=champion_version(config),
                              learning=learning(config, starting_champion, table[-1].model_version if table else None),
                              where_to_look=where_to_look(config))
@@ -226,11 +265,19 @@ def where_to_look(config) -> list[str]:
     ]
 
 
+ROUND_COLUMNS = {"round": "round", "stage": "stage", "model_version": "version", "candidate_success": "candidate",
+                 "champion_success": "champion", "gate": "gate", "approved": "approved", "rollout": "rollout",
+                 "fleet_episodes": "fleet eps", "autonomous_success": "autonomous", "assisted_success": "assisted"}
+
+
+def table_rows(rows: list[RoundRecord]) -> list[dict[str, str]]:
+    """The round table's cells: the columns a reader compares, "-" where a round has no value."""
+    return [{label: "-" if row.model_dump()[name] is None else str(row.model_dump()[name])
+             for name, label in ROUND_COLUMNS.items()} for row in rows]
+
+
 def format_table(rows: list[RoundRecord]) -> str:
-    columns = ["round", "stage", "model_version", "candidate_success", "champion_success", "gate", "approved",
-               "rollout", "fleet_episodes", "autonomous_success", "assisted_success"]
-    lines = [" | ".join(f"{c:>17}" for c in columns)]
-    for row in rows:
-        shown = row.model_dump()
-        lines.append(" | ".join(f"{'-' if shown[c] is None else str(shown[c]):>17}" for c in columns))
-    return "\n".join(lines)
+    """The round table, each column as wide as its widest cell (it fits a terminal)."""
+    cells = [list(ROUND_COLUMNS.values())] + [list(row.values()) for row in table_rows(rows)]
+    widths = [max(len(line[index]) for line in cells) for index in range(len(ROUND_COLUMNS))]
+    return "\n".join(" | ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in cells)
