@@ -13,6 +13,7 @@ below are the only place its tags are spelled.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, ValidationError, computed_field
@@ -78,11 +79,19 @@ class ModelVersion(BaseModel):
     previous_champion: str | None = None
     approved_by: str = ""
     approval_comment: str = ""
-    approved_us: int | None = None
+    approved_at: datetime | None = None
     rejected_by: str = ""
     rejection_reason: str = ""
-    review_requested_us: int | None = None
+    review_requested_at: datetime | None = None
     rollout: str = ""
+
+    @property
+    def approved_us(self) -> int | None:
+        return None if self.approved_at is None else _us(self.approved_at)
+
+    @property
+    def review_requested_us(self) -> int | None:
+        return None if self.review_requested_at is None else _us(self.review_requested_at)
 
     @classmethod
     def from_tags(cls, version: str, tags: dict[str, str]) -> ModelVersion:
@@ -131,7 +140,29 @@ class ModelVersion(BaseModel):
         return None
 
 
-# The tag updates of each transition: the only place the registry's tags are written from.
+# The tag updates of each transition: the only place the registry's tags are written from. Times are
+# ISO 8601 in UTC, as a reviewer reads them in the MLflow UI.
+
+MODEL_DESCRIPTION = """\
+The flow-matching robot policy the LWD flywheel trains on the fleet's data, one version per training run.
+
+A version reaches the robots only after three steps: its **evaluation gate** (success on fixed simulator
+seeds against the champion; the version's description holds the per-task table and links the gate run),
+a **reviewer's approval** (alias `champion`, or `lwd approve`), and a **canary** that must show, on
+enough episodes from enough robots, autonomous success not worse than the previous release's.
+
+Tags a reviewer reads: `gate`, `gate_mean_success`, `approval`, `approved_by`, `approved_at`,
+`canary_decision`, `canary_evidence`, `rollout`. The rest (`checkpoint`, `policy_sha256`, `snapshot_id`,
+`run_id`) tie the version to its files and its training run."""
+
+
+def iso_utc(at_us: int) -> str:
+    return datetime.fromtimestamp(at_us / 1e6, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _us(moment: datetime) -> int:
+    return round(moment.timestamp() * 1e6)
+
 
 def registered(snapshot_id: str, checkpoint: str, policy_sha256: str, stage: str, run_id: str,
                model_id: str) -> dict[str, str]:
@@ -152,12 +183,12 @@ def challenger(previous_champion: str | None) -> dict[str, str]:
 
 
 def review_requested(at_us: int) -> dict[str, str]:
-    return {"review_requested_us": str(at_us)}
+    return {"review_requested_at": iso_utc(at_us)}
 
 
 def approved(reviewer: str, comment: str, previous_champion: str | None, at_us: int) -> dict[str, str]:
     return {"approval": Approval.APPROVED, "approved_by": reviewer, "approval_comment": comment[:500],
-            "approved_us": str(at_us), "previous_champion": previous_champion or ""}
+            "approved_at": iso_utc(at_us), "previous_champion": previous_champion or ""}
 
 
 def superseded() -> dict[str, str]:
@@ -166,7 +197,7 @@ def superseded() -> dict[str, str]:
 
 def rejected(reviewer: str, reason: str, at_us: int) -> dict[str, str]:
     return {"approval": Approval.REJECTED, "rejected_by": reviewer, "rejection_reason": reason[:500],
-            "rejected_us": str(at_us)}
+            "rejected_at": iso_utc(at_us)}
 
 
 def refused(reason: str) -> dict[str, str]:
@@ -174,7 +205,7 @@ def refused(reason: str) -> dict[str, str]:
 
 
 def rollout_started(at_us: int) -> dict[str, str]:
-    return {"rollout": "started", "rollout_started_us": str(at_us)}
+    return {"rollout": "started", "rollout_started_at": iso_utc(at_us)}
 
 
 def rolled_back(reason: str) -> dict[str, str]:
@@ -187,7 +218,7 @@ def canary_decided(promote: bool, reason: str) -> dict[str, str]:
 
 
 def deployed(status: RolloutStatus, at_us: int) -> dict[str, str]:
-    return {"rollout": status, "deployed_us": str(at_us)}
+    return {"rollout": status, "deployed_at": iso_utc(at_us)}
 
 
 # What the promotion flows return (the Prefect UI shows them; `lwd` prints them as JSON).

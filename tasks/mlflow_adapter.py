@@ -112,6 +112,8 @@ def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, poli
             params={"checkpoint": checkpoint, "policy_sha256": policy_sha256},
             tags={"snapshot_id": snapshot_id, "stage": stage})
     version = str(info.registered_model_version)
+    if not client(config).get_registered_model(name).description:
+        client(config).update_registered_model(name, description=promotion.MODEL_DESCRIPTION)
     tag_version(config, version, promotion.registered(snapshot_id, checkpoint, policy_sha256, stage, run_id,
                                                       info.model_id))
     return version

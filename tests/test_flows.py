@@ -88,6 +88,9 @@ def test_flywheel_runs_every_stage_and_reports_where_to_look(stack, prefect_serv
     # The reviewer's evidence: the gate table as the version's description, linked to a gate run with
     # its plot; the snapshot as the training run's input; system metrics; a LoggedModel per checkpoint.
     client = registry(config)
+    assert client.get_registered_model(config.tracking.registered_model).description.startswith(
+        "The flow-matching robot policy")
+    assert tags["2"]["approved_at"].endswith("Z") and "approved_us" not in tags["2"]  # ISO 8601, UTC
     description = client.get_model_version(config.tracking.registered_model, "2").description
     assert description.startswith("### Evaluation gate: PASS (v2 vs champion v1)") and "| **mean** |" in description
     gate_run = tags["2"]["gate_run_id"]

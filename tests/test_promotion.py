@@ -45,6 +45,7 @@ def test_the_happy_path_gate_challenger_approval_then_superseded():
     approved.require_passed_gate("ship")
     assert approved.gate_mean_success == pytest.approx(0.812) and approved.approval is Approval.APPROVED
     assert (approved.approved_by, approved.previous_champion, approved.approved_us) == ("alice", "3", 1_000)
+    assert promotion.approved("alice", "", "3", 1_000)["approved_at"] == "1970-01-01T00:00:00.001000Z"  # ISO, UTC
     assert approved.shipping_refusal(champion="4") is None
     later = walk("4", REGISTERED, promotion.gated(True, 0.8), promotion.approved("alice", "", "3", 1),
                  promotion.superseded())
