@@ -159,6 +159,9 @@ def training_run(config: LWDConfig, plan: TrainingPlan, store_uri: str = "") -> 
     and tags, the snapshot as its input dataset (``store_uri``: the snapshot manifest's address), CPU/GPU
     and memory as system metrics; yields the metric logger the training loop calls."""
     mlflow = mlflow_setup(config)
+    # A sample a second: a round of a few hundred updates lasts a minute, and MLflow's default (one every
+    # 10 s, the first reading 0% CPU) showed one meaningless point.
+    mlflow.set_system_metrics_sampling_interval(1)
     with mlflow.start_run(run_name=f"train-{plan.kind}-{plan.snapshot_id}", log_system_metrics=True):
         log_snapshot_input(mlflow, store_uri, plan.snapshot_id)
         mlflow.set_tags({"stage": plan.kind, "snapshot_id": plan.snapshot_id, "parent_checkpoint": plan.parent or "",
@@ -276,9 +279,12 @@ def checkpoint_logger(store: ObjectStore, plan: TrainingPlan) -> Callable[[str, 
             return
         manifest = store.get_json(commit_manifest_key(checkpoint))
         mlflow.create_external_model(
-            name=f"checkpoint-{step}", source_run_id=mlflow.active_run().info.run_id, model_type="flow-policy-checkpoint",
+            name=f"checkpoint-{step}-intermediate", source_run_id=mlflow.active_run().info.run_id,
+            model_type="flow-policy-checkpoint",
             params={"checkpoint": store.uri(checkpoint), "policy_sha256": manifest["files"][POLICY_FILE]["sha256"]},
-            tags={"step": str(step), "snapshot_id": plan.snapshot_id, "stage": plan.kind})
+            tags={"step": str(step), "snapshot_id": plan.snapshot_id, "stage": plan.kind,
+                  "note": f"intermediate checkpoint at step {step} of {plan.target_step}: where this run resumes "
+                          "after a crash; not registered (the run's final policy is its registered model)"})
 
     return log
 
