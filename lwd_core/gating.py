@@ -126,10 +126,20 @@ def gate_metrics(candidate_eval: dict, champion_eval: dict | None) -> dict[str, 
 
 
 def gate_table(candidate_eval: dict, champion_eval: dict | None) -> list[dict[str, Any]]:
-    """Per task: the candidate's success with its 95% interval beside the champion's."""
-    return [{"task": t, "candidate": r["success_rate"], "candidate_ci": f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
-             "champion": champion_eval["tasks"][t]["success_rate"] if champion_eval else None}
-            for t, r in candidate_eval["tasks"].items()]
+    """Per task: the candidate's success with its 95% interval and n beside the champion's (same
+    seeds), and the change in points."""
+    def interval(row: dict) -> str:
+        return f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+
+    rows = []
+    for task, row in candidate_eval["tasks"].items():
+        other = champion_eval["tasks"][task] if champion_eval else None
+        rows.append({"task": task, "n": row.get("episodes"), "candidate": round(row["success_rate"], 3),
+                     "candidate_ci": interval(row),
+                     "champion": None if other is None else round(other["success_rate"], 3),
+                     "champion_ci": None if other is None else interval(other),
+                     "change_pts": None if other is None else round(100 * (row["success_rate"] - other["success_rate"]))})
+    return rows
 
 
 def gate_report_markdown(gate: GateResult, gate_run_url: str = "") -> str:

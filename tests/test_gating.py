@@ -47,8 +47,8 @@ def test_gate_records_what_the_reviewer_compares():
     assert gate_metrics(candidate, champion) == {"candidate_mean_success": 0.75, "success/a": 0.5, "success/b": 1.0,
                                                  "champion_mean_success": 0.5}
     assert "champion_mean_success" not in gate_metrics(candidate, None)
-    assert gate_table(candidate, champion)[0] == {"task": "a", "candidate": 0.5, "candidate_ci": "[0.40, 0.60]",
-                                                  "champion": 0.25}
+    assert gate_table(candidate, champion)[0] == {"task": "a", "n": None, "candidate": 0.5, "candidate_ci": "[0.40, 0.60]",
+                                                  "champion": 0.25, "champion_ci": "[0.15, 0.35]", "change_pts": 25}
     assert gate_table(candidate, None)[1]["champion"] is None
 
 
@@ -116,7 +116,7 @@ def test_the_gate_report_shows_each_task_against_the_champion_with_intervals():
     report = gate_report_markdown(GateResult.of("4", "3", decision, candidate, champion), "http://mlflow/#/runs/abc")
     assert "PASS (v4 vs champion v3)" in report and "| task | v4 | v3 | change |" in report
     assert "| swap-pair | 80% (40% to 90%, n=20) | 60% (30% to 80%, n=20) | +20 pts |" in report
-    assert "| **mean** |" in report and report.endswith("http://mlflow/#/runs/abc")
+    assert "| **mean** |" in report and "[Gate run](http://mlflow/#/runs/abc)" in report
     first = gate_report_markdown(GateResult.of("1", None, gate_decision(candidate, None, 0.05, 0.2), candidate, None))
     assert "vs no champion" in first and "| swap-pair | 80% (40% to 90%, n=20) | - | - |" in first
 
