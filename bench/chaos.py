@@ -90,20 +90,21 @@ def fill_the_store(stack: LocalStack, data: Path) -> None:
     # The object store's filesystem (a tmpfs the size of a small disk) left with no free byte for 30 s.
     store = data / "store"
     filler = store / ".filler"
-    with open(filler, "wb") as handle:
-        free = shutil.disk_usage(store).free
-        try:
-            os.posix_fallocate(handle.fileno(), 0, free)
-        except OSError:
-            pass
-        while True:  # whatever fallocate left: the last blocks
+    try:
+        with open(filler, "wb", buffering=0) as handle:  # unbuffered: closing it flushes nothing more
             try:
-                handle.write(b"\0" * 4096)
-                handle.flush()
+                os.posix_fallocate(handle.fileno(), 0, shutil.disk_usage(store).free)
             except OSError:
-                break
-    time.sleep(30)
-    filler.unlink()
+                pass
+            handle.seek(0, os.SEEK_END)
+            while True:  # whatever fallocate left: the last blocks
+                try:
+                    handle.write(b"\0" * 4096)
+                except OSError:
+                    break
+        time.sleep(30)
+    finally:
+        filler.unlink(missing_ok=True)
 
 
 FAULTS = {fault.name: fault for fault in (
@@ -245,7 +246,12 @@ def main() -> None:
     # Stopped from outside (Ctrl-C, kill): the stack's `with` blocks still stop what they started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lwd-chaos-"))
-    results = [run_fault(FAULTS[name], workdir / name) for name in args.faults]
+    results = []
+    for name in args.faults:
+        try:
+            results.append(run_fault(FAULTS[name], workdir / name))
+        except Exception as exc:  # noqa: BLE001 - one fault's harness failing still reports the others
+            results.append({"fault": name, "survived": False, "problems": [f"the bench failed: {exc!r}"[:2000]]})
     print(json.dumps({"bench": "chaos", "faults_tried": len(results),
                       "survived": sum(result["survived"] for result in results), "results": results}, indent=2))
 

@@ -34,7 +34,8 @@ MESSAGES = {
         "(distribution p50 {{ event.payload.distribution_latency_p50_s }} s)."),
     ROLLOUT_ROLLED_BACK: (
         "LWD: {{ event.resource['prefect.resource.name'] }} rolled back",
-        "The canary regressed: {{ event.payload.reason }}. Champion is back on v{{ event.payload.champion }}."),
+        "The canary did not show it is not worse: {{ event.payload.reason }}. Champion is back on "
+        "v{{ event.payload.champion }}."),
     ROLLOUT_REFUSED: (
         "LWD: {{ event.resource['prefect.resource.name'] }} refused",
         "{{ event.payload.reason }}. Champion: v{{ event.payload.champion }}."),

@@ -74,6 +74,7 @@ class Process:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path, ready, user: str | None = None):
         self.name, self.argv, self.env, self.log, self.ready, self.user = name, argv, env, log, ready, user
         self.process: subprocess.Popen | None = None
+        self.stop_signal = signal.SIGTERM
 
     def start(self, timeout: float = 300) -> None:
         argv = ["runuser", "-u", self.user, "--", *self.argv] if self.user else self.argv
@@ -82,8 +83,9 @@ class Process:
                                             start_new_session=True)
         wait_for(self.ready, self.name, timeout, self.process, self.log)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+    def stop(self, sig: int | None = None, timeout: float = 60) -> None:
         """Stop it (SIGKILL: as a crash would) and wait until it is gone, its children too."""
+        sig = self.stop_signal if sig is None else sig
         if self.process is None or self.process.poll() is not None:
             return
         try:
@@ -100,8 +102,8 @@ class Process:
         except ProcessLookupError:
             pass
 
-    def restart(self, down_s: float = 0.0, sig: int = signal.SIGTERM) -> None:
-        self.stop(sig)
+    def restart(self, down_s: float = 0.0, sig: int | None = None) -> None:
+        self.stop(self.stop_signal if sig is None else sig)
         time.sleep(down_s)
         self.start()
 
@@ -124,6 +126,8 @@ class PrivatePostgres(Process):
         super().__init__("postgresql", [str(binaries / "postgres"), "-D", str(self.data), "-p", str(port),
                                         "-k", str(root), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
                          dict(os.environ), root / "postgresql.log", lambda: self.accepts(), user)
+        # Fast shutdown, as `pg_ctl restart -m fast`: SIGTERM (smart) waits for every pooled connection.
+        self.stop_signal = signal.SIGINT
 
     def accepts(self) -> bool:
         import psycopg2
@@ -260,7 +264,7 @@ class LocalStack:
         for server in self.servers.values():
             server.stop()
         try:
-            if self.redis is None:
+            if not self.private_services:  # the machine's Redis: only the database this run used
                 self.redis_client().flushdb()
             with closing(self.connect()) as admin, admin.cursor() as cursor:
                 for database in (self.prefect_db, self.mlflow_db):

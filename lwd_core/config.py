@@ -299,9 +299,8 @@ class LeRobotConfig(_Section):
 
     state: str = "observation.state"  # the scene's state (padded on import) or the suite's full observation
     action: str = "action"
-    success: str = "next.success"  # a per-frame bool; the episode succeeds on the frame where it is true
-    intervention: str = ""  # a per-frame bool feature marking a person's steps, if the dataset has one
-    source: Literal["demo", "play"] = "demo"  # what the imported episodes are
+    success: str = "next.success"  # a per-frame bool; the episode ends at the first frame where it is true
+    source: Literal["demo", "play"] = "demo"  # what the imported episodes are (a person's: no takeovers)
     # The dataset's task text -> a suite task id; a text not listed must be a suite task's instruction.
     tasks: dict[str, str] = Field(default_factory=dict)
     uploader: str = "lerobot-import"  # the identity imported episodes carry (a teleoperator's)

@@ -12,7 +12,7 @@ from lwd_core.config import LWDConfig
 from lwd_core.data import lerobot
 from lwd_core.data.snapshot import load_snapshot
 from lwd_core.store import open_store
-from tasks.retries import RETRY_DELAYS_S
+from tasks.retries import RETRY_DELAYS_S, unless_refused
 
 
 class ImportResult(BaseModel):
@@ -31,8 +31,9 @@ class ExportResult(BaseModel):
     tasks: int
 
 
-# Retried as a whole: episodes already buffered count as duplicates the second time.
-@task(retries=2, retry_delay_seconds=RETRY_DELAYS_S)
+# Retried as a whole (the store briefly unreachable): episodes already buffered count as duplicates the
+# second time. A dataset that cannot be read is not retried.
+@task(retries=2, retry_delay_seconds=RETRY_DELAYS_S, retry_condition_fn=unless_refused)
 def import_dataset(config: LWDConfig, path: str) -> ImportResult:
     report = lerobot.import_dataset(open_store(config), Path(path), config.lerobot)
     return ImportResult(dataset=path, accepted=report.count("accepted"), duplicates=report.count("duplicate"),
@@ -40,7 +41,7 @@ def import_dataset(config: LWDConfig, path: str) -> ImportResult:
                         quarantine_reasons={o.raw_key: o.reasons for o in report.outcomes if o.status == "quarantined"})
 
 
-@task(retries=2, retry_delay_seconds=RETRY_DELAYS_S)
+@task
 def export_snapshot(config: LWDConfig, snapshot_id: str, path: str) -> ExportResult:
     store = open_store(config)
     snapshot = load_snapshot(store, snapshot_id)

@@ -57,10 +57,12 @@ def approved_release(config: LWDConfig, model_version: str) -> tuple[str, Releas
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS_S)
 def fleet_now(config: LWDConfig) -> tuple[str | None, list[str]]:
-    """The stable release's version (None before the first release) and the live robots."""
+    """The stable release's version (None before the first release, or one signed before signatures
+    named whom a release is for: robots refuse it, so it is published again) and the live robots."""
     coordinator = Coordinator(open_store(config))
-    stable = (coordinator.desired().get("stable") or {}).get("version")
-    return stable, live_robots(coordinator, config.rollout.heartbeat_timeout_seconds)
+    stable = coordinator.desired().get("stable") or {}
+    return (stable.get("version") if "stage" in stable else None,
+            live_robots(coordinator, config.rollout.heartbeat_timeout_seconds))
 
 
 @task(retries=3, retry_delay_seconds=RETRY_DELAYS_S)

@@ -130,8 +130,10 @@ def _lwd_parse(args: list[str]) -> tuple[tuple[str, ...], str | None]:
                 context = command.make_context(name, rest, parent=context)
     except Exception as error:  # typer carries its own copy of click: match by the error's kind
         kinds = {kind.__name__ for kind in type(error).__mro__}
-        if kinds & {"BadParameter", "Exit"}:  # a placeholder value, a missing argument, --help/--version
+        if "Exit" in kinds or "MissingParameter" in kinds:  # --help/--version; an argument the docs leave out
             return path, None
+        if "BadParameter" in kinds and any(re.fullmatch(r"[A-Z][A-Z_]*|<[^>]+>", word) for word in args):
+            return path, None  # a placeholder value (`--robots N`): usage notation
         message = error.format_message() if hasattr(error, "format_message") else str(error)
         return path, f"{type(error).__name__}: {message}"
     return path, None

@@ -336,9 +336,9 @@ def test_rollout_rolls_back_when_the_canary_regresses(stack, prefect_server):
     store = open_store(config)
     coordinator = Coordinator(store)
     stable = coordinator.desired()["stable"]["version"]
-    # The fleet's record for the stable release: it succeeded every time, over far more episodes than
-    # the flywheel's fleet ran (the bar a canary must meet).
-    coordinator.report("robot-01", {"task_id": "swap-pair", "state": "running", "running_version": stable,
+    # The fleet's record for the stable release on the canary's task: it succeeded every time, over far
+    # more episodes than the flywheel's fleet ran (the bar a canary must meet).
+    coordinator.report("robot-01", {"task_id": "restock-horizontal", "state": "running", "running_version": stable,
                                     "per_version": {stable: {"episodes": 10**6, "autonomous_successes": 10**6}}})
     candidate = last_json(lwd(env, "train").stdout)["model_version"]
     assert last_json(lwd(env, "evaluate", "--model-version", candidate).stdout)["passed"]

@@ -53,10 +53,11 @@ CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
 # Imported steps get timestamps from this fixed epoch plus the dataset's own (seconds from the episode's
-# start; a day apart per episode): the same dataset imported twice makes the same episode ids, so a
-# second import lands nothing twice.
-IMPORT_EPOCH_US = 1_577_836_800 * 10**6  # 2020-01-01 UTC
-_DAY_US = 86_400 * 10**6
+# start), episodes ten minutes apart (longer than any suite episode): the same dataset imported twice
+# makes the same episode ids, so a second import lands nothing twice, and a million episodes stay in
+# the past.
+IMPORT_EPOCH_US = 946_684_800 * 10**6  # 2000-01-01 UTC
+_EPISODE_SPACING_US = 600 * 10**6
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,15 @@ def to_episode(lerobot: LeRobotEpisode, mapping: LeRobotConfig, fps: float) -> E
     task, frames = suite_task(lerobot.task, mapping), lerobot.frames
     if len(frames) == 0:
         raise ValueError("the episode has no frames")
+    missing = [f"{name!r} for the {what} (set lerobot.{what})" for what, name in
+               (("state", mapping.state), ("action", mapping.action), ("success", mapping.success))
+               if name not in frames.columns]
+    if missing:
+        raise ValueError(f"no feature {'; no feature '.join(missing)}")
+    # The suite's episodes end at the goal: frames recorded after the first success are not part of it.
+    reached = np.flatnonzero(_column(frames, mapping.success, "success").reshape(len(frames)).astype(bool))
+    if len(reached):
+        frames = frames.head(int(reached[0]) + 1)
     state = _column(frames, mapping.state, "state").astype(np.float32)
     scene_dims = SCENE_OBS_DIMS[task.scene]
     if state.shape[1] == scene_dims:
@@ -146,8 +156,6 @@ def to_episode(lerobot: LeRobotEpisode, mapping: LeRobotConfig, fps: float) -> E
         raise ValueError(f"{mapping.state} has {state.shape[1]} dims; {task.task_id}'s scene state has {scene_dims} "
                          f"(or the suite's padded {OBS_DIM})")
     successes = _column(frames, mapping.success, "success").reshape(len(frames)).astype(bool)
-    interventions = (_column(frames, mapping.intervention, "intervention").reshape(len(frames)).astype(bool)
-                     if mapping.intervention else np.zeros(len(frames), bool))
     # The next observation is the following frame's; the last frame's is its own (the dataset ends there).
     next_observations = np.concatenate([observations[1:], observations[-1:]])
     seconds = (frames["timestamp"].to_numpy().astype(np.float64) if "timestamp" in frames.columns
@@ -157,9 +165,9 @@ def to_episode(lerobot: LeRobotEpisode, mapping: LeRobotConfig, fps: float) -> E
         policy_version=TELEOP_POLICY_VERSION, source=mapping.source,
         outcome="success" if successes[-1] else "failure", observations=observations,
         actions=_column(frames, mapping.action, "action").astype(np.float32),
-        rewards=sparse_rewards(successes), successes=successes, interventions=interventions,
+        rewards=sparse_rewards(successes), successes=successes, interventions=np.zeros(len(frames), bool),
         terminals=successes.copy(), chunk_pos=np.zeros(len(frames), np.int16),
-        timestamps_us=IMPORT_EPOCH_US + lerobot.index * _DAY_US + np.round(seconds * 1e6).astype(np.int64),
+        timestamps_us=IMPORT_EPOCH_US + lerobot.index * _EPISODE_SPACING_US + np.round(seconds * 1e6).astype(np.int64),
         next_observations=next_observations)
 
 

@@ -47,8 +47,11 @@ class OutcomeCounts:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> OutcomeCounts:
-        """From an actor's report (unknown or missing counts: 0, as from an older actor)."""
+        """From an actor's report. An older actor's counts (``successes`` with rescues in them) say nothing
+        about autonomous success: they count as nothing, and counting starts again."""
         data = data or {}
+        if "autonomous_successes" not in data and data.get("successes"):
+            return cls()
         return cls(**{f.name: int(data.get(f.name, 0)) for f in fields(cls)})
 
     def to_dict(self) -> dict[str, int]:

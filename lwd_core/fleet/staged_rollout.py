@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from lwd_core.data.outcomes import OutcomeCounts
 from lwd_core.fleet.coordinator import Coordinator, Release, now_us
 from lwd_core.gating import CanaryDecision, canary_decision
 
@@ -34,16 +35,25 @@ def judge_canary(coordinator: Coordinator, release: Release, canary: list[str], 
     ``min_robots`` of them (or the timeout), then :func:`lwd_core.gating.canary_decision` against the
     baseline release's fleet record; with the report a rollout shows and records."""
 
+    min_robots = min(min_robots, len(canary))  # a fleet smaller than the minimum: every robot is the canary
+
     def robots_seen() -> list[str]:
-        return [robot for robot in canary if coordinator.outcomes(release.version, [robot]).episodes]
+        actors = coordinator.actors()
+        return [robot for robot in canary
+                if OutcomeCounts.from_dict(actors.get(robot, {}).get("per_version", {}).get(release.version)).episodes]
 
     def enough() -> bool:
         return (coordinator.outcomes(release.version, canary).episodes >= min_episodes
                 and len(robots_seen()) >= min_robots)
 
     enough_evidence = wait_until(enough, timeout_s)
-    # Autonomous success on both sides: a rescue by the teleoperator is not the release's success.
-    seen, baseline = coordinator.outcomes(release.version, canary), coordinator.outcomes(baseline_version)
+    # Autonomous success on both sides (a rescue by the teleoperator is not the release's success), the
+    # baseline from the robots working the canary's tasks: robots work different tasks, and the canary's
+    # are not the fleet's average.
+    actors = coordinator.actors()
+    canary_tasks = {actors.get(robot, {}).get("task_id") for robot in canary}
+    same_tasks = [robot for robot, state in actors.items() if state.get("task_id") in canary_tasks]
+    seen, baseline = coordinator.outcomes(release.version, canary), coordinator.outcomes(baseline_version, same_tasks)
     verdict = canary_decision(seen.episodes, seen.autonomous_successes, baseline.episodes,
                               baseline.autonomous_successes, enough_evidence, tolerance)
     report = {"robots": canary, "robots_seen": len(robots_seen()), "episodes": seen.episodes,
