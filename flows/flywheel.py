@@ -66,6 +66,10 @@ class FleetRound(BaseModel):
                    **ingested.fleet_outcomes.rates())
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 class RoundRecord(Deployment, FleetRound):
     """One row of the flywheel's round table."""
 
@@ -87,31 +91,25 @@ class RoundRecord(Deployment, FleetRound):
 
     def summary_line(self) -> str:
         """The round for a log line a person reads."""
-        def share(value: float | None) -> str:
-            return "-" if value is None else f"{value:.0%}"
-
         fleet = ("" if self.fleet_episodes is None else
-                 f"; fleet {self.fleet_episodes} episodes: autonomous {share(self.autonomous_success)}, "
-                 f"assisted {share(self.assisted_success)}")
-        return (f"round {self.round} ({self.stage}): v{self.model_version} {share(self.candidate_success)} vs "
-                f"champion {share(self.champion_success)}, gate {self.gate}, "
+                 f"; fleet {self.fleet_episodes} episodes: autonomous {_share(self.autonomous_success)}, "
+                 f"assisted {_share(self.assisted_success)}")
+        return (f"round {self.round} ({self.stage}): v{self.model_version} {_share(self.candidate_success)} vs "
+                f"champion {_share(self.champion_success)}, gate {self.gate}, "
                 f"{'approved' if self.approved else 'not approved'}, rollout {self.rollout}{fleet}")
 
     def markdown(self, config: LWDConfig) -> str:
         """The round's report for the Prefect UI: a narrow table and links into MLflow."""
-        def share(value: float | None) -> str:
-            return "-" if value is None else f"{value:.0%}"
-
         page = config.tracking.version_page(self.model_version)
         # A link into MLflow from Prefect's UI needs MLflow's address (tracking.ui_url); without it, the route.
         version = f"[v{self.model_version}]({page})" if config.tracking.ui_url else f"v{self.model_version} (MLflow UI {page})"
-        rows = [("candidate", f"{version}: {share(self.candidate_success)} on the gate (its page links the gate run)"),
-                ("champion", share(self.champion_success)), ("gate", self.gate),
+        rows = [("candidate", f"{version}: {_share(self.candidate_success)} on the gate (its page links the gate run)"),
+                ("champion", _share(self.champion_success)), ("gate", self.gate),
                 ("review", "approved" if self.approved else ("promoted" if self.promoted else "-")),
                 ("rollout (canary decision on the version page)", self.rollout),
                 ("fleet episodes this round", "-" if self.fleet_episodes is None else str(self.fleet_episodes)),
-                ("autonomous success (no rescue)", share(self.autonomous_success)),
-                ("assisted success (rescued by the teleoperator)", share(self.assisted_success)),
+                ("autonomous success (no rescue)", _share(self.autonomous_success)),
+                ("assisted success (rescued by the teleoperator)", _share(self.assisted_success)),
                 ("takeovers per robot hour", "-" if self.takeovers_per_robot_hour is None
                  else f"{self.takeovers_per_robot_hour:.1f}")]
         return "\n".join([f"### Flywheel round {self.round} ({self.stage})", "", "| | |", "|---|---|",
@@ -272,8 +270,9 @@ ROUND_COLUMNS = {"round": "round", "stage": "stage", "model_version": "version",
 
 def table_rows(rows: list[RoundRecord]) -> list[dict[str, str]]:
     """The round table's cells: the columns a reader compares, "-" where a round has no value."""
-    return [{label: "-" if row.model_dump()[name] is None else str(row.model_dump()[name])
-             for name, label in ROUND_COLUMNS.items()} for row in rows]
+    shown = [row.model_dump() for row in rows]
+    return [{label: "-" if values[name] is None else str(values[name]) for name, label in ROUND_COLUMNS.items()}
+            for values in shown]
 
 
 def format_table(rows: list[RoundRecord]) -> str:

@@ -3,13 +3,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import tempfile
 
 import numpy as np
 import pytest
 
 from flows.service_defaults import apply_service_defaults
+from infra.local_stack import free_port as _free_port
 
 # No network here: keep every service quiet and offline before anything imports them, as `lwd` does.
 apply_service_defaults()
@@ -140,12 +140,6 @@ def publisher(store, keyring):
 @pytest.fixture
 def episode_factory():
     return make_episode
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

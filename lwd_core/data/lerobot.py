@@ -143,9 +143,10 @@ def to_episode(lerobot: LeRobotEpisode, mapping: LeRobotConfig, fps: float) -> E
     if missing:
         raise ValueError(f"no feature {'; no feature '.join(missing)}")
     # The suite's episodes end at the goal: frames recorded after the first success are not part of it.
-    reached = np.flatnonzero(_column(frames, mapping.success, "success").reshape(len(frames)).astype(bool))
+    successes = _column(frames, mapping.success, "success").reshape(len(frames)).astype(bool)
+    reached = np.flatnonzero(successes)
     if len(reached):
-        frames = frames.head(int(reached[0]) + 1)
+        frames, successes = frames.head(int(reached[0]) + 1), successes[: int(reached[0]) + 1]
     state = _column(frames, mapping.state, "state").astype(np.float32)
     scene_dims = SCENE_OBS_DIMS[task.scene]
     if state.shape[1] == scene_dims:
@@ -155,7 +156,6 @@ def to_episode(lerobot: LeRobotEpisode, mapping: LeRobotConfig, fps: float) -> E
     else:
         raise ValueError(f"{mapping.state} has {state.shape[1]} dims; {task.task_id}'s scene state has {scene_dims} "
                          f"(or the suite's padded {OBS_DIM})")
-    successes = _column(frames, mapping.success, "success").reshape(len(frames)).astype(bool)
     # The next observation is the following frame's; the last frame's is its own (the dataset ends there).
     next_observations = np.concatenate([observations[1:], observations[-1:]])
     seconds = (frames["timestamp"].to_numpy().astype(np.float64) if "timestamp" in frames.columns
