@@ -18,9 +18,10 @@ import time
 import numpy as np
 
 from lwd_core.data.episode import Episode
+from lwd_core.sim.environment import make_env
 from lwd_core.sim.evaluate import BatchPolicy, eval_seed
 from lwd_core.sim.pool import EpisodeRequest, SimPool
-from lwd_core.sim.rollout import EpisodeRunner, make_env
+from lwd_core.sim.rollout import EpisodeRunner
 from lwd_core.suite import ACTION_DIM, TASK_SUITE, TaskSpec, get_task
 
 CHUNK = 5

@@ -119,7 +119,7 @@ def actor_process(data_dir: str, robots: int, share: list[str], episode_s: float
 def record_templates(tasks: list[str], steps: int) -> dict[str, bytes]:
     """One episode per task through the simulator (a scripted demonstration), as Parquet bytes."""
     from lwd_core.sim.dataset import record_episode
-    from lwd_core.sim.rollout import make_env
+    from lwd_core.sim.environment import make_env
     from lwd_core.suite import get_task
 
     templates = {}

@@ -23,6 +23,7 @@ from lwd_core.config import LWDConfig, load_config
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.fleet.supervisor import Child, Supervisor
 from lwd_core.security import keyring_for
+from lwd_core.sim.teleop import require_scripted_person
 from lwd_core.store import open_store
 from lwd_core.suite import fleet_robot_ids, select_tasks
 from tasks.progress import progress
@@ -59,6 +60,8 @@ def fleet_supervisor(config: LWDConfig, robots: int = 0, episodes: int = 0,
     (written for them), not whatever their environment says."""
     if host and host not in config.fleet.hosts:
         raise ValueError(f"host {host!r} is not one of fleet.hosts {config.fleet.hosts}")
+    if config.fleet.human is not None:  # before any robot starts, not in each actor's log
+        require_scripted_person(select_tasks(config.fleet.tasks))
     per_host = robots or config.fleet.robots
     ids = fleet_robot_ids(per_host, [host] if host else config.fleet.hosts)
     keyring_for(config, ids)  # on a file:// store, missing robot keys are made here, before any actor starts

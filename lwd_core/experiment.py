@@ -56,9 +56,9 @@ from lwd_core.data.nstep import NStepSchedule
 from lwd_core.data.snapshot import Snapshot, build_snapshot
 from lwd_core.gating import wilson_interval
 from lwd_core.sim.dataset import record_episode
+from lwd_core.sim.environment import make_env
 from lwd_core.sim.evaluate import eval_seed, learner_policy, mcnemar_p
 from lwd_core.sim.pool import EpisodeRequest, SimPool
-from lwd_core.sim.rollout import make_env
 from lwd_core.store import ObjectStore
 from lwd_core.suite import (
     CONTROL_PERIOD_S,

@@ -1,17 +1,22 @@
-"""The suite: the one home of its facts (tasks, instructions, dimensions, the reward rule, robot naming).
+"""The suite: the one home of its facts (environments, tasks, instructions, dimensions, the reward rule,
+robot naming).
 
-The 8 tasks on OGBench manipulation (MuJoCo, UR5e + Robotiq, state observations).
+The 8 tasks on OGBench manipulation (MuJoCo, UR5e + Robotiq, state observations), and the tasks beyond
+them that a fleet may also name (:data:`EXTRA_TASKS`).
 
 Four short "restocking" pick-and-place tasks (cube-single, 200-step limit) and four long-horizon
 multi-stage tasks (cube-double 500, cube-triple 1000 steps: swaps, stacking, unstacking, cycles; each
 needs several grasp-carry-place stages in the right order). Every task has a language instruction.
 
-One generalist policy serves all tasks, so observations share one layout (see :func:`pad_observation`):
+A task runs in an :class:`Environment`, any Gymnasium environment (built by its registered id, wrapped
+by lwd_core/sim/environment.py): an environment is a kind of robot and scene, with its own observation
+size. One generalist policy serves all of them, so observations share one layout (see
+:func:`pad_observation`):
 
-    [ scene state, zero-padded to MAX_SCENE_OBS (46, cube-triple's size) | one-hot scene id (3) ]
+    [ environment state, zero-padded to MAX_SCENE_OBS (46, cube-triple's size) | one-hot environment (4) ]
 
-The scene id tells the network which slots are real; the instruction tells it which task to do.
-Reward is sparse from the simulator's own success flag: 0 on success, -1 otherwise.
+The environment id tells the network which slots are real; the instruction tells it which task to do.
+Reward is sparse from the environment's own success signal: 0 on success, -1 otherwise.
 """
 
 from __future__ import annotations
@@ -22,26 +27,59 @@ from typing import Literal
 
 import numpy as np
 
-SCENES: tuple[str, ...] = ("cube-single", "cube-double", "cube-triple")
-SCENE_OBS_DIMS = {"cube-single": 28, "cube-double": 37, "cube-triple": 46}
+ACTION_DIM = 5  # every robot acts in the same space: end-effector deltas, yaw and gripper, in [-1, 1]
+CONTROL_PERIOD_S = 0.05  # OGBench manipspace controls at 20 Hz: steps -> robot hours
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A kind of robot and scene: how to build one and what it shows the policy.
+
+    ``gymnasium_id`` is a template filled with a task's ``ogbench_task`` number; importing
+    ``registered_by`` registers it with Gymnasium (a lab's own package works the same way). The success
+    signal is ``info[success_key]`` after each step. ``scripted_human``: whether lwd_core/sim/teleop.py
+    can demonstrate and take over here (only the cube scenes: elsewhere offline data comes from an
+    import, and the fleet runs unwatched in simulation).
+    """
+
+    name: str
+    obs_dim: int
+    gymnasium_id: str
+    registered_by: str = "ogbench"
+    success_key: str = "success"
+    scripted_human: bool = False
+
+
+ENVIRONMENTS: dict[str, Environment] = {env.name: env for env in (
+    Environment("cube-single", 28, "cube-single-singletask-task{task}-v0", scripted_human=True),
+    Environment("cube-double", 37, "cube-double-singletask-task{task}-v0", scripted_human=True),
+    Environment("cube-triple", 46, "cube-triple-singletask-task{task}-v0", scripted_human=True),
+    # OGBench's drawer, window, buttons and a cube: a scene family the eight tasks do not use.
+    Environment("scene", 40, "scene-singletask-task{task}-v0"),
+)}
+SCENES: tuple[str, ...] = tuple(ENVIRONMENTS)
+SCENE_OBS_DIMS = {name: env.obs_dim for name, env in ENVIRONMENTS.items()}
 MAX_SCENE_OBS = max(SCENE_OBS_DIMS.values())
 OBS_DIM = MAX_SCENE_OBS + len(SCENES)
-ACTION_DIM = 5
-CONTROL_PERIOD_S = 0.05  # OGBench manipspace controls at 20 Hz: steps -> robot hours
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     task_id: str
-    scene: str
+    scene: str  # its Environment's name
     ogbench_task: int
     instruction: str
     horizon: int
     group: Literal["short", "long"]
 
     @property
+    def environment(self) -> Environment:
+        return ENVIRONMENTS[self.scene]
+
+    @property
     def env_name(self) -> str:
-        return f"{self.scene}-play-singletask-task{self.ogbench_task}-v0"
+        """The Gymnasium id its robots are built from."""
+        return self.environment.gymnasium_id.format(task=self.ogbench_task)
 
 
 TASK_SUITE: tuple[TaskSpec, ...] = (
@@ -54,19 +92,25 @@ TASK_SUITE: tuple[TaskSpec, ...] = (
     TaskSpec("unstack-tower", "cube-triple", 3, "unstack the tower and place each cube at its target", 1000, "long"),
     TaskSpec("cycle-three", "cube-triple", 4, "cycle the three cubes to their next positions", 1000, "long"),
 )
-TASKS_BY_ID = {task.task_id: task for task in TASK_SUITE}
-TASK_INDEX = {task.task_id: index for index, task in enumerate(TASK_SUITE)}
+# Beyond the eight: tasks a fleet may name (``fleet.tasks``) that the default selection leaves out.
+EXTRA_TASKS: tuple[TaskSpec, ...] = (
+    TaskSpec("open-drawer-window", "scene", 1, "open the drawer and the window", 750, "short"),
+)
+# Every task the policy knows, in the order that gives each its index (the eight keep theirs).
+KNOWN_TASKS = TASK_SUITE + EXTRA_TASKS
+TASKS_BY_ID = {task.task_id: task for task in KNOWN_TASKS}
+TASK_INDEX = {task.task_id: index for index, task in enumerate(KNOWN_TASKS)}
 
 
 def get_task(task_id: str) -> TaskSpec:
     try:
         return TASKS_BY_ID[task_id]
     except KeyError:
-        raise KeyError(f"unknown task {task_id!r}; the suite has {sorted(TASKS_BY_ID)}") from None
+        raise KeyError(f"unknown task {task_id!r}; the suite knows {sorted(TASKS_BY_ID)}") from None
 
 
 def select_tasks(task_ids: list[str] | None) -> tuple[TaskSpec, ...]:
-    """The configured tasks (empty or None: the whole suite)."""
+    """The configured tasks (empty or None: the eight of the suite)."""
     return tuple(get_task(t) for t in task_ids) if task_ids else TASK_SUITE
 
 

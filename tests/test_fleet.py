@@ -34,7 +34,7 @@ from lwd_core.sim.dataset import (
     record_episode,
     write_dataset_report,
 )
-from lwd_core.sim.rollout import make_env
+from lwd_core.sim.environment import make_env
 from lwd_core.suite import ACTION_DIM, CONTROL_PERIOD_S, OBS_DIM, get_task
 
 SHORT, LONG = get_task("restock-horizontal"), get_task("swap-pair")

@@ -26,7 +26,7 @@ from lwd_core.data.lerobot import (
 )
 from lwd_core.data.nstep import NStepSchedule
 from lwd_core.data.snapshot import build_snapshot
-from lwd_core.suite import SCENE_OBS_DIMS, get_task
+from lwd_core.suite import OBS_DIM, SCENE_OBS_DIMS, get_task
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "lerobot" / "cube-single-demos"
@@ -160,5 +160,5 @@ def test_our_export_opens_in_lerobot(local_store, tmp_path, request):
     assert opened.returncode == 0, opened.stderr[-3000:]
     seen = json.loads(opened.stdout.splitlines()[-1])
     assert (seen["episodes"], seen["frames"], seen["fps"], seen["successes"]) == (3, 167, 20, 2)
-    assert seen["tasks"] == [get_task("restock-horizontal").instruction] and seen["state_shape"] == [49]
+    assert seen["tasks"] == [get_task("restock-horizontal").instruction] and seen["state_shape"] == [OBS_DIM]
     print(json.dumps(seen))

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from lwd_core.config import HumanConfig
+from lwd_core.sim.environment import make_env
 from lwd_core.sim.pool import EpisodeRequest, SimPool, SimPoolError
-from lwd_core.sim.rollout import EpisodeRunner, make_env
+from lwd_core.sim.rollout import EpisodeRunner
 from lwd_core.suite import ACTION_DIM, get_task, pad_observation
 
 CHUNK = 4

@@ -7,7 +7,8 @@ import pytest
 
 from lwd_core.config import HumanConfig
 from lwd_core.data.episode import Episode
-from lwd_core.sim.rollout import MonotonicClock, make_env, run_episode
+from lwd_core.sim.environment import make_env
+from lwd_core.sim.rollout import MonotonicClock, run_episode
 from lwd_core.sim.teleop import (
     InterventionMonitor,
     RolloutHuman,

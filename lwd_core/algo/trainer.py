@@ -43,7 +43,7 @@ from lwd_core.data.nstep import RunKind
 from lwd_core.data.snapshot import Snapshot
 from lwd_core.memory import trim_heap
 from lwd_core.store import COMMIT_MANIFEST, ObjectStore, StoreError, commit_manifest_key
-from lwd_core.suite import ACTION_DIM, OBS_DIM, TASK_INDEX, TASK_SUITE
+from lwd_core.suite import ACTION_DIM, KNOWN_TASKS, OBS_DIM, TASK_INDEX
 
 log = logging.getLogger(__name__)
 # The method of a run that only pretrains (its checkpoint holds the pretrained flow as base and policy).
@@ -303,7 +303,7 @@ def value_by_task(learner: Learner, state: TrainState, buffers: Buffers, rows: i
     out: dict[str, float] = {}
     if data is None:
         return out
-    for task in TASK_SUITE:
+    for task in KNOWN_TASKS:
         index = np.flatnonzero(data["task"] == TASK_INDEX[task.task_id])[:rows]
         if len(index):
             stats = learner.value_statistics(state, data["obs"][index], data["tokens"][index])

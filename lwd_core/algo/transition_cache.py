@@ -22,11 +22,16 @@ import numpy as np
 from lwd_core.algo.text import tokenize
 from lwd_core.data.episode import Episode
 from lwd_core.data.labels import label_rewards
-from lwd_core.data.layout import BufferKind, get_episode, replay_segment_key, replay_segments_prefix
+from lwd_core.data.layout import (
+    BufferKind,
+    get_episode,
+    replay_segment_key,
+    replay_segments_prefix,
+)
 from lwd_core.data.nstep import NStepSchedule, RunKind, build_transitions
 from lwd_core.data.snapshot import Snapshot, SnapshotEpisode
 from lwd_core.store import ObjectStore, StoreError, now_us
-from lwd_core.suite import TASK_INDEX, TASK_SUITE, sparse_rewards
+from lwd_core.suite import KNOWN_TASKS, TASK_INDEX, sparse_rewards
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +62,8 @@ def build_episode_transitions(episodes: Sequence[Episode], rewards: Sequence[np.
     """The suite's tasks (index, instruction tokens, n for their horizon) over these episodes."""
     return build_transitions(
         episodes, rewards, chunk=settings.chunk, gamma=settings.discount,
-        n_for_task={t.task_id: settings.schedule.n_for(t.horizon, settings.stage) for t in TASK_SUITE},
-        task_index=TASK_INDEX, tokens_for_task={t.task_id: tokenize(t.instruction) for t in TASK_SUITE},
+        n_for_task={t.task_id: settings.schedule.n_for(t.horizon, settings.stage) for t in KNOWN_TASKS},
+        task_index=TASK_INDEX, tokens_for_task={t.task_id: tokenize(t.instruction) for t in KNOWN_TASKS},
     )
 
 

@@ -39,9 +39,9 @@ from lwd_core.data.validation import Expectations
 from lwd_core.store import ObjectStore
 from lwd_core.suite import (
     CONTROL_PERIOD_S,
+    KNOWN_TASKS,
     OBS_DIM,
     SCENE_OBS_DIMS,
-    TASK_SUITE,
     TASKS_BY_ID,
     TELEOP_POLICY_VERSION,
     TaskSpec,
@@ -117,7 +117,7 @@ def suite_task(task_text: str, mapping: LeRobotConfig) -> TaskSpec:
         if task_id not in TASKS_BY_ID:
             raise ValueError(f"lerobot.tasks maps {task_text!r} to {task_id!r}, which is not a suite task")
         return TASKS_BY_ID[task_id]
-    for task in TASK_SUITE:
+    for task in KNOWN_TASKS:
         if task.instruction == task_text:
             return task
     raise ValueError(f"task {task_text!r} is no suite task's instruction; map it in lerobot.tasks")
@@ -174,7 +174,7 @@ def to_episode(lerobot: LeRobotEpisode, mapping: LeRobotConfig, fps: float) -> E
 def import_expectations(mapping: LeRobotConfig) -> Expectations:
     """What an imported episode must be: a suite task's, from the import's identity, demonstrations or
     play, of any age (a dataset records the past)."""
-    return replace(Expectations.for_suite(TASK_SUITE, robots=(), policy_versions=(), teleoperators=(mapping.uploader,)),
+    return replace(Expectations.for_suite(KNOWN_TASKS, robots=(), policy_versions=(), teleoperators=(mapping.uploader,)),
                    max_age_s=float("inf"))
 
 

@@ -35,7 +35,8 @@ from lwd_core.data.layout import safe_name
 from lwd_core.data.outcomes import OutcomeCounts
 from lwd_core.fleet.coordinator import Coordinator, Release, now_us
 from lwd_core.fleet.edge import EdgeClient, fsync_write
-from lwd_core.sim.rollout import EpisodeRunner, make_env
+from lwd_core.sim.environment import make_env
+from lwd_core.sim.rollout import EpisodeRunner
 from lwd_core.sim.teleop import RolloutHuman
 from lwd_core.store import ObjectStore
 from lwd_core.suite import CONTROL_PERIOD_S, TaskSpec

@@ -28,8 +28,9 @@ from pydantic import BaseModel
 from lwd_core.data.episode import Episode
 from lwd_core.data.layout import buffer_key, dataset_report_key, put_episode
 from lwd_core.memory import trim_heap
-from lwd_core.sim.rollout import ChunkPolicy, EpisodeRunner, make_env
-from lwd_core.sim.teleop import Teleoperator
+from lwd_core.sim.environment import make_env
+from lwd_core.sim.rollout import ChunkPolicy, EpisodeRunner
+from lwd_core.sim.teleop import Teleoperator, require_scripted_person
 from lwd_core.store import ObjectStore
 from lwd_core.suite import (
     CONTROL_PERIOD_S,
@@ -82,6 +83,7 @@ class Allocation:
 def plan_allocations(tasks: Iterable[TaskSpec], total_steps: int, mix: OfflineMix) -> list[Allocation]:
     """Step budgets per (task, kind). A group missing from ``tasks`` gives its share to the other."""
     tasks = list(tasks)
+    require_scripted_person(tasks)
     groups = {g: [t for t in tasks if t.group == g] for g in ("short", "long")}
     group_share = {"long": mix.long_share, "short": 1.0 - mix.long_share}
     if not groups["long"]:

@@ -37,7 +37,8 @@ import numpy as np
 from lwd_core.config import HumanConfig
 from lwd_core.data.episode import Episode
 from lwd_core.memory import trim_heap
-from lwd_core.sim.rollout import EpisodeRunner, make_env
+from lwd_core.sim.environment import make_env
+from lwd_core.sim.rollout import EpisodeRunner
 from lwd_core.sim.teleop import RolloutHuman
 from lwd_core.suite import ACTION_DIM, TaskSpec, get_task
 

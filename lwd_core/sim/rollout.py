@@ -11,7 +11,6 @@ Who acts at each step:
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -23,17 +22,6 @@ from lwd_core.suite import TaskSpec, pad_observation, sparse_reward
 
 # (padded observation, task) -> action chunk (chunk, action_dim) in [-1, 1]
 ChunkPolicy = Callable[[np.ndarray, TaskSpec], np.ndarray]
-
-
-def make_env(task: TaskSpec):
-    """A fresh simulator for the task. Nothing is downloaded (env_only)."""
-    # Known and harmless here: no display (state observations never render) and OGBench's float64
-    # Box spaces. Every process that builds a simulator comes through here (CLI, actors, pool workers).
-    warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
-    warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
-    import ogbench
-
-    return ogbench.make_env_and_datasets(task.env_name, env_only=True)
 
 
 # Each simulator holds ~190 MB (model, meshes, textures); closing one frees it to the C heap, not the
@@ -49,7 +37,9 @@ def forget_solver_warmstart(env: Any) -> None:
     matches the seed, but MuJoCo's constraint-solver warm start is left random, and trajectories of
     fresh and reused simulators drift apart at ~1e-14. Zeroing it makes every rollout exactly repeatable.
     """
-    env.unwrapped._data.qacc_warmstart[:] = 0.0
+    data = getattr(env.unwrapped, "_data", None)  # a MuJoCo-based environment's state; others have none
+    if data is not None and hasattr(data, "qacc_warmstart"):
+        data.qacc_warmstart[:] = 0.0
 
 
 class MonotonicClock:

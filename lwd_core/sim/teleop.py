@@ -18,6 +18,7 @@ the ``oracle`` is OGBench's expert, exact and instant, so every takeover is a pe
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,14 @@ SUCCESS_RADIUS = 0.04  # OGBench's cube success threshold
 _EFFECTOR_SLICE = slice(12, 15)
 _PROPRIO_DIMS, _PER_CUBE_DIMS = 19, 9
 _XYZ_CENTRE, _XYZ_SCALE = np.array([0.425, 0.0, 0.0]), 10.0
+
+
+def require_scripted_person(tasks: Iterable[TaskSpec]) -> None:
+    """This module's person knows only the cube scenes (:attr:`Environment.scripted_human`)."""
+    if missing := [task.task_id for task in tasks if not task.environment.scripted_human]:
+        raise ValueError(f"the simulated person demonstrates and takes over only in the cube scenes, not in "
+                         f"{missing}: import their offline data (`lwd import lerobot DIR`) and set fleet.human "
+                         "to null")
 
 
 def _steps(seconds: float) -> int:
@@ -276,6 +285,7 @@ class RolloutHuman:
     :func:`seen_scene`) and who acts once in control (:class:`Teleoperator`)."""
 
     def __init__(self, env: Any, task: TaskSpec, config: HumanConfig, seed: int):
+        require_scripted_person([task])
         acting = config.effective()
         self.env = env
         self.rng = np.random.default_rng(seed)
