@@ -48,10 +48,12 @@ def to_deployments(specs: list[dict[str, Any]]):
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m deployments.serve [NAME ...]``: every deployment, or only those named."""
-    from flows.service_defaults import apply_service_defaults
+    from flows.service_defaults import apply_service_defaults, log_api_retries
 
     apply_service_defaults()  # before Prefect is imported
     from prefect import serve
+
+    log_api_retries()
 
     names = set(sys.argv[1:] if argv is None else argv)
     specs = [spec for spec in load_specs() if not names or spec["name"] in names]

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
-from flows.service_defaults import apply_service_defaults
+from flows.service_defaults import apply_service_defaults, log_api_retries
 from lwd_core.config import CONFIG_FILE_ENV, LWDConfig, load_config
 
 app = typer.Typer(
@@ -78,10 +78,13 @@ def _options(version: Annotated[bool, typer.Option("--version", callback=_versio
 def _run(config: LWDConfig, stage: Callable[..., Any], **params: Any) -> Any:
     """Run a stage with the loaded config as its parameter; the config's Prefect API (if any) is used
     unless PREFECT_API_URL is set explicitly."""
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from tasks.events import flush_events
 
+    log_api_retries()
     updates: dict[Any, Any] = {}
     if PREFECT_API_URL.value():
         pass  # an explicit API: nothing to add
@@ -90,6 +93,12 @@ def _run(config: LWDConfig, stage: Callable[..., Any], **params: Any) -> Any:
     with temporary_settings(updates=updates):
         try:
             result = stage(config=config, **params)
+        except (PrefectHTTPStatusError, httpx.TransportError) as exc:
+            typer.echo(f"error: the Prefect API at {PREFECT_API_URL.value() or 'the embedded server'} failed past "
+                       f"its retries ({str(exc).splitlines()[0][:200]}): the Prefect server, or its database or "
+                       "Redis, is down. Check the server's log, then run the same command again: finished "
+                       "episodes and registered versions are kept and the round resumes.", err=True)
+            raise typer.Exit(1) from exc
         finally:
             flush_events()  # review and rollout events reach the server before this process exits
     if isinstance(result, BaseModel):

@@ -7,6 +7,7 @@ set before either is imported; LWD's settings stay in the config.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import MutableMapping
 
@@ -20,6 +21,9 @@ SERVICE_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # MLflow checks a logged model's pip requirements against the network index; there is none here.
     "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true",
+    # A PostgreSQL restart or a Redis outage behind a Prefect server answers 500 for a few seconds: retried
+    # like the 502/503 the client always retries, a round rides it out instead of failing (bench/chaos.py).
+    "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
 }
 
 
@@ -28,3 +32,26 @@ def apply_service_defaults(environ: MutableMapping[str, str] = os.environ) -> di
     applied = {name: value for name, value in SERVICE_DEFAULTS.items() if name not in environ}
     environ.update(applied)
     return applied
+
+
+_RETRY_MESSAGES = ("Encountered retryable exception during request", "Received response with retryable status code")
+
+
+class _ApiRetriesAsWarnings(logging.Filter):
+    """Prefect's client logs its retries at DEBUG, so a round waiting on a failing server looked hung."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(_RETRY_MESSAGES):
+            return record.levelno >= logging.INFO
+        record.msg, record.args = f"the Prefect API is failing, retrying: {message}", ()
+        record.levelno, record.levelname, record.exc_info, record.exc_text = logging.WARNING, "WARNING", None, None
+        return True
+
+
+def log_api_retries() -> None:
+    """Show the Prefect client's retries as warnings (each once per process; call after importing Prefect)."""
+    client = logging.getLogger("prefect.client")
+    if not any(isinstance(existing, _ApiRetriesAsWarnings) for existing in client.filters):
+        client.addFilter(_ApiRetriesAsWarnings())
+        client.setLevel(logging.DEBUG)  # the filter keeps only the retries of its debug records

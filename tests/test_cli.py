@@ -88,7 +88,7 @@ def test_experiment_pool_reads_the_committed_runs_and_refuses_one_run_twice(tmp_
 
 
 SERVICE_SETTINGS = ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "DO_NOT_TRACK",
-                    "PREFECT_SERVER_ANALYTICS_ENABLED", "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK")
+                    "PREFECT_SERVER_ANALYTICS_ENABLED", "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "PREFECT_CLIENT_RETRY_EXTRA_CODES")
 
 
 def _without_service_settings() -> dict[str, str]:
@@ -106,7 +106,29 @@ def test_lwd_applies_the_service_settings_make_applies_unless_the_user_set_them(
     assert json.loads(result.stdout.splitlines()[-1]) == {
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "true",  # the user's choice stands
-        "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true"}
+        "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true", "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500"}
+
+
+def test_the_prefect_clients_retries_reach_the_operator_as_warnings():
+    import logging
+
+    from flows.service_defaults import log_api_retries
+
+    log_api_retries()
+    log_api_retries()  # once per process, however often it is called
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    client = logging.getLogger("prefect.client")
+    client.addHandler(handler)
+    try:
+        client.debug("Received response with retryable status code 500. Another attempt will be made in 2s.")
+        client.debug("request headers: ...")  # the client's other debug records stay quiet
+        client.info("a plain info record")
+    finally:
+        client.removeHandler(handler)
+    assert [(r.levelname, r.getMessage()[:60]) for r in seen] == [
+        ("WARNING", "the Prefect API is failing, retrying: Received response with"), ("INFO", "a plain info record")]
 
 
 def test_lwd_starts_its_embedded_prefect_server_on_a_busy_machine(tmp_path):
