@@ -16,8 +16,9 @@ from test_ingest import EXPECT, upload
 
 from lwd_core.config import LWDConfig
 from lwd_core.data.ingest import ingest_batch, pending_raw
-from lwd_core.fleet.actor import Actor, assign_tasks, read_revision_floor
+from lwd_core.fleet.actor import Actor, assign_tasks
 from lwd_core.fleet.edge import EdgeClient
+from lwd_core.fleet.releases import read_revision_floor
 from lwd_core.security import (
     SIGNATURE_KEY,
     SIGNER_KEY,

@@ -7,8 +7,9 @@ import pytest
 
 from lwd_core.config import HumanConfig
 from lwd_core.data.episode import Episode
+from lwd_core.data.recorder import MonotonicClock
 from lwd_core.sim.environment import make_env
-from lwd_core.sim.rollout import MonotonicClock, run_episode
+from lwd_core.sim.rollout import run_episode
 from lwd_core.sim.teleop import (
     InterventionMonitor,
     RolloutHuman,

@@ -4,26 +4,22 @@ Robots sharing a process step in lockstep and share one batched policy call per 
 batch is padded to the process's robot count so JAX compiles once). Each robot keeps its own task,
 simulator, teleoperator (who takes over when the policy stalls or drifts) and version.
 
-Weights change only between episodes. Before a swap the actor fetches the release named by the
-coordinator and loads the policy only if its bytes hash to the release's sha256; a mismatch is
-reported and the robot keeps its current weights. Finished episodes go to the edge client's spool.
-
-Each robot's highest accepted release revision (its floor) is kept on local disk, written before the
-robot switches, so a restarted actor still refuses an old signed release published again.
+Weights change only between episodes, by the rule every robot follows (lwd_core/fleet/releases.py):
+a release is taken only if it is signed, for this robot, not older than accepted, and its policy's
+bytes hash to the release; otherwise it is reported and the robot keeps its current weights. Finished
+episodes go to the edge client's spool.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +27,15 @@ import numpy as np
 
 from lwd_core.algo.text import tokenize
 from lwd_core.config import HumanConfig
-from lwd_core.data.layout import safe_name
 from lwd_core.data.outcomes import OutcomeCounts
-from lwd_core.fleet.coordinator import Coordinator, Release, now_us
-from lwd_core.fleet.edge import EdgeClient, fsync_write
+from lwd_core.fleet.coordinator import Coordinator, Release
+from lwd_core.fleet.edge import EdgeClient
+from lwd_core.fleet.releases import (
+    FLOOR_DIR,
+    ReleaseFollower,
+    ReleaseTrack,
+    status_report,
+)
 from lwd_core.sim.environment import make_env
 from lwd_core.sim.rollout import EpisodeRunner
 from lwd_core.sim.teleop import RolloutHuman
@@ -42,9 +43,7 @@ from lwd_core.store import ObjectStore
 from lwd_core.suite import CONTROL_PERIOD_S, TaskSpec
 
 log = logging.getLogger(__name__)
-_SWAPS_KEPT = 20
 _IDLE_WAIT_S = 0.05
-FLOOR_DIR = "release-floor"  # inside the spool unless the actor is given a directory
 
 
 class PolicyCache:
@@ -71,51 +70,12 @@ class PolicyCache:
 
 
 @dataclass(eq=False)
-class Robot:
-    robot_id: str
-    task: TaskSpec
+class Robot(ReleaseTrack):
+    task: TaskSpec | None = None
     env: Any = None
     runner: EpisodeRunner | None = None
-    release: Release | None = None
-    rejected: Release | None = None
     episodes_started: int = 0
     per_version: dict[str, dict[str, int]] = field(default_factory=dict)
-    swaps: list[dict[str, Any]] = field(default_factory=list)
-    last_error: str | None = None
-    # Highest release revision accepted (persisted); None: its floor file is unreadable, so no floor
-    # can be established and every release is refused until an operator checks and removes the file.
-    revision_floor: int | None = 0
-
-
-def _floor_path(floor_dir: Path, robot_id: str) -> Path:
-    return floor_dir / f"{safe_name(robot_id, 'robot id')}.json"
-
-
-def read_revision_floor(floor_dir: Path, robot_id: str, store_url: str) -> int | None:
-    """The robot's persisted floor: 0 if it never accepted a release of this store here, None if the
-    file cannot be trusted (it is written atomically, so a bad one means tampering or a disk fault:
-    fail closed). Revisions count per store: another store's floor (the host moved to a new bucket,
-    say) does not apply."""
-    path = _floor_path(floor_dir, robot_id)
-    if not path.exists():
-        return 0
-    try:
-        floor = json.loads(path.read_text())
-        revision = floor["revision"]
-        if floor.get("store", store_url) != store_url:
-            return 0
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        log.error("%s: release floor %s unreadable (%s): refusing every release", robot_id, path, exc)
-        return None
-    if type(revision) is not int or revision < 0:
-        log.error("%s: release floor %s holds %r, not a revision: refusing every release", robot_id, path, revision)
-        return None
-    return revision
-
-
-def write_revision_floor(floor_dir: Path, robot_id: str, revision: int, store_url: str) -> None:
-    floor_dir.mkdir(parents=True, exist_ok=True)
-    fsync_write(_floor_path(floor_dir, robot_id), json.dumps({"revision": revision, "store": store_url}).encode())
 
 
 def assign_tasks(robot_ids: list[str], suite: tuple[TaskSpec, ...] | list[TaskSpec]) -> dict[str, TaskSpec]:
@@ -155,21 +115,21 @@ class Actor:
         self.store = store
         self.coordinator = Coordinator(store)
         self.edge = edge
-        self.robots = [Robot(robot_id, task) for robot_id, task in sorted(robots.items())]
+        self.robots = [Robot(robot_id, task=task) for robot_id, task in sorted(robots.items())]
         self.floor_dir = Path(floor_dir) if floor_dir is not None else edge.root / FLOOR_DIR
+        self.releases = ReleaseFollower(self.floor_dir, store.url, verify_release)
         for robot in self.robots:
             # A restarted actor keeps its robot's history: outcomes per version feed canary decisions.
             previous = self.coordinator.actor(robot.robot_id) or {}
             robot.per_version = previous.get("per_version", {})
             robot.swaps = previous.get("swaps", [])
-            robot.revision_floor = read_revision_floor(self.floor_dir, robot.robot_id, store.url)
+            self.releases.restore(robot)
         self.human = human
         self.max_steps = max_steps
         self.seed = seed
         self.poll_s = poll_s
         self.clock = clock
         self.policies = PolicyCache(store)
-        self.verify_release = verify_release
         self.step_period_s = CONTROL_PERIOD_S / realtime_factor if realtime_factor > 0 else 0.0
         self._next_step = 0.0
         self._rng = jax.random.PRNGKey(seed)
@@ -184,15 +144,6 @@ class Actor:
         releases at the new fleet-wide revision, so a genuine release is never below it."""
         return max((robot.revision_floor or 0 for robot in self.robots), default=0)
 
-    def _check_revision(self, robot: Robot, release: Release) -> None:
-        if robot.revision_floor is None:
-            raise PermissionError(f"release floor {_floor_path(self.floor_dir, robot.robot_id)} is unreadable: "
-                                  f"no revision can be trusted until an operator checks and removes it")
-        if release.revision < self.accepted_revision:
-            raise PermissionError(f"revision {release.revision} is older than the accepted "
-                                  f"{self.accepted_revision}: a replayed release (if this store's desired state "
-                                  f"was reset, clear {self.floor_dir})")
-
     # -- coordinator I/O -----------------------------------------------------------------------
     def _desired_document(self) -> dict[str, Any]:
         if self._desired is None or time.monotonic() - self._desired_at >= self.poll_s:
@@ -201,67 +152,14 @@ class Actor:
         return self._desired
 
     def report(self, robot: Robot, state: str) -> None:
-        running = robot.release
-        self.coordinator.report(robot.robot_id, {
-            "task_id": robot.task.task_id,
-            "state": state,
-            "running_version": running.version if running else None,
-            "running_sha256": running.policy_sha256 if running else None,
-            "per_version": robot.per_version,
-            "swaps": robot.swaps,
-            "last_error": robot.last_error,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-        })
+        self.coordinator.report(robot.robot_id, status_report(robot, robot.task.task_id, state, robot.per_version))
 
     def _maybe_swap(self, robot: Robot) -> None:
-        """Between episodes: move to the desired release if it verifies."""
+        """Between episodes: move to the desired release if it passes the rule (releases.py)."""
         desired = self.coordinator.release_for(robot.robot_id, self._desired_document())
-        if desired is None:
-            return
-        if robot.release and desired.version == robot.release.version and desired.policy_sha256 == robot.release.policy_sha256:
-            self._follow_revision(robot, desired)
-            return
-        if desired == robot.rejected:
-            return  # already refused this exact release; wait for a different one
-        try:
-            if self.verify_release is not None:
-                if not self.verify_release(asdict(desired)):
-                    raise PermissionError("release signature does not verify")
-                self._check_revision(robot, desired)
-            if not desired.is_for(robot.robot_id):
-                raise PermissionError(f"the {desired.stage} release is not signed for {robot.robot_id} "
-                                      f"(the desired state's robot lists were changed without the release key)")
-            self.policies.get(desired)
-            # Durable before the switch: a crash after it must not reopen the door to older releases.
-            floor = max(robot.revision_floor or 0, desired.revision)
-            write_revision_floor(self.floor_dir, robot.robot_id, floor, self.store.url)
-        except Exception as exc:  # bad signature, integrity, missing checkpoint: keep what we have
-            robot.rejected = desired
-            robot.last_error = f"refused {desired.version}: {type(exc).__name__}: {exc}"
-            log.error("%s %s", robot.robot_id, robot.last_error)
-            self.report(robot, "rejected-release")
-            return
-        robot.release, robot.rejected, robot.last_error = desired, None, None
-        robot.revision_floor = floor
-        robot.swaps = ([{"version": desired.version, "approved_us": desired.approved_us,
-                         "published_us": desired.published_us, "swapped_us": now_us()}] + robot.swaps)[:_SWAPS_KEPT]
-        self.report(robot, "running")
-
-    def _follow_revision(self, robot: Robot, current: Release) -> None:
-        """The running release re-signed at a newer revision (every publish re-signs all current
-        releases): the floor rises with it, or a release replaced meanwhile (a rolled-back canary, say)
-        could be replayed to this robot later."""
-        if robot.revision_floor is None or current.revision <= robot.revision_floor or not current.is_for(robot.robot_id):
-            return
-        if self.verify_release is not None and not self.verify_release(asdict(current)):
-            return  # not the rollout side's: the floor follows signed revisions only
-        try:
-            write_revision_floor(self.floor_dir, robot.robot_id, current.revision, self.store.url)
-        except OSError as exc:
-            log.error("%s: release floor not raised to %d: %s", robot.robot_id, current.revision, exc)
-            return
-        robot.revision_floor = current.revision
+        state = self.releases.consider(robot, desired, self.accepted_revision, self.policies.get)
+        if state is not None:
+            self.report(robot, state)
 
     def _start_episode(self, robot: Robot) -> bool:
         self._maybe_swap(robot)

@@ -10,15 +10,15 @@ Who acts at each step:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from lwd_core.data.episode import Episode, Source
+from lwd_core.data.recorder import EpisodeRecorder
 from lwd_core.sim.teleop import RolloutHuman, Teleoperator
-from lwd_core.suite import TaskSpec, pad_observation, sparse_reward
+from lwd_core.suite import TaskSpec, pad_observation
 
 # (padded observation, task) -> action chunk (chunk, action_dim) in [-1, 1]
 ChunkPolicy = Callable[[np.ndarray, TaskSpec], np.ndarray]
@@ -40,18 +40,6 @@ def forget_solver_warmstart(env: Any) -> None:
     data = getattr(env.unwrapped, "_data", None)  # a MuJoCo-based environment's state; others have none
     if data is not None and hasattr(data, "qacc_warmstart"):
         data.qacc_warmstart[:] = 0.0
-
-
-class MonotonicClock:
-    """UTC microseconds, strictly increasing even if the wall clock steps back."""
-
-    def __init__(self, now: Callable[[], int] | None = None):
-        self._now = now or (lambda: time.time_ns() // 1000)
-        self._last = 0
-
-    def __call__(self) -> int:
-        self._last = max(self._now(), self._last + 1)
-        return self._last
 
 
 class EpisodeRunner:
@@ -83,7 +71,6 @@ class EpisodeRunner:
             raise ValueError(f"a {source} episode needs a teleoperator")
         self.env, self.task, self.teleop, self.human = env, task, teleop, human
         self.robot_id, self.policy_version, self.source = robot_id, policy_version, source
-        self.clock = clock or MonotonicClock()
         self.limit = min(max_steps or task.horizon, task.horizon)
         self._ob, self._info = env.reset(seed=seed)
         forget_solver_warmstart(env)
@@ -91,7 +78,8 @@ class EpisodeRunner:
             teleop.reset(self._ob, self._info)
         if human is not None:
             human.reset()
-        self._record: dict[str, list] = {k: [] for k in _RECORD_FIELDS}
+        self.recorder = EpisodeRecorder(robot_id=robot_id, task_id=task.task_id, instruction=task.instruction,
+                                        policy_version=policy_version, source=source, clock=clock)
         self._pending: list[np.ndarray] = []
         self._chunk_pos = 0
         self._human_in_control = source != "rollout"
@@ -117,8 +105,8 @@ class EpisodeRunner:
     def step(self, chunk: np.ndarray | None = None) -> None:
         if self.done:
             raise RuntimeError("the episode is over")
-        record = self._record
         padded = self.observation
+        intervention = self.source == "rollout" and self._human_in_control
         if self._human_in_control:
             action = self.teleop.act(self._ob, self._info)
             self._pending.clear()
@@ -133,49 +121,21 @@ class EpisodeRunner:
             position = self._chunk_pos
             self._chunk_pos += 1
         self._ob, _, terminated, truncated, self._info = self.env.step(action)
-        success = bool(self._info.get("success", False))
-        record["obs"].append(padded)
-        record["action"].append(action)
-        record["reward"].append(sparse_reward(success))
-        record["success"].append(success)
-        record["intervention"].append(self.source == "rollout" and self._human_in_control)
-        record["terminal"].append(bool(terminated))
-        record["chunk_pos"].append(position)
-        record["timestamp"].append(self.clock())
-        record["next_obs"].append(pad_observation(self._ob, self.task))
-        if terminated or truncated or len(record["obs"]) >= self.limit:
+        self.recorder.record(padded, action, pad_observation(self._ob, self.task),
+                             success=bool(self._info.get("success", False)), terminal=bool(terminated),
+                             intervention=intervention, chunk_pos=position)
+        if terminated or truncated or self.recorder.num_steps >= self.limit:
             self.done = True
             return
         if self.human is not None:
             self._human_in_control = self.human.watch(self._ob)
-            if self._human_in_control and not record["intervention"][-1]:
+            if self._human_in_control and not intervention:
                 self.teleop.reset(self._ob, self._info)  # the human re-plans from where the robot left things
 
     def episode(self) -> Episode:
         if not self.done:
             raise RuntimeError("the episode is still running")
-        record = self._record
-        return Episode(
-            robot_id=self.robot_id,
-            task_id=self.task.task_id,
-            instruction=self.task.instruction,
-            policy_version=self.policy_version,
-            source=self.source,
-            outcome="success" if record["success"][-1] else "failure",
-            observations=np.stack(record["obs"]),
-            actions=np.stack(record["action"]),
-            rewards=np.asarray(record["reward"]),
-            successes=np.asarray(record["success"]),
-            interventions=np.asarray(record["intervention"]),
-            terminals=np.asarray(record["terminal"]),
-            chunk_pos=np.asarray(record["chunk_pos"]),
-            timestamps_us=np.asarray(record["timestamp"]),
-            next_observations=np.stack(record["next_obs"]),
-        )
-
-
-_RECORD_FIELDS = ("obs", "action", "reward", "success", "intervention", "terminal", "chunk_pos", "timestamp",
-                  "next_obs")
+        return self.recorder.episode()
 
 
 def run_episode(
