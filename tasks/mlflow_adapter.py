@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from lwd_core import promotion
 from lwd_core.config import LWDConfig
-from lwd_core.data.layout import POLICY_FILE, SPEC_FILE
+from lwd_core.data.layout import POLICY_FILE, PORTABLE_POLICY_FILE, SPEC_FILE
 from lwd_core.gating import GateResult
 from lwd_core.promotion import ModelVersion, TrainedVersion
 from lwd_core.store import COMMIT_MANIFEST, ObjectStore, commit_manifest_key
@@ -99,7 +99,7 @@ def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, poli
     mlflow = mlflow_setup(config)
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = {}
-        for artifact, file in (("policy", POLICY_FILE), ("spec", SPEC_FILE)):
+        for artifact, file in (("policy", POLICY_FILE), ("portable_policy", PORTABLE_POLICY_FILE), ("spec", SPEC_FILE)):
             path = Path(tmp) / file
             path.write_bytes(store.get_committed(checkpoint, file))
             artifacts[artifact] = str(path)

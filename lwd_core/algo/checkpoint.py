@@ -1,8 +1,8 @@
 """Checkpoints: flax msgpack (no pickle) committed with a sha256 manifest.
 
 A checkpoint prefix holds ``train_state.msgpack`` (everything needed to resume exactly: parameters,
-optimiser states, target networks, RNG key, step), ``policy.msgpack`` (what actors load) and
-``spec.json``; ``_MANIFEST.json`` is written last and lists the sha256 of each, plus the replay sampler
+optimiser states, target networks, RNG key, step), ``policy.msgpack`` (what actors load),
+``policy.onnx`` (the same acting function for a robot without JAX) and ``spec.json``; ``_MANIFEST.json`` is written last and lists the sha256 of each, plus the replay sampler
 state, so a resumed run draws the same batches. Loading verifies every hash.
 """
 
@@ -13,16 +13,24 @@ from typing import Any
 from flax import serialization
 
 from lwd_core.algo.learner import Learner, LearnerSpec, TrainState
-from lwd_core.data.layout import POLICY_FILE, SPEC_FILE, STATE_FILE
+from lwd_core.algo.portable import export_acting
+from lwd_core.data.layout import (
+    POLICY_FILE,
+    PORTABLE_POLICY_FILE,
+    SPEC_FILE,
+    STATE_FILE,
+)
 from lwd_core.store import IntegrityError, ObjectStore, commit_manifest_key, sha256_hex
 
 
 def save_checkpoint(
     store: ObjectStore, prefix: str, learner: Learner, state: TrainState, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
+    acting = learner.acting_params(state)
     objects = {
         STATE_FILE: learner.to_bytes(state),
-        POLICY_FILE: serialization.to_bytes(learner.acting_params(state)),
+        POLICY_FILE: serialization.to_bytes(acting),
+        PORTABLE_POLICY_FILE: export_acting(learner, acting),
         SPEC_FILE: learner.spec.to_json().encode(),
     }
     return store.put_committed(prefix, objects, extra={"step": int(state.step), **(extra or {})})

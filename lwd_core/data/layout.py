@@ -39,6 +39,7 @@ def safe_name(value: str, what: str) -> str:
 
 STATE_FILE = "train_state.msgpack"
 POLICY_FILE = "policy.msgpack"
+PORTABLE_POLICY_FILE = "policy.onnx"  # the same acting function for robots without JAX (lwd_core.algo.portable)
 SPEC_FILE = "spec.json"
 RAW_PREFIX = "raw"
 INGEST_LOG_PREFIX = "ingest/batches"

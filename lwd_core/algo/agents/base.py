@@ -154,11 +154,19 @@ class Agent(Generic[ConfigT]):
         return {"policy": params["policy"]}
 
     def act(self, acting_params: Params, obs: jax.Array, tokens: jax.Array, rng: jax.Array) -> jax.Array:
-        """Flattened action chunks (B, chunk * action_dim) in [-1, 1] from the fine-tuned flow."""
+        """Flattened action chunks (B, chunk * action_dim) in [-1, 1]: :meth:`act_from_noise` on fresh noise."""
+        noise = jax.random.normal(rng, self.acting_noise_shape(obs.shape[0]))
+        return self.act_from_noise(acting_params, obs, tokens, noise)
+
+    def acting_noise_shape(self, rows: int) -> tuple[int, ...]:
+        """The standard normal noise :meth:`act_from_noise` takes for ``rows`` observations."""
+        return (rows, self.shell.flat_action_dim)
+
+    def act_from_noise(self, acting_params: Params, obs: jax.Array, tokens: jax.Array, noise: jax.Array) -> jax.Array:
+        """The acting function with its randomness as an input (what a portable export runs)."""
         condition = None
         if self.acting_condition() is not None:
             condition = jnp.full(obs.shape[:1], self.acting_condition(), jnp.int32)
-        noise = jax.random.normal(rng, (obs.shape[0], self.shell.flat_action_dim))
         return self.shell.sample(acting_params["policy"], obs, tokens, noise, condition)
 
     def value_statistics(self, params: Params, obs: jax.Array, tokens: jax.Array) -> dict[str, jax.Array]:

@@ -171,14 +171,16 @@ class LWD(Agent[LWDAgentConfig]):
             acting["critic"] = params["target_critic"]
         return acting
 
-    def act(self, acting_params: Params, obs: jax.Array, tokens: jax.Array, rng: jax.Array) -> jax.Array:
+    def acting_noise_shape(self, rows: int) -> tuple[int, ...]:
+        return (rows * self.config.best_of_n, self.shell.flat_action_dim)
+
+    def act_from_noise(self, acting_params: Params, obs: jax.Array, tokens: jax.Array, noise: jax.Array) -> jax.Array:
         """Best of ``best_of_n`` sampled chunks by the critic's mean Q, as the QAM reference's ``best_of_n``."""
         if not self.picks_by_critic:
-            return super().act(acting_params, obs, tokens, rng)
+            return super().act_from_noise(acting_params, obs, tokens, noise)
         rows, samples = obs.shape[0], self.config.best_of_n
         repeat = partial(jnp.repeat, repeats=samples, axis=0)
         obs_n, tokens_n = repeat(obs), repeat(tokens)
-        noise = jax.random.normal(rng, (rows * samples, self.shell.flat_action_dim))
         actions = self.shell.sample(acting_params["policy"], obs_n, tokens_n, noise)
         q = self.critic.apply(acting_params["critic"], obs_n, tokens_n, actions).mean(0).reshape(rows, samples)
         return actions.reshape(rows, samples, -1)[jnp.arange(rows), jnp.argmax(q, axis=1)]
