@@ -47,9 +47,16 @@ ROUND_TIMEOUT_S = 2400  # a round on a loaded 2-core machine, waits on the fault
 @dataclass(frozen=True)
 class Fault:
     name: str
-    moment: str  # the stage it strikes in: "ingest" or "train" of round 1
+    moment: str  # when it strikes in round 1: "upload" (the fleet's first episode; ingest follows) or "train"
     inject: Callable[[LocalStack, Path], None]  # breaks something, heals it, returns
     operator_sees: str  # a regex the run's output must match: the failing service named
+
+
+def _fleet_uploading(data: Path) -> bool:
+    """Round 1's fleet has uploaded its first episode (round 0 runs no fleet); its ingest is next. An ingest
+    flow lasts about a second, too short to be caught running by polling."""
+    raw = data / "store" / "raw"
+    return raw.exists() and any(raw.rglob("*.parquet"))
 
 
 def _flow_running(stack: LocalStack, flow_name: str, nth: int) -> bool:
@@ -109,10 +116,10 @@ def fill_the_store(stack: LocalStack, data: Path) -> None:
 
 FAULTS = {fault.name: fault for fault in (
     Fault("postgres-restart", "train", restart_postgres, r"(?i)postgres|database|503|retryable|connect"),
-    Fault("redis-stopped-30s", "ingest", stop_redis_30s, r"(?i)redis|503|retryable|connect"),
+    Fault("redis-stopped-30s", "upload", stop_redis_30s, r"(?i)redis|503|retryable|connect"),
     Fault("prefect-server-killed", "train", kill_prefect_server, r"(?i)connect|retryable|prefect"),
     Fault("mlflow-down-at-registration", "train", mlflow_down_at_registration, r"(?i)mlflow"),
-    Fault("store-full-during-ingest", "ingest", fill_the_store, r"No space left on device"),
+    Fault("store-full-during-ingest", "upload", fill_the_store, r"No space left on device"),
 )}
 
 
@@ -201,10 +208,10 @@ def run_fault(fault: Fault, workdir: Path) -> dict:
             env = stack.lwd_env(data, CONFIG)
             started = time.monotonic()
             first = run_round(env, log, rounds)
-            # Round 0 trains once; round 1's ingest is the first, its training the second.
-            nth = 2 if fault.moment == "train" else 1
-            wait_for(lambda: first.poll() is not None or _flow_running(stack, fault.moment, nth),
-                     f"round 1's {fault.moment}", ROUND_TIMEOUT_S)
+            # Round 0 trains once: round 1's training is the second.
+            moment = ((lambda: _flow_running(stack, "train", 2)) if fault.moment == "train"
+                      else (lambda: _fleet_uploading(data)))
+            wait_for(lambda: first.poll() is not None or moment(), f"round 1's {fault.moment}", ROUND_TIMEOUT_S)
             result["injected"] = first.poll() is None
             before_fault = log.stat().st_size if log.exists() else 0
             if result["injected"]:
