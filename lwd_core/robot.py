@@ -127,8 +127,7 @@ class FleetRobot:
         if state == "running" and self._loaded and self._loaded[0] == self.track.release:
             self.policy = self._loaded[1]
         self._loaded = None
-        if state is not None:
-            self.report(state)
+        self.report(state or ("running" if self.track.release else "waiting"))  # also the robot's heartbeat
         return self.policy if self.track.release is not None else None
 
     def report(self, state: str) -> None:

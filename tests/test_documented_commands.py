@@ -239,7 +239,9 @@ def test_documented_command(documented: Documented, tmp_path: Path):
 def _run_lwd_for_real(documented: Documented, env: dict[str, str], tmp_path: Path) -> None:
     for name, content in FILES_THE_DOCS_ASSUME.items():
         (tmp_path / name).write_text(content)
-    argv = [str(LWD), *documented.argv[1:]]
+    # Run from a fresh directory: a repository path the command names (a config) is the repository's.
+    argv = [str(LWD), *(str(ROOT / word) if REPO_PATH.match(word) and (ROOT / word).exists() else word
+                        for word in documented.argv[1:])]
     if "--config" not in argv and "-c" not in argv:
         env = {**env, "LWD_CONFIG": str(ROOT / "configs" / "tiny.yaml")}
     result = _run(argv, env, tmp_path)

@@ -4,6 +4,8 @@ conventions, and a whole flywheel round on an environment the eight tasks do not
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium
@@ -145,3 +147,15 @@ def test_a_scene_environment_completes_a_flywheel_round(prefect_server, tmp_path
     assert len(online) >= 2 and {episode.task_id for episode in online} == {"open-drawer-window"}
     assert all(episode.observations.shape[1] == OBS_DIM and not episode.interventions.any() for episode in online)
     assert Coordinator(store).desired()["stable"]["version"] == "policy-v2"
+
+    # A robot of the lab's own, in a process of its own (docs/bring-your-own-robot.md, step 6): it takes
+    # the release signed for it, acts with its portable policy, and ingestion accepts its episodes.
+    robot = subprocess.run([sys.executable, str(ROOT / "infra" / "robot" / "sim_robot.py"), "--robot", "robot-01",
+                            "--task", SCENE_TASK.task_id, "--store", store.url, "--spool", str(tmp_path / "robot-spool"),
+                            "--keys", str(data / "keys"), "--episodes", "2", "--max-steps", "20"],
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert robot.returncode == 0, robot.stderr[-3000:]
+    ingested = lwd(env_vars, "ingest")
+    assert ingested.returncode == 0, ingested.stderr[-3000:]
+    online = [get_episode(store, key) for key in store.list(buffer_prefix("online"), ".parquet")]
+    assert sum(e.robot_id == "robot-01" and e.policy_version == "policy-v2" and e.num_steps == 20 for e in online) >= 2

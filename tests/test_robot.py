@@ -75,3 +75,17 @@ def test_a_robot_follows_its_signed_release_acts_as_the_trained_policy_and_its_e
     robot.follow()
     assert robot.track.release.version == "v1" and "v2" in robot.track.last_error
     assert coordinator.actor("robot-00")["running_version"] == "v1"
+
+
+def test_a_robots_own_process_runs_episodes_with_its_release_and_they_land(local_store, keyring, tmp_path):
+    """infra/robot/sim_robot.py: the robot-side package in a process of its own, a Gymnasium environment
+    standing in for the hardware (docs/bring-your-own-robot.md runs it)."""
+    publisher(local_store, keyring).publish_all(tiny_policy_checkpoint(local_store, "checkpoints/v1", 0))
+    result = subprocess.run([sys.executable, str(ROOT / "infra" / "robot" / "sim_robot.py"), "--robot", "robot-01",
+                             "--task", "open-drawer-window", "--store", local_store.url, "--spool", str(tmp_path / "spool"),
+                             "--keys", str(keyring.root), "--episodes", "2", "--max-steps", "12"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expect = replace(EXPECT, policy_versions=frozenset({"v1"}), tasks=frozenset({"open-drawer-window"}))
+    report = ingest_batch(local_store, pending_raw(local_store), expect, check_signature=episode_signature_check(keyring))
+    assert [o.status for o in report.outcomes] == ["accepted", "accepted"], [o.reasons for o in report.outcomes]
