@@ -468,3 +468,16 @@ def test_two_ingest_workers_share_the_uploads_without_duplicates(local_store):
     assert sum(r["accepted"] for r in results) == 24
     assert sorted(buffer_ids(local_store)) == sorted(e.episode_id for e in episodes)
     assert pending_raw(local_store) == []
+
+
+def test_a_teleoperators_demonstration_is_no_robots_success_in_the_fleet_numbers(local_store):
+    from lwd_core.suite import TELEOP_POLICY_VERSION
+
+    demo = fleet_episode(seed=301, robot_id=TELEOPERATOR, source="demo", policy_version=TELEOP_POLICY_VERSION)
+    rollout = fleet_episode(seed=302, success=False)
+    for name, episode in (("demo", demo), ("rollout", rollout)):
+        upload(local_store, name, episode.to_parquet_bytes())
+    summary = ingest_batch(local_store, pending_raw(local_store), EXPECT).summary()
+    assert summary.accepted == 2 and summary.rollouts == 1 and summary.rollout_steps == rollout.num_steps
+    outcomes = summary.fleet_outcomes
+    assert (outcomes.episodes, outcomes.autonomous_successes) == (1, 0)  # the demo's success is a person's

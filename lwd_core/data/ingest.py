@@ -64,6 +64,7 @@ class Outcome:
     task_id: str | None = None
     robot_id: str | None = None
     reasons: list[str] = field(default_factory=list)
+    source: str | None = None  # rollout, demo or play
     destination: str | None = None
     steps: int = 0
     success: bool | None = None
@@ -96,8 +97,11 @@ class IngestSummary(BaseModel):
     quarantined: int = 0
     duplicates: int = 0
     transitions_accepted: int = 0
-    # Of the accepted episodes (lwd_core.data.outcomes): successes without a takeover, episodes and
-    # successes with one, and takeovers.
+    # Of the accepted rollouts (a teleoperator's demonstration or play is no robot's success;
+    # lwd_core.data.outcomes): their steps, successes without a takeover, episodes and successes with
+    # one, and takeovers.
+    rollouts: int = 0
+    rollout_steps: int = 0
     autonomous_successes: int = 0
     assisted_episodes: int = 0
     assisted_successes: int = 0
@@ -109,8 +113,8 @@ class IngestSummary(BaseModel):
 
     @classmethod
     def total(cls, parts: list[IngestSummary]) -> IngestSummary:
-        counts = ("seen", "accepted", "quarantined", "duplicates", "transitions_accepted", "autonomous_successes",
-                  "assisted_episodes", "assisted_successes", "takeovers", "intervention_steps")
+        counts = ("seen", "accepted", "quarantined", "duplicates", "transitions_accepted", "rollouts", "rollout_steps",
+                  "autonomous_successes", "assisted_episodes", "assisted_successes", "takeovers", "intervention_steps")
         reasons: dict[str, int] = {}
         for part in parts:
             for reason, count in part.quarantine_reasons.items():
@@ -121,7 +125,7 @@ class IngestSummary(BaseModel):
 
     @property
     def fleet_outcomes(self) -> OutcomeCounts:
-        return OutcomeCounts(episodes=self.accepted, steps=self.transitions_accepted,
+        return OutcomeCounts(episodes=self.rollouts, steps=self.rollout_steps,
                              autonomous_successes=self.autonomous_successes, assisted_episodes=self.assisted_episodes,
                              assisted_successes=self.assisted_successes, takeovers=self.takeovers)
 
@@ -154,15 +158,17 @@ class IngestReport:
                 head = reason.split(":")[0]
                 reasons[head] = reasons.get(head, 0) + 1
         accepted = [o for o in self.outcomes if o.status == "accepted"]
+        rollouts = [o for o in accepted if o.source == "rollout"]
         latencies = sorted(o.latency_s for o in accepted if o.latency_s is not None)
         queued = sorted(o.queued_s for o in accepted if o.queued_s is not None)
         return IngestSummary(seen=len(self.outcomes), accepted=self.count("accepted"),
                              quarantined=self.count("quarantined"), duplicates=self.count("duplicate"),
                              transitions_accepted=sum(o.steps for o in accepted),
-                             autonomous_successes=sum(bool(o.success) and not o.takeovers for o in accepted),
-                             assisted_episodes=sum(bool(o.takeovers) for o in accepted),
-                             assisted_successes=sum(bool(o.success) and bool(o.takeovers) for o in accepted),
-                             takeovers=sum(o.takeovers for o in accepted),
+                             rollouts=len(rollouts), rollout_steps=sum(o.steps for o in rollouts),
+                             autonomous_successes=sum(bool(o.success) and not o.takeovers for o in rollouts),
+                             assisted_episodes=sum(bool(o.takeovers) for o in rollouts),
+                             assisted_successes=sum(bool(o.success) and bool(o.takeovers) for o in rollouts),
+                             takeovers=sum(o.takeovers for o in rollouts),
                              intervention_steps=sum(o.intervention_steps for o in accepted),
                              quarantine_reasons=reasons, latency_s=latencies, queued_s=queued)
 
@@ -526,7 +532,7 @@ def ingest_batch(
                 report.outcomes.append(_quarantined(store, raw, data, [f"invalid: {r}" for r in reasons], episode))
                 continue
             outcome = Outcome(raw, "accepted", episode.episode_id, episode.task_id, episode.robot_id,
-                              steps=episode.num_steps, success=episode.outcome == "success",
+                              steps=episode.num_steps, success=episode.outcome == "success", source=episode.source,
                               intervention_steps=int(episode.interventions.sum()),
                               takeovers=takeovers(episode.interventions),
                               finished_us=int(episode.timestamps_us[-1]))
