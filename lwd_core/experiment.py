@@ -272,7 +272,9 @@ class Experiment:
         pretrained = self.pretrain(demos_and_play)
         self.offline = demos_and_play + self.failed_rollouts(pretrained.learner, pretrained.state)
         self.data_report.update(self._data_summary())
-        self.log(f"pretrained; offline data {self.data_report}")
+        shares = ", ".join(f"{kind} {share:.0%}" for kind, share in self.data_report["share_by_kind"].items())
+        self.log(f"pretrained; offline data: {self.data_report['episodes']} episodes, "
+                 f"{self.data_report['steps']} steps ({shares})")
 
         results: dict[str, dict[str, Any]] = {}
         final_outcomes: dict[str, dict[str, np.ndarray]] = {}
@@ -305,7 +307,7 @@ class Experiment:
                     curve.append(self._curve_point(round_index, len(online), sum(e.num_steps for e in online),
                                                    sum(int(e.interventions.sum()) for e in online), learner, state,
                                                    fleet))
-                    self.log(f"{arm.label} round {round_index}: {curve[-1]}")
+                    self.log(f"{arm.label} round {round_index}: {describe_point(curve[-1])}")
             outcomes = self.evaluate(learner, state, s.eval_episodes_per_task)
             final_outcomes[arm.key] = outcomes
             results[arm.key] = {"label": arm.label, "online": arm.online, "final": success_summary(outcomes),
@@ -352,6 +354,16 @@ class Experiment:
         total = sum(by_kind.values())
         return {"episodes": len(self.offline), "steps": total,
                 "share_by_kind": {k: round(v / total, 3) for k, v in by_kind.items()}}
+
+
+def describe_point(point: dict[str, Any]) -> str:
+    """A curve point as a person reads it in the log."""
+    low, high = point["ci"]
+    text = (f"success {point['success']:.1%} [{low:.0%}, {high:.0%}] after {point['fleet_episodes']} fleet episodes "
+            f"({point['fleet_hours']:.2f} robot hours, {point['intervention_steps']} intervention steps)")
+    if "fleet_success_autonomous" in point:
+        text += f"; the fleet's autonomous success this round {point['fleet_success_autonomous']:.0%}"
+    return text
 
 
 PLOT_FILE = "success_vs_experience.png"
