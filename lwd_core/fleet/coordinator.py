@@ -77,6 +77,12 @@ def release_for_checkpoint(store: ObjectStore, checkpoint: str, version: str, ap
                    manifest_sha256=sha256_hex(manifest), approved_us=approved_us or now_us())
 
 
+def tally(actors: dict[str, dict[str, Any]], version: str, robots: list[str] | None = None) -> OutcomeCounts:
+    """What ``robots`` (default: all) of these actor reports finished under ``version``."""
+    return sum((OutcomeCounts.from_dict(state.get("per_version", {}).get(version))
+                for robot_id, state in actors.items() if robots is None or robot_id in robots), OutcomeCounts())
+
+
 def choose_canary(robot_ids: list[str], fraction: float, minimum: int = 1) -> list[str]:
     """A deterministic canary subset: the first ceil(fraction * n) robots, at least ``minimum`` (the
     robots the canary's evidence needs)."""
@@ -214,9 +220,7 @@ class Coordinator:
 
     def outcomes(self, version: str, robots: list[str] | None = None) -> OutcomeCounts:
         """What ``robots`` (default: all) finished under ``version``, autonomous and assisted."""
-        return sum((OutcomeCounts.from_dict(state.get("per_version", {}).get(version))
-                    for robot_id, state in self.actors().items() if robots is None or robot_id in robots),
-                   OutcomeCounts())
+        return tally(self.actors(), version, robots)
 
     def distribution_latencies_s(self, version: str) -> list[float]:
         """Per robot: seconds from the release's approval to that robot running it."""

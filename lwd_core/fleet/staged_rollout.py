@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from lwd_core.data.outcomes import OutcomeCounts
-from lwd_core.fleet.coordinator import Coordinator, Release, now_us
+from lwd_core.fleet.coordinator import Coordinator, Release, now_us, tally
 from lwd_core.gating import CanaryDecision, canary_decision
 
 
@@ -37,14 +37,14 @@ def judge_canary(coordinator: Coordinator, release: Release, canary: list[str], 
 
     min_robots = min(min_robots, len(canary))  # a fleet smaller than the minimum: every robot is the canary
 
-    def robots_seen() -> list[str]:
-        actors = coordinator.actors()
-        return [robot for robot in canary
-                if OutcomeCounts.from_dict(actors.get(robot, {}).get("per_version", {}).get(release.version)).episodes]
+    def evidence(actors: dict[str, dict[str, Any]]) -> tuple[OutcomeCounts, list[str]]:
+        """The canary's outcomes on the release and the robots they came from, from one read of the reports."""
+        robots = [robot for robot in canary if tally(actors, release.version, [robot]).episodes]
+        return tally(actors, release.version, canary), robots
 
     def enough() -> bool:
-        return (coordinator.outcomes(release.version, canary).episodes >= min_episodes
-                and len(robots_seen()) >= min_robots)
+        outcomes, robots = evidence(coordinator.actors())
+        return outcomes.episodes >= min_episodes and len(robots) >= min_robots
 
     enough_evidence = wait_until(enough, timeout_s)
     # Autonomous success on both sides (a rescue by the teleoperator is not the release's success), the
@@ -53,10 +53,10 @@ def judge_canary(coordinator: Coordinator, release: Release, canary: list[str], 
     actors = coordinator.actors()
     canary_tasks = {actors.get(robot, {}).get("task_id") for robot in canary}
     same_tasks = [robot for robot, state in actors.items() if state.get("task_id") in canary_tasks]
-    seen, baseline = coordinator.outcomes(release.version, canary), coordinator.outcomes(baseline_version, same_tasks)
+    (seen, robots_seen), baseline = evidence(actors), tally(actors, baseline_version, same_tasks)
     verdict = canary_decision(seen.episodes, seen.autonomous_successes, baseline.episodes,
                               baseline.autonomous_successes, enough_evidence, tolerance)
-    report = {"robots": canary, "robots_seen": len(robots_seen()), "episodes": seen.episodes,
+    report = {"robots": canary, "robots_seen": len(robots_seen), "episodes": seen.episodes,
               "autonomous_success": verdict.canary_rate, "baseline_version": baseline_version,
               "baseline_autonomous_success": verdict.baseline_rate, "baseline_episodes": baseline.episodes,
               "difference_ci": [round(verdict.difference_low, 3), round(verdict.difference_high, 3)],
