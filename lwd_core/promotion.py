@@ -152,8 +152,8 @@ a **reviewer's approval** (alias `champion`, or `lwd approve`), and a **canary**
 enough episodes from enough robots, autonomous success not worse than the previous release's.
 
 Tags a reviewer reads: `gate`, `gate_mean_success`, `approval`, `approved_by`, `approved_at`,
-`canary_decision`, `canary_evidence`, `rollout`. The rest (`checkpoint`, `policy_sha256`, `snapshot_id`,
-`run_id`) tie the version to its files and its training run."""
+`canary_decision`, `canary_evidence`, `rollout`. The rest (`checkpoint`, `policy_sha256`, `snapshot_id`)
+tie the version to its files; its training run and logged model are the registry's own fields."""
 
 
 def iso_utc(at_us: int) -> str:
@@ -164,10 +164,9 @@ def _us(moment: datetime) -> int:
     return round(moment.timestamp() * 1e6)
 
 
-def registered(snapshot_id: str, checkpoint: str, policy_sha256: str, stage: str, run_id: str,
-               model_id: str) -> dict[str, str]:
+def registered(snapshot_id: str, checkpoint: str, policy_sha256: str, stage: str) -> dict[str, str]:
     return {"snapshot_id": snapshot_id, "checkpoint": checkpoint, "policy_sha256": policy_sha256, "stage": stage,
-            "run_id": run_id, "model_id": model_id, "gate": GateStatus.PENDING, "approval": Approval.PENDING}
+            "gate": GateStatus.PENDING, "approval": Approval.PENDING}
 
 
 def gated(passed: bool, mean_success: float) -> dict[str, str]:

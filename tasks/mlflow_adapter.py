@@ -87,7 +87,7 @@ def policy_input_example():
 
 
 def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, policy_sha256: str, snapshot_id: str,
-                    stage: str, run_id: str) -> str:
+                    stage: str) -> str:
     """Log the checkpoint's policy as a pyfunc model (a LoggedModel) in the active run and register a
     version. The model carries ``lwd_core`` as code, a signature and an input example: it loads with
     ``mlflow.pyfunc.load_model("models:/<name>@champion")`` outside this repository."""
@@ -114,14 +114,13 @@ def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, poli
     version = str(info.registered_model_version)
     if not client(config).get_registered_model(name).description:
         client(config).update_registered_model(name, description=promotion.MODEL_DESCRIPTION)
-    tag_version(config, version, promotion.registered(snapshot_id, checkpoint, policy_sha256, stage, run_id,
-                                                      info.model_id))
+    tag_version(config, version, promotion.registered(snapshot_id, checkpoint, policy_sha256, stage))
     return version
 
 
 def model_version(config: LWDConfig, version: str) -> ModelVersion:
     found = client(config).get_model_version(config.tracking.registered_model, version)
-    return ModelVersion.from_tags(str(found.version), dict(found.tags))
+    return ModelVersion.from_tags(str(found.version), {**found.tags, "run_id": found.run_id or ""})
 
 
 def tag_version(config: LWDConfig, version: str, tags: dict[str, str]) -> None:
@@ -307,7 +306,7 @@ def finish_training_run(config: LWDConfig, store: ObjectStore, plan: TrainingPla
     mlflow.log_dict(manifest, f"checkpoint/{COMMIT_MANIFEST}")
     mlflow.set_tag("checkpoint", store.uri(result.checkpoint))
     version = register_policy(config, store, result.checkpoint, manifest["files"][POLICY_FILE]["sha256"],
-                              plan.snapshot_id, plan.kind, run.info.run_id)
+                              plan.snapshot_id, plan.kind)
     return TrainedVersion(model_version=version, checkpoint=result.checkpoint, run_id=run.info.run_id,
                           stage=plan.kind, snapshot_id=plan.snapshot_id, steps=plan.steps, seconds=seconds,
                           final_metrics=result.history[-1] if result.history else {})

@@ -83,6 +83,11 @@ def test_flywheel_runs_every_stage_and_reports_where_to_look(stack, prefect_serv
     kinds = {r.data.tags.get("kind", r.data.tags.get("stage")) for r in runs}
     assert {"offline", "online", "gate"} <= kinds
     train_run = next(r for r in runs if r.data.tags.get("stage") == "online")
+    # The training run and logged model are the registry's own fields, not tags a reviewer scrolls past.
+    assert not {"run_id", "model_id"} & set(tags["2"])
+    from tasks.mlflow_adapter import model_version
+
+    assert model_version(config, "2").run_id == train_run.info.run_id
     assert "critic_loss" in train_run.data.metrics and train_run.data.params["snapshot_id"] == tags["2"]["snapshot_id"]
 
     # The reviewer's evidence: the gate table as the version's description, linked to a gate run with

@@ -27,7 +27,7 @@ def walk(version: str, *updates: dict[str, str]) -> ModelVersion:
     return ModelVersion.from_tags(version, tags)
 
 
-REGISTERED = promotion.registered("snap-1", "checkpoints/run-1/step-00000010", "ab" * 32, "offline", "run1", "m-1")
+REGISTERED = promotion.registered("snap-1", "checkpoints/run-1/step-00000010", "ab" * 32, "offline")
 
 
 def test_a_registered_version_waits_for_its_gate_and_cannot_be_promoted_before():
