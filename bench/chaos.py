@@ -114,11 +114,14 @@ def fill_the_store(stack: LocalStack, data: Path) -> None:
         filler.unlink(missing_ok=True)
 
 
+PREFECT_FAILING = r"the Prefect API is failing|error: the Prefect API"  # flows/service_defaults.py, flows/cli.py
 FAULTS = {fault.name: fault for fault in (
-    Fault("postgres-restart", "train", restart_postgres, r"(?i)postgres|database|503|retryable|connect"),
-    Fault("redis-stopped-30s", "upload", stop_redis_30s, r"(?i)redis|503|retryable|connect"),
-    Fault("prefect-server-killed", "train", kill_prefect_server, r"(?i)connect|retryable|prefect"),
-    Fault("mlflow-down-at-registration", "train", mlflow_down_at_registration, r"(?i)mlflow"),
+    # What the operator must find in the run's output or the fleet's logs: the failing service's own
+    # trace, not any line that happens to name it.
+    Fault("postgres-restart", "train", restart_postgres, PREFECT_FAILING),
+    Fault("redis-stopped-30s", "upload", stop_redis_30s, PREFECT_FAILING),
+    Fault("prefect-server-killed", "train", kill_prefect_server, PREFECT_FAILING),
+    Fault("mlflow-down-at-registration", "train", mlflow_down_at_registration, r"Retrying.*/api/2\.0/mlflow/"),
     Fault("store-full-during-ingest", "upload", fill_the_store, r"No space left on device"),
 )}
 
@@ -220,11 +223,12 @@ def run_fault(fault: Fault, workdir: Path) -> dict:
             if result["first_run_rc"] != 0:  # resume on retry: the same command again
                 result["retry_rc"] = run_round(env, log, rounds).wait(timeout=ROUND_TIMEOUT_S)
             result["minutes"] = round((time.monotonic() - started) / 60, 1)
-            with log.open("rb") as handle:  # what the operator read from the fault on
+            with log.open("rb") as handle:  # what the operator read from the fault on: the run's output...
                 handle.seek(before_fault)
                 output = handle.read().decode(errors="replace")
-            seen = [line for line in output.splitlines() if re.search(fault.operator_sees, line)
-                    and re.search(r"(?i)error|warn|fail|retry|unavailable|refused", line) and "UserWarning" not in line]
+            for actor_log in sorted((data / "logs").glob("*.log")):  # ...and the fleet's logs it points to
+                output += "\n" + actor_log.read_text(errors="replace")
+            seen = [line for line in output.splitlines() if re.search(fault.operator_sees, line)]
             result["operator_saw"] = seen[0][:300] if seen else None
             problems = [] if result["injected"] else ["the round ended before the fault's moment"]
             if result.get("retry_rc", result["first_run_rc"]) != 0:
