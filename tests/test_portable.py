@@ -40,3 +40,20 @@ def test_the_portable_policy_acts_as_the_jax_policy(name):
 def test_a_function_the_export_cannot_translate_is_refused_by_name():
     with pytest.raises(NotImplementedError, match="cumsum"):
         trace_to_onnx(lambda x: jnp.cumsum(x, axis=-1), {"x": np.zeros((1, 4), np.float32)}, {})
+
+
+def test_custom_derivative_calls_and_powers_translate_on_constants_and_inputs():
+    import jax
+
+    weight = np.linspace(-1.0, 1.0, 12, dtype=np.float32).reshape(4, 3)
+
+    def fn(x):
+        folded = jax.nn.relu(weight) + jax.nn.softplus(weight)  # custom_jvp calls on parameters alone
+        y = x @ folded
+        return jax.nn.relu(y) + y**3 - y**5 + jax.lax.integer_pow(y, 0) + jax.lax.integer_pow(y + 2.0, -2)
+
+    x = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(trace_to_onnx(fn, {"x": x}, {}), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], np.asarray(fn(x)), rtol=1e-5, atol=1e-5)

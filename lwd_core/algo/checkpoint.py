@@ -2,8 +2,9 @@
 
 A checkpoint prefix holds ``train_state.msgpack`` (everything needed to resume exactly: parameters,
 optimiser states, target networks, RNG key, step), ``policy.msgpack`` (what actors load),
-``policy.onnx`` (the same acting function for a robot without JAX) and ``spec.json``; ``_MANIFEST.json`` is written last and lists the sha256 of each, plus the replay sampler
-state, so a resumed run draws the same batches. Loading verifies every hash.
+``policy.onnx`` (the same acting function for a robot without JAX) and ``spec.json``;
+``_MANIFEST.json`` is written last and lists the sha256 of each, plus the replay sampler state, so a
+resumed run draws the same batches. Loading verifies every hash.
 """
 
 from __future__ import annotations

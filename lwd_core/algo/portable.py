@@ -74,11 +74,10 @@ class _Graph:
 
 
 _BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "pow": "Pow",
-           "lt": "Less", "gt": "Greater", "le": "LessOrEqual", "ge": "GreaterOrEqual", "eq": "Equal",
-           "and": "And", "or": "Or"}
+           "lt": "Less", "gt": "Greater", "le": "LessOrEqual", "ge": "GreaterOrEqual", "eq": "Equal"}
+_LOGICAL = {"and": "And", "or": "Or", "not": "Not"}  # booleans only: on integers JAX's are bitwise
 _UNARY = {"neg": "Neg", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": "Sigmoid", "sin": "Sin",
-          "cos": "Cos", "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "erf": "Erf", "not": "Not",
-          "copy": "Identity", "copy_p": "Identity"}
+          "cos": "Cos", "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "erf": "Erf", "copy": "Identity"}
 _REDUCE = {"reduce_sum": "ReduceSum", "reduce_max": "ReduceMax", "reduce_min": "ReduceMin"}
 _INLINE = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat", "checkpoint")
 
@@ -132,14 +131,24 @@ def _convert(graph: _Graph, eqn: Any, ins: list[Value]) -> list[Value]:
         return [graph.op("Not", [graph.op("Equal", ins, shape, dtype)], shape, dtype)]
     if name in _UNARY:
         return [graph.op(_UNARY[name], ins, shape, dtype)]
+    if name in _LOGICAL and dtype == np.bool_:
+        return [graph.op(_LOGICAL[name], ins, shape, dtype)]
     if name == "rsqrt":
         return [graph.op("Reciprocal", [graph.op("Sqrt", ins, shape, dtype)], shape, dtype)]
     if name == "square":
         return [graph.op("Mul", [ins[0], ins[0]], shape, dtype)]
     if name == "integer_pow":
-        result = ins[0]
-        for _ in range(abs(params["y"]) - 1):  # repeated products, as XLA computes small powers
-            result = graph.op("Mul", [result, ins[0]], shape, dtype)
+        exponent = abs(params["y"])
+        if exponent == 0:
+            return [np.ones(shape, dtype)]
+        # Squaring and multiplying, as JAX lowers it, so the rounding is the same.
+        base, result = ins[0], None
+        while exponent:
+            if exponent & 1:
+                result = base if result is None else graph.op("Mul", [result, base], shape, dtype)
+            exponent >>= 1
+            if exponent:
+                base = graph.op("Mul", [base, base], shape, dtype)
         return [graph.op("Reciprocal", [result], shape, dtype) if params["y"] < 0 else result]
     if name == "convert_element_type":
         return [graph.op("Cast", ins, shape, dtype, to=helper.np_dtype_to_tensor_dtype(dtype))]
@@ -178,8 +187,11 @@ def _convert(graph: _Graph, eqn: Any, ins: list[Value]) -> list[Value]:
         numbers, sizes = params["dimension_numbers"], params["slice_sizes"]
         operand = eqn.invars[0].aval.shape
         leading = tuple(range(len(numbers.start_index_map)))
-        # x[i, j, ...] over leading axes, whole slices of the rest: ONNX GatherND.
+        index_rank = len(eqn.invars[1].aval.shape)
+        # x[i, j, ...] over leading axes, whole slices of the rest, after the index dims: ONNX GatherND
+        # (which needs indices in bounds: token ids and argmax picks always are).
         if (tuple(numbers.start_index_map) == tuple(numbers.collapsed_slice_dims) == leading
+                and tuple(numbers.offset_dims) == tuple(range(index_rank - 1, len(shape)))
                 and not numbers.operand_batching_dims
                 and tuple(sizes) == (1,) * len(leading) + tuple(operand[len(leading):])):
             indices = graph.op("Cast", [ins[1]], eqn.invars[1].aval.shape, np.int64, to=TensorProto.INT64)
@@ -201,8 +213,9 @@ def _evaluate(graph: _Graph, closed: jax_core.ClosedJaxpr, args: Sequence[Value]
     for eqn in jaxpr.eqns:
         ins = [read(var) for var in eqn.invars]
         name = eqn.primitive.name
-        if not any(isinstance(value, _Tensor) for value in ins):
-            outs = eqn.primitive.bind(*[jnp.asarray(value) for value in ins], **eqn.params)  # folded here
+        if not any(isinstance(value, _Tensor) for value in ins):  # folded here, as jax.core.eval_jaxpr runs it
+            outs = eqn.primitive.bind(*[jnp.asarray(value) for value in ins],
+                                      **eqn.primitive.get_bind_params(eqn.params))
             outs = [_as_numpy(out) for out in (outs if eqn.primitive.multiple_results else [outs])]
         elif name in _INLINE:
             outs = _evaluate(graph, _inner_jaxpr(eqn.params), ins)
