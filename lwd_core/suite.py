@@ -59,7 +59,11 @@ ENVIRONMENTS: dict[str, Environment] = {env.name: env for env in (
 )}
 SCENES: tuple[str, ...] = tuple(ENVIRONMENTS)
 SCENE_OBS_DIMS = {name: env.obs_dim for name, env in ENVIRONMENTS.items()}
-MAX_SCENE_OBS = max(SCENE_OBS_DIMS.values())
+MAX_SCENE_OBS = 46  # the policy's state slots (cube-triple's state): every environment's must fit
+if too_large := sorted(name for name, dims in SCENE_OBS_DIMS.items() if dims > MAX_SCENE_OBS):
+    raise ValueError(f"environments {too_large} observe more than the policy's {MAX_SCENE_OBS} state values")
+# Each environment adds a one-hot slot: adding one changes the layout, and policies trained before it
+# (their checkpoints and buffers) no longer fit.
 OBS_DIM = MAX_SCENE_OBS + len(SCENES)
 
 
