@@ -36,7 +36,6 @@ import numpy as np
 from lwd_core.algo.text import tokenize
 from lwd_core.data.episode import Episode
 from lwd_core.data.layout import PORTABLE_POLICY_FILE
-from lwd_core.data.outcomes import OutcomeCounts
 from lwd_core.data.recorder import EpisodeRecorder
 from lwd_core.fleet.coordinator import Coordinator, Release
 from lwd_core.fleet.edge import EdgeClient
@@ -105,12 +104,11 @@ class FleetRobot:
         self.releases = ReleaseFollower(Path(floor_dir) if floor_dir else self.edge.root / FLOOR_DIR, store.url,
                                         release_verifier(keyring))
         self.releases.restore(self.track)
-        previous = self.coordinator.actor(robot_id) or {}  # a restarted robot keeps its history
-        self.per_version: dict[str, dict[str, int]] = previous.get("per_version", {})
-        self.track.swaps = previous.get("swaps", [])
+        last_report = self.coordinator.actor(robot_id)
+        self.track.resume(last_report)
         self.policy: PortablePolicy | None = None
         self._loaded: tuple[Release, PortablePolicy] | None = None
-        self.task_id = previous.get("task_id") or ""
+        self.task_id = (last_report or {}).get("task_id") or ""
 
     # -- releases ------------------------------------------------------------------------------
     def _load(self, release: Release) -> None:
@@ -131,7 +129,7 @@ class FleetRobot:
         return self.policy if self.track.release is not None else None
 
     def report(self, state: str) -> None:
-        self.coordinator.report(self.robot_id, status_report(self.track, self.task_id, state, self.per_version))
+        self.coordinator.report(self.robot_id, status_report(self.track, self.task_id, state))
 
     # -- episodes ------------------------------------------------------------------------------
     def begin(self, task_id: str) -> RobotEpisode:
@@ -147,9 +145,7 @@ class FleetRobot:
         """The episode to the spool (on disk before this returns), its outcome to the coordinator."""
         recorded = episode.recorder.episode()
         self.edge.spool(recorded)
-        counts = OutcomeCounts.from_dict(self.per_version.get(recorded.policy_version))
-        counts.add(recorded.outcome == "success", recorded.interventions)
-        self.per_version[recorded.policy_version] = counts.to_dict()
+        self.track.count(recorded)
         self.report("running")
         return recorded
 

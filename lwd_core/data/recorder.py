@@ -44,10 +44,6 @@ class EpisodeRecorder:
     def num_steps(self) -> int:
         return len(self._steps["obs"])
 
-    @property
-    def last_intervention(self) -> bool:
-        return bool(self._steps["intervention"] and self._steps["intervention"][-1])
-
     def record(self, obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, *, success: bool, terminal: bool,
                intervention: bool = False, chunk_pos: int = 0) -> None:
         """One executed step: ``action`` taken in ``obs`` led to ``next_obs``; ``intervention``: a

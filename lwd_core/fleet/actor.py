@@ -19,7 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ import numpy as np
 
 from lwd_core.algo.text import tokenize
 from lwd_core.config import HumanConfig
-from lwd_core.data.outcomes import OutcomeCounts
 from lwd_core.fleet.coordinator import Coordinator, Release
 from lwd_core.fleet.edge import EdgeClient
 from lwd_core.fleet.releases import (
@@ -69,13 +68,12 @@ class PolicyCache:
         return self._entries[cache_key]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Robot(ReleaseTrack):
-    task: TaskSpec | None = None
+    task: TaskSpec
     env: Any = None
     runner: EpisodeRunner | None = None
     episodes_started: int = 0
-    per_version: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def assign_tasks(robot_ids: list[str], suite: tuple[TaskSpec, ...] | list[TaskSpec]) -> dict[str, TaskSpec]:
@@ -119,10 +117,7 @@ class Actor:
         self.floor_dir = Path(floor_dir) if floor_dir is not None else edge.root / FLOOR_DIR
         self.releases = ReleaseFollower(self.floor_dir, store.url, verify_release)
         for robot in self.robots:
-            # A restarted actor keeps its robot's history: outcomes per version feed canary decisions.
-            previous = self.coordinator.actor(robot.robot_id) or {}
-            robot.per_version = previous.get("per_version", {})
-            robot.swaps = previous.get("swaps", [])
+            robot.resume(self.coordinator.actor(robot.robot_id))
             self.releases.restore(robot)
         self.human = human
         self.max_steps = max_steps
@@ -152,7 +147,7 @@ class Actor:
         return self._desired
 
     def report(self, robot: Robot, state: str) -> None:
-        self.coordinator.report(robot.robot_id, status_report(robot, robot.task.task_id, state, robot.per_version))
+        self.coordinator.report(robot.robot_id, status_report(robot, robot.task.task_id, state))
 
     def _maybe_swap(self, robot: Robot) -> None:
         """Between episodes: move to the desired release if it passes the rule (releases.py)."""
@@ -179,9 +174,7 @@ class Actor:
         episode = robot.runner.episode()
         robot.runner = None
         self.edge.spool(episode)
-        counts = OutcomeCounts.from_dict(robot.per_version.get(episode.policy_version))
-        counts.add(episode.outcome == "success", episode.interventions)
-        robot.per_version[episode.policy_version] = counts.to_dict()
+        robot.count(episode)
         self.episodes_finished += 1
         self.report(robot, "running")
 

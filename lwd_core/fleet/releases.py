@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lwd_core.data.episode import Episode
 from lwd_core.data.layout import safe_name
+from lwd_core.data.outcomes import OutcomeCounts
 from lwd_core.fleet.coordinator import Release, now_us
 from lwd_core.fleet.edge import fsync_write
 
@@ -63,7 +65,8 @@ def write_revision_floor(floor_dir: Path, robot_id: str, revision: int, store_ur
 
 @dataclass(eq=False)
 class ReleaseTrack:
-    """One robot's releases: what it runs, what it last refused and why, and its floor."""
+    """One robot's releases: what it runs, what it last refused and why, its floor, and its record
+    under each version (the canary's evidence)."""
 
     robot_id: str
     release: Release | None = None
@@ -73,6 +76,18 @@ class ReleaseTrack:
     # Highest release revision accepted (persisted); None: its floor file is unreadable, so no floor
     # can be established and every release is refused until an operator checks and removes the file.
     revision_floor: int | None = 0
+    per_version: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def resume(self, last_report: dict[str, Any] | None) -> None:
+        """A restarted robot keeps its history from its last report: outcomes per version and swaps."""
+        self.per_version = (last_report or {}).get("per_version", {})
+        self.swaps = (last_report or {}).get("swaps", [])
+
+    def count(self, episode: Episode) -> None:
+        """A finished episode in its version's record, autonomous or assisted."""
+        counts = OutcomeCounts.from_dict(self.per_version.get(episode.policy_version))
+        counts.add(episode.outcome == "success", episode.interventions)
+        self.per_version[episode.policy_version] = counts.to_dict()
 
 
 class ReleaseFollower:
@@ -149,7 +164,7 @@ class ReleaseFollower:
         track.revision_floor = current.revision
 
 
-def status_report(track: ReleaseTrack, task_id: str, state: str, per_version: dict[str, dict[str, int]]) -> dict[str, Any]:
+def status_report(track: ReleaseTrack, task_id: str, state: str) -> dict[str, Any]:
     """What a robot tells the coordinator (``lwd fleet status``, the canary's evidence)."""
     running = track.release
     return {
@@ -157,7 +172,7 @@ def status_report(track: ReleaseTrack, task_id: str, state: str, per_version: di
         "state": state,
         "running_version": running.version if running else None,
         "running_sha256": running.policy_sha256 if running else None,
-        "per_version": per_version,
+        "per_version": track.per_version,
         "swaps": track.swaps,
         "last_error": track.last_error,
         "pid": os.getpid(),
