@@ -216,18 +216,18 @@ def run_fault(fault: Fault, workdir: Path) -> dict:
                       else (lambda: _fleet_uploading(data)))
             wait_for(lambda: first.poll() is not None or moment(), f"round 1's {fault.moment}", ROUND_TIMEOUT_S)
             result["injected"] = first.poll() is None
-            before_fault = log.stat().st_size if log.exists() else 0
+            before_fault = {path: path.stat().st_size for path in [log, *(data / "logs").glob("*.log")] if path.exists()}
             if result["injected"]:
                 fault.inject(stack, data)
             result["first_run_rc"] = first.wait(timeout=ROUND_TIMEOUT_S)
             if result["first_run_rc"] != 0:  # resume on retry: the same command again
                 result["retry_rc"] = run_round(env, log, rounds).wait(timeout=ROUND_TIMEOUT_S)
             result["minutes"] = round((time.monotonic() - started) / 60, 1)
-            with log.open("rb") as handle:  # what the operator read from the fault on: the run's output...
-                handle.seek(before_fault)
-                output = handle.read().decode(errors="replace")
-            for actor_log in sorted((data / "logs").glob("*.log")):  # ...and the fleet's logs it points to
-                output += "\n" + actor_log.read_text(errors="replace")
+            output = ""  # what the operator read from the fault on: the run's output and the fleet's logs
+            for path in [log, *sorted((data / "logs").glob("*.log"))]:
+                with path.open("rb") as handle:
+                    handle.seek(before_fault.get(path, 0))
+                    output += handle.read().decode(errors="replace") + "\n"
             seen = [line for line in output.splitlines() if re.search(fault.operator_sees, line)]
             result["operator_saw"] = seen[0][:300] if seen else None
             problems = [] if result["injected"] else ["the round ended before the fault's moment"]

@@ -54,6 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     from lwd_core.algo.learner import Learner, LearnerSpec
     from lwd_core.algo.portable import export_acting
+    from lwd_core.algo.text import MAX_TOKENS, VOCAB_SIZE
     from lwd_core.config import AlgoConfig
     from lwd_core.suite import ACTION_DIM, OBS_DIM
 
@@ -73,7 +74,7 @@ def main() -> None:
         (work / "policy.onnx").write_bytes(export_acting(learner, params))
         rng = np.random.default_rng(0)
         inputs = {"obs": rng.normal(size=(1, OBS_DIM)).astype(np.float32),
-                  "tokens": rng.integers(1, 1024, size=(1, 16)).astype(np.int32),
+                  "tokens": rng.integers(1, VOCAB_SIZE, size=(1, MAX_TOKENS)).astype(np.int32),
                   "noise": rng.standard_normal(learner.agent.acting_noise_shape(1), np.float32)}
         np.savez(work / "inputs.npz", **inputs)
         expected = np.asarray(learner.agent.act_from_noise(params, *inputs.values())).reshape(-1, ACTION_DIM)

@@ -94,6 +94,8 @@ def _run(config: LWDConfig, stage: Callable[..., Any], **params: Any) -> Any:
         try:
             result = stage(config=config, **params)
         except (PrefectHTTPStatusError, httpx.TransportError) as exc:
+            if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code < 500:
+                raise  # refused (auth, a version mismatch), not down: its own message says why
             typer.echo(f"error: the Prefect API at {PREFECT_API_URL.value() or 'the embedded server'} failed past "
                        f"its retries ({str(exc).splitlines()[0][:200]}): the Prefect server, or its database or "
                        "Redis, is down. Check the server's log, then run the same command again: finished "

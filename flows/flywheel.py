@@ -61,7 +61,7 @@ class FleetRound(BaseModel):
 
     @classmethod
     def of(cls, ingested: IngestSummary) -> FleetRound:
-        return cls(fleet_episodes=ingested.accepted, fleet_steps=ingested.transitions_accepted,
+        return cls(fleet_episodes=ingested.rollouts, fleet_steps=ingested.rollout_steps,
                    quarantined=ingested.quarantined, intervention_steps=ingested.intervention_steps,
                    **ingested.fleet_outcomes.rates())
 

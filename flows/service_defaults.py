@@ -42,8 +42,8 @@ class _ApiRetriesAsWarnings(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if not message.startswith(_RETRY_MESSAGES):
-            return record.levelno >= logging.INFO
+        if not message.startswith(_RETRY_MESSAGES):  # the client's other records, as Prefect's level has them
+            return record.levelno >= logging.getLogger("prefect").getEffectiveLevel()
         record.msg, record.args = f"the Prefect API is failing, retrying: {message}", ()
         record.levelno, record.levelname, record.exc_info, record.exc_text = logging.WARNING, "WARNING", None, None
         return True

@@ -74,8 +74,8 @@ def main() -> None:
     finally:
         report = robot.stop(drain=True)
         env.close()
-    print(f"{args.robot}: {finished if finished is not None else 'interrupted;'} episodes finished, "
-          f"upload report {report}")
+    done = f"{finished} episodes finished" if finished is not None else "interrupted"
+    print(f"{args.robot}: {done}; uploads: {report}")
 
 
 if __name__ == "__main__":
