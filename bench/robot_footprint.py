@@ -1,8 +1,8 @@
 """What a robot's computer installs and loads: the robot-side distribution (infra/robot, lwd_core.robot)
 against today's robot process (the fleet actor, which needs the whole project environment); prints JSON.
 
-Builds the lwd-robot wheel, installs it into a fresh virtual environment (its dependencies come from
-the package index), and measures both environments' installed size and the import time of what each
+Builds the lwd-robot wheel and installs it into a fresh virtual environment, installs the project's
+locked runtime dependencies (no dev tools) into another, and measures both environments' installed size and the import time of what each
 robot process loads before it can act (median of fresh processes). It also runs a release's
 policy.onnx in the robot environment and compares its actions with the JAX policy's on the same inputs.
 
@@ -18,7 +18,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -87,16 +86,26 @@ def main() -> None:
                                      env=clean).stdout.split()[-1])
         max_diff = float(np.abs(np.load(work / "actions.npy") - expected).max())
 
-        robot_site = Path(subprocess.run([robot_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                         capture_output=True, text=True, check=True).stdout.strip())
+        # Today's robot process runs in the project's runtime environment: the lock without its dev group.
+        requirements = work / "requirements.txt"
+        _uv("export", "--project", str(ROOT), "--frozen", "--no-dev", "--no-hashes", "--no-emit-project",
+            "-o", str(requirements))
+        actor_venv = work / "actor-venv"
+        _uv("venv", str(actor_venv), "--python", sys.executable)
+        actor_python = str(actor_venv / "bin" / "python")
+        _uv("pip", "install", "--python", actor_python, "-r", str(requirements))
+
+        site = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        robot_site, actor_site = (Path(subprocess.run([python, "-c", site], capture_output=True, text=True,
+                                                      check=True).stdout.strip()) for python in (robot_python, actor_python))
         print(json.dumps({
             "bench": "robot_footprint",
             "robot_side": {"wheel_kb": round(wheel.stat().st_size / 1e3), "installed_mb": _size_mb(robot_site),
                            "import_s": _import_seconds(robot_python, ROBOT_IMPORTS, args.repeats, work, clean),
                            "imports": ROBOT_IMPORTS},
-            "today_actor": {"installed_mb": _size_mb(Path(sysconfig.get_paths()["purelib"])),
-                            "import_s": _import_seconds(sys.executable, ACTOR_IMPORTS, args.repeats, ROOT,
-                                                        {**os.environ, "PYTHONPATH": str(ROOT)}),
+            "today_actor": {"installed_mb": _size_mb(actor_site),
+                            "import_s": _import_seconds(actor_python, ACTOR_IMPORTS, args.repeats, ROOT,
+                                                        {**clean, "PYTHONPATH": str(ROOT)}),
                             "imports": ACTOR_IMPORTS},
             "portable_policy": {"onnx_mb": round((work / "policy.onnx").stat().st_size / 1e6, 1),
                                 "act_ms": round(act_s * 1e3, 2), "max_abs_diff_vs_jax": max_diff,
