@@ -151,7 +151,7 @@ def actor_main(argv: list[str] | None = None) -> int:
     from lwd_core.algo.compilation import use_compilation_cache
     from lwd_core.fleet.actor import FLOOR_DIR, Actor, assign_tasks
     from lwd_core.fleet.edge import EdgeClient
-    from lwd_core.security import episode_signer, release_verifier
+    from lwd_core.security import episode_signer, release_verifier, report_signer
     from tasks.events import emit_episode_uploaded, flush_events
 
     parser = argparse.ArgumentParser(prog="python -m flows.fleet actor")
@@ -178,7 +178,8 @@ def actor_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     actor = Actor(store, edge, tasks, human=config.fleet.human, seed=config.algo.seed,
                   max_steps=config.fleet.max_episode_steps or None, poll_s=config.fleet.poll_seconds,
-                  verify_release=release_verifier(keyring), realtime_factor=config.fleet.realtime_factor,
+                  verify_release=release_verifier(keyring), sign_report=report_signer(keyring),
+                  realtime_factor=config.fleet.realtime_factor,
                   floor_dir=Path(config.data_dir) / FLOOR_DIR)  # per host: robots may move between processes
     edge.flush()  # whatever a previous incarnation left behind goes first
     edge.start()

@@ -45,7 +45,7 @@ from lwd_core.fleet.releases import (
     ReleaseTrack,
     status_report,
 )
-from lwd_core.security import Keyring, episode_signer, release_verifier
+from lwd_core.security import Keyring, episode_signer, release_verifier, report_signer
 from lwd_core.store import ObjectStore
 from lwd_core.suite import TaskSpec, get_task, pad_observation
 
@@ -98,7 +98,7 @@ class FleetRobot:
                  floor_dir: str | Path | None = None, seed: int | None = None):
         keyring = Keyring(keys_dir)  # this robot's private key and the release key's public one
         self.robot_id, self.store, self.seed = robot_id, store, seed
-        self.coordinator = Coordinator(store)
+        self.coordinator = Coordinator(store, sign_report=report_signer(keyring))
         self.edge = EdgeClient(spool_dir, store, sign=episode_signer(keyring))
         self.track = ReleaseTrack(robot_id)
         self.releases = ReleaseFollower(Path(floor_dir) if floor_dir else self.edge.root / FLOOR_DIR, store.url,

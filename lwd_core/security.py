@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,43 @@ def episode_signature_check(keyring: Keyring) -> Callable[[Any, Mapping[str, str
         return None if _verify(key, signature, _episode_message(episode.episode_id)) else "bad signature"
 
     return check
+
+
+_ROBOT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def report_message(report: Mapping[str, Any]) -> bytes:
+    """What a robot's report signature covers: all of it (canonical JSON) but the signature itself, so
+    its outcomes per version (the canary's evidence) and its heartbeat cannot be rewritten."""
+    return b"lwd/report:" + json.dumps({k: v for k, v in report.items() if k != "signature"}, sort_keys=True).encode()
+
+
+def report_signer(keyring: Keyring) -> Callable[[Mapping[str, Any]], str]:
+    """For a robot's process: its report signed with its own key."""
+    keys: dict[str, Ed25519PrivateKey] = {}
+
+    def sign(report: Mapping[str, Any]) -> str:
+        robot_id = report["robot_id"]
+        if robot_id not in keys:
+            keys[robot_id] = keyring.private(robot_id)
+        return keys[robot_id].sign(report_message(report)).hex()
+
+    return sign
+
+
+def report_verifier(keyring: Keyring) -> Callable[[Mapping[str, Any]], bool]:
+    """For the rollout side (public keys only): whether a report is signed by the robot it names."""
+    keys: dict[str, Ed25519PublicKey | None] = {}
+
+    def verify(report: Mapping[str, Any]) -> bool:
+        robot_id = report.get("robot_id")
+        if not isinstance(robot_id, str) or not _ROBOT_ID.match(robot_id) or ".." in robot_id:
+            return False
+        if robot_id not in keys:
+            keys[robot_id] = keyring.public(robot_id)
+        return _verify(keys[robot_id], str(report.get("signature", "")), report_message(report))
+
+    return verify
 
 
 def release_message(release: Mapping[str, Any]) -> bytes:

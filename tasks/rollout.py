@@ -18,7 +18,7 @@ from lwd_core.fleet.coordinator import (
 )
 from lwd_core.fleet.staged_rollout import distribute, judge_canary, live_robots
 from lwd_core.promotion import CHAMPION, CanaryReport, ModelVersion, RolloutResult
-from lwd_core.security import keyring_for, release_signer
+from lwd_core.security import keyring_for, release_signer, report_verifier
 from lwd_core.store import ObjectStore, open_store
 from tasks import mlflow_adapter
 from tasks.events import ROLLOUT_COMPLETED, ROLLOUT_ROLLED_BACK, emit_model_event
@@ -26,8 +26,10 @@ from tasks.retries import RETRY_DELAYS_S, unless_refused
 
 
 def publisher(config: LWDConfig) -> Coordinator:
-    """A coordinator that can publish: it holds the release key."""
-    return Coordinator(open_store(config), sign_release=release_signer(keyring_for(config)))
+    """The rollout side's coordinator: it publishes with the release key and believes only the reports
+    their robots signed (which robots are live, the canary's evidence)."""
+    keyring = keyring_for(config)
+    return Coordinator(open_store(config), sign_release=release_signer(keyring), verify_report=report_verifier(keyring))
 
 
 def release_of(store: ObjectStore, version: ModelVersion) -> Release:
@@ -59,7 +61,7 @@ def approved_release(config: LWDConfig, model_version: str) -> tuple[str, Releas
 def fleet_now(config: LWDConfig) -> tuple[str | None, list[str]]:
     """The stable release's version (None before the first release, or one signed before signatures
     named whom a release is for: robots refuse it, so it is published again) and the live robots."""
-    coordinator = Coordinator(open_store(config))
+    coordinator = publisher(config)
     stable = coordinator.desired().get("stable") or {}
     return (stable.get("version") if "stage" in stable else None,
             live_robots(coordinator, config.rollout.heartbeat_timeout_seconds))

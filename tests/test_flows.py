@@ -23,7 +23,7 @@ from lwd_core.fleet.actor import Actor, assign_tasks
 from lwd_core.fleet.coordinator import Coordinator
 from lwd_core.fleet.edge import EdgeClient
 from lwd_core.fleet.staged_rollout import live_robots
-from lwd_core.security import episode_signer, keyring_for, release_verifier
+from lwd_core.security import episode_signer, keyring_for, release_verifier, report_signer
 from lwd_core.store import open_store
 from lwd_core.suite import ACTION_DIM, select_tasks
 from tasks.events import model_resource
@@ -339,7 +339,8 @@ def test_a_round_waits_for_the_reviewer_in_the_suspended_review_form_then_ships(
 def test_rollout_rolls_back_when_the_canary_regresses(stack, prefect_server):
     env, config = stack["env"], stack["config"]
     store = open_store(config)
-    coordinator = Coordinator(store)
+    keyring = keyring_for(config, ["robot-00", "robot-01"])
+    coordinator = Coordinator(store, sign_report=report_signer(keyring))  # as robot-01 would report it
     stable = coordinator.desired()["stable"]["version"]
     # The fleet's record for the stable release on the canary's task: it succeeded every time, over far
     # more episodes than the flywheel's fleet ran (the bar a canary must meet).
@@ -352,11 +353,10 @@ def test_rollout_rolls_back_when_the_canary_regresses(stack, prefect_server):
 
     stop = threading.Event()
     robots = assign_tasks(["robot-00"], select_tasks(config.fleet.tasks))
-    keyring = keyring_for(config, ["robot-00"])
     edge = EdgeClient(Path(config.data_dir) / "spool" / "canary-test", store, sign=episode_signer(keyring))
     # No teleoperator: the canary's own (untrained) policy decides, so it regresses.
     actor = Actor(store, edge, robots, human=None, max_steps=30, poll_s=0.2,
-                  verify_release=release_verifier(keyring))
+                  verify_release=release_verifier(keyring), sign_report=report_signer(keyring))
     thread = threading.Thread(target=actor.run, kwargs={"stop": stop}, daemon=True)
     thread.start()
     try:

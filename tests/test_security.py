@@ -269,3 +269,38 @@ def test_no_pickle_in_the_code_that_touches_fleet_data_or_weights(package):
                 assert (node.value.id, node.attr) not in FORBIDDEN_CALLS, f"{path}:{node.lineno}"
             if isinstance(node, ast.keyword) and node.arg == "allow_pickle":
                 assert isinstance(node.value, ast.Constant) and node.value.value is False, f"{path}:{node.lineno}"
+
+
+def test_the_rollout_side_believes_only_reports_their_robot_signed(local_store, keyring):
+    """Whoever can write to the store cannot make a canary look good or a robot look alive: the rollout
+    side's coordinator ignores reports not signed by the robot they name, and the signature covers the
+    outcomes and the heartbeat."""
+    from lwd_core.fleet.coordinator import Coordinator
+    from lwd_core.fleet.staged_rollout import judge_canary, live_robots
+    from lwd_core.security import report_signer, report_verifier
+
+    rollout_side = Coordinator(local_store, verify_report=report_verifier(keyring))
+    robot = Coordinator(local_store, sign_report=report_signer(keyring))
+    v1 = tiny_policy_checkpoint(local_store, "checkpoints/v1", 0)
+    record = {"running_version": "v1", "task_id": "restock-horizontal",
+              "per_version": {"v1": {"episodes": 3, "autonomous_successes": 1}}}
+    robot.report(ROBOT, record)
+    assert live_robots(rollout_side, 60) == [ROBOT]
+    assert rollout_side.outcomes("v1").autonomous_successes == 1
+
+    genuine = local_store.get_json(f"fleet/actors/{ROBOT}.json")
+    forgeries = {
+        "inflated": genuine | {"per_version": {"v1": {"episodes": 300, "autonomous_successes": 300}}},
+        "unsigned": {k: v for k, v in genuine.items() if k != "signature"},
+        "another-robots-key": genuine | {"signature": report_signer(keyring)(genuine | {"robot_id": "robot-01"})},
+        "renamed": genuine | {"robot_id": "robot-01"},
+        "path-in-id": genuine | {"robot_id": "../release"},
+    }
+    for name, forged in forgeries.items():
+        local_store.put_json(f"fleet/actors/{ROBOT}.json", forged)
+        assert rollout_side.actors() == {}, name
+    # A canary judged on forged evidence alone sees none: it waits for real episodes, then rolls back.
+    local_store.put_json(f"fleet/actors/{ROBOT}.json", forgeries["inflated"])
+    verdict, report = judge_canary(rollout_side, replace(v1, version="v1"), [ROBOT], "v0", min_episodes=2,
+                                   min_robots=1, timeout_s=0.5, tolerance=0.1)
+    assert not verdict.promote and report["episodes"] == 0

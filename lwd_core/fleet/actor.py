@@ -98,20 +98,22 @@ class Actor:
         poll_s: float = 1.0,
         clock: Callable[[], int] | None = None,
         verify_release: Callable[[dict[str, Any]], bool] | None = None,
+        sign_report: Callable[[dict[str, Any]], str] | None = None,
         realtime_factor: float = 0.0,
         floor_dir: str | os.PathLike | None = None,
     ):
         """``human``: the person who watches each rollout and takes over (None: nobody).
         ``verify_release``: the release key's verifier (lwd_core.security.release_verifier); each release
         must verify and be no older than the last one accepted before its hashes are trusted (production
-        actors always pass it; None skips only that check, never the hash checks). ``realtime_factor``: pace
+        actors always pass it; None skips only that check, never the hash checks). ``sign_report``: the
+        robots' signer of their reports (lwd_core.security.report_signer). ``realtime_factor``: pace
         control steps at that multiple of the robots' 20 Hz (1.0: real time); 0: as fast as the
         simulator goes. ``floor_dir``: where each robot's accepted-revision floor survives restarts
         (None: ``release-floor`` in the edge client's spool)."""
         import jax
 
         self.store = store
-        self.coordinator = Coordinator(store)
+        self.coordinator = Coordinator(store, sign_report=sign_report)
         self.edge = edge
         self.robots = [Robot(robot_id, task=task) for robot_id, task in sorted(robots.items())]
         self.floor_dir = Path(floor_dir) if floor_dir is not None else edge.root / FLOOR_DIR

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ from lwd_core.data.layout import (
 from lwd_core.data.outcomes import OutcomeCounts
 from lwd_core.store import ObjectStore, commit_manifest_key, now_us, sha256_hex
 
+log = logging.getLogger(__name__)
 _HISTORY = 20
 
 
@@ -93,11 +95,15 @@ def choose_canary(robot_ids: list[str], fraction: float, minimum: int = 1) -> li
 
 
 class Coordinator:
-    def __init__(self, store: ObjectStore, sign_release: Callable[[dict[str, Any]], str] | None = None):
+    def __init__(self, store: ObjectStore, sign_release: Callable[[dict[str, Any]], str] | None = None,
+                 sign_report: Callable[[dict[str, Any]], str] | None = None,
+                 verify_report: Callable[[dict[str, Any]], bool] | None = None):
         """``sign_release``: the release key's signer (lwd_core.security.release_signer), needed to
-        publish; actors and status readers need none."""
+        publish. ``sign_report``: a robot's signer of its own reports (report_signer). ``verify_report``:
+        for the rollout side, which then sees only reports their robot signed (report_verifier): anyone
+        who can write to the store could otherwise make a canary look good. Status readers need none."""
         self.store = store
-        self.sign_release = sign_release
+        self.sign_release, self.sign_report, self.verify_report = sign_release, sign_report, verify_report
 
     # -- desired state (rollout flow) ----------------------------------------------------------
     def published_versions(self) -> set[str]:
@@ -175,17 +181,23 @@ class Coordinator:
 
     # -- actual state (actors) -----------------------------------------------------------------
     def report(self, robot_id: str, state: dict[str, Any]) -> None:
-        self.store.put_json(actor_status_key(robot_id),
-                            {**state, "robot_id": robot_id, "heartbeat_us": now_us()})
+        report = {**state, "robot_id": robot_id, "heartbeat_us": now_us()}
+        if self.sign_report is not None:
+            report["signature"] = self.sign_report(report)
+        self.store.put_json(actor_status_key(robot_id), report)
 
     def actor(self, robot_id: str) -> dict[str, Any] | None:
         key = actor_status_key(robot_id)
         return self.store.get_json(key) if self.store.exists(key) else None
 
     def actors(self) -> dict[str, dict[str, Any]]:
+        """The robots' last reports, by robot (only those that verify, when verifying)."""
         states = {}
         for key in self.store.list(FLEET_ACTORS_PREFIX, suffix=".json"):
             state = self.store.get_json(key)
+            if self.verify_report is not None and not self.verify_report(state):
+                log.warning("ignoring %s: not signed by the robot it names", key)
+                continue
             states[state["robot_id"]] = state
         return states
 
