@@ -23,7 +23,7 @@ from lwd_core.security import episode_signature_check
 from lwd_core.suite import SCENE_OBS_DIMS, get_task, pad_observation
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = {"jax", "jaxlib", "flax", "optax", "prefect", "mlflow", "ogbench", "mujoco", "gymnasium"}
+HEAVY = {"jax", "jaxlib", "flax", "optax", "prefect", "mlflow", "ogbench", "mujoco", "gymnasium", "polars"}
 
 
 def test_the_robot_side_imports_without_jax_prefect_mlflow_or_the_simulator():

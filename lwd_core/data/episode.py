@@ -21,13 +21,15 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import polars as pl
 
 # The content hash's domain tag: part of every episode id, so it is not the file layout's version.
 CONTENT_HASH_VERSION = "1"
@@ -40,25 +42,26 @@ OUTCOMES = ("success", "failure")
 Source = Literal["demo", "play", "rollout"]
 Outcome = Literal["success", "failure"]
 
-EPISODE_SCHEMA: dict[str, pl.DataType] = {
-    "episode_id": pl.String(),
-    "robot_id": pl.String(),
-    "task_id": pl.String(),
-    "instruction": pl.String(),
-    "policy_version": pl.String(),
-    "source": pl.String(),
-    "outcome": pl.String(),
-    "step": pl.Int32(),
-    "obs": pl.List(pl.Float32()),
-    "action": pl.List(pl.Float32()),
-    "chunk_pos": pl.Int16(),
-    "reward": pl.Float32(),
-    "success": pl.Boolean(),
-    "intervention": pl.Boolean(),
-    "terminal": pl.Boolean(),
-    "done": pl.Boolean(),
-    "timestamp": pl.Datetime("us", "UTC"),
-    "next_obs": pl.List(pl.Float32()),
+# Arrow types, so that writing an episode needs no polars (a robot's process has none).
+EPISODE_SCHEMA: dict[str, pa.DataType] = {
+    "episode_id": pa.string(),
+    "robot_id": pa.string(),
+    "task_id": pa.string(),
+    "instruction": pa.string(),
+    "policy_version": pa.string(),
+    "source": pa.string(),
+    "outcome": pa.string(),
+    "step": pa.int32(),
+    "obs": pa.list_(pa.float32()),
+    "action": pa.list_(pa.float32()),
+    "chunk_pos": pa.int16(),
+    "reward": pa.float32(),
+    "success": pa.bool_(),
+    "intervention": pa.bool_(),
+    "terminal": pa.bool_(),
+    "done": pa.bool_(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "next_obs": pa.list_(pa.float32()),
 }
 METADATA_KEYS = ("robot_id", "task_id", "instruction", "policy_version", "source", "outcome")
 _STRING_COLUMNS = ["episode_id", *METADATA_KEYS]
@@ -213,6 +216,8 @@ class Episode:
         return pa.table({name: columns[name] for name in STEP_COLUMNS})
 
     def to_frame(self) -> pl.DataFrame:
+        import polars as pl
+
         return pl.from_arrow(self.to_arrow())
 
     @classmethod
@@ -366,20 +371,17 @@ def _constant(column: pa.ChunkedArray, name: str) -> str:
 
 
 def _arrow_type_ok(name: str, kind: pa.DataType) -> bool:
+    """``kind`` is the column's type, or an equivalent encoding of it (a frame's categorical or view)."""
     expected = EPISODE_SCHEMA[name]
-    if expected == pl.String():
+    if pa.types.is_string(expected):
         if pa.types.is_dictionary(kind):  # a frame's categorical, or a layout-1 file written from one
             kind = kind.value_type
         return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
-    if expected == pl.List(pl.Float32()):
+    if pa.types.is_list(expected):
         return (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and kind.value_type == pa.float32()
-    if isinstance(expected, pl.Datetime):
+    if pa.types.is_timestamp(expected):
         return pa.types.is_timestamp(kind) and kind.unit == "us" and kind.tz == "UTC"
-    return kind == _ARROW_SCALARS[name]
-
-
-_ARROW_SCALARS = {"step": pa.int32(), "chunk_pos": pa.int16(), "reward": pa.float32(), "success": pa.bool_(),
-                  "intervention": pa.bool_(), "terminal": pa.bool_(), "done": pa.bool_()}
+    return kind == expected
 
 
 @functools.cache
