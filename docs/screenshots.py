@@ -1,12 +1,15 @@
-"""Screenshots for the guides, taken with headless Chromium: the MLflow model version page of a gated
-candidate and the Prefect form of its suspended review.
+"""Screenshots for the guides from a real `make flywheel` run, taken with headless Chromium: what a
+reviewer and an operator open after it.
 
-    uv run lwd flywheel --config configs/tiny.yaml --rounds 0 --auto-approve   # a champion to compare with
-    uv run python docs/screenshots.py --config configs/tiny.yaml
+    make flywheel                       # configs/small.yaml, 3 rounds, data in ./.lwd
+    uv run python docs/screenshots.py   # its pages; --no-review skips the review form
 
-Trains and gates one more candidate, starts a Prefect server with its UI, an MLflow UI and the
-`review` deployment, sends the candidate to review, and drives Chromium over the DevTools protocol.
-Writes docs/screenshots/{mlflow-version,prefect-review-form}.png. Needs `chromium` on PATH.
+Starts a Prefect server with its UI on the run's own Prefect database (its PREFECT_HOME) and an MLflow
+UI on its tracking database, and captures: the registered model and the champion's version page (gate
+table, links, tags), the gate run (parameters, rounded metrics, plot), and in Prefect the flywheel's
+round table, the last round's report, the canary's decision and the evaluation gate's table. With
+--review (the default) it also trains and gates one more candidate, sends it to the `review`
+deployment and captures the suspended run's form. Writes docs/screenshots/*.png; needs `chromium`.
 """
 
 from __future__ import annotations
@@ -102,21 +105,48 @@ class Browser:
         self.process.terminate()
 
 
+def send_to_review(env: dict, api: str, version: str) -> str:
+    """The `review` deployment's run for ``version``, once it waits on its form; its id."""
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                run = run_deployment("review/review", parameters={"model_version": version}, timeout=0)
+                break
+            except Exception:  # the deployment registers once `serve` is up
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+        with get_client(sync_client=True) as client:
+            while not client.read_flow_run(run.id).state.is_paused():
+                time.sleep(1)
+    return str(run.id)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "tiny.yaml"))
-    parser.add_argument("--data-dir", default=str(ROOT / ".lwd"))
+    parser.add_argument("--config", default=str(ROOT / "configs" / "small.yaml"), help="the run's config")
+    parser.add_argument("--data-dir", default=str(ROOT / ".lwd"), help="the run's data directory")
+    parser.add_argument("--prefect-home", default=os.environ.get("PREFECT_HOME", str(Path.home() / ".prefect")),
+                        help="the run's Prefect home, whose database holds its flow runs and artifacts")
+    parser.add_argument("--review", action=argparse.BooleanOptionalAction, default=True,
+                        help="also train and gate one more candidate and capture its review form")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    home = Path(tempfile.mkdtemp())
     prefect_port, mlflow_port = free_port(), free_port()
     api = f"http://127.0.0.1:{prefect_port}/api"
-    base_env = {**os.environ, "LWD_CONFIG": args.config, "LWD_DATA_DIR": args.data_dir, "PREFECT_HOME": str(home)}
+    base_env = {**os.environ, "LWD_CONFIG": args.config, "LWD_DATA_DIR": args.data_dir,
+                "PREFECT_HOME": args.prefect_home}
     apply_service_defaults(base_env)  # also for the servers started here, not only `lwd`
-    server_env = {**base_env, "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-                  "PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": api}
+    server_env = {**base_env, "PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": api}
     env = {**base_env, "PREFECT_API_URL": api, "LWD_TRACKING__UI_URL": f"http://127.0.0.1:{mlflow_port}"}
     mlflow_db = f"sqlite:///{Path(args.data_dir).resolve() / 'mlflow.db'}"
+    mlflow_ui = f"http://127.0.0.1:{mlflow_port}"
+    prefect_ui = f"http://127.0.0.1:{prefect_port}"
     processes = [
         subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
                           str(prefect_port)], env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
@@ -126,43 +156,53 @@ def main() -> None:
     browser = None
     try:
         wait_http(f"{api}/health")
-        processes.append(subprocess.Popen([sys.executable, "-m", "deployments.serve", "review"], env=env, cwd=ROOT,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        version = lwd(env, "train")["model_version"]
-        lwd(env, "evaluate", "--model-version", version)
-        wait_http(f"http://127.0.0.1:{mlflow_port}/health")
+        wait_http(f"{mlflow_ui}/health")
+        from mlflow import MlflowClient
 
-        from prefect import get_client
-        from prefect.deployments import run_deployment
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings({PREFECT_API_URL: api}):
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    run = run_deployment("review/review", parameters={"model_version": version}, timeout=0)
-                    break
-                except Exception:  # the deployment registers once `serve` is up
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(2)
-            with get_client(sync_client=True) as client:
-                while not client.read_flow_run(run.id).state.is_paused():
-                    time.sleep(1)
+        registry = MlflowClient(tracking_uri=mlflow_db)
+        champion = registry.get_model_version_by_alias("lwd-policy", "champion")
+        gate_run = registry.get_run(champion.tags["gate_run_id"])
+        rounds = sorted(int(key.rsplit("-", 1)[1]) for key in _artifact_keys(api) if key.startswith("flywheel-round-"))
 
         browser = Browser()
-        browser.open(f"http://127.0.0.1:{mlflow_port}/#/models/lwd-policy/versions/{version}", settle_s=8)
-        browser.save(OUT / "mlflow-version.png")
-        browser.open(f"http://127.0.0.1:{prefect_port}/runs/flow-run/{run.id}", settle_s=8)
-        browser.wait_for("[...document.querySelectorAll('button')].some(b => b.innerText.trim() === 'Resume')")
-        browser.run("[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Resume').click()")
-        time.sleep(3)
-        browser.save(OUT / "prefect-review-form.png")
+        shots = [
+            ("mlflow-registered-model.png", f"{mlflow_ui}/#/models/lwd-policy"),
+            ("mlflow-version.png", f"{mlflow_ui}/#/models/lwd-policy/versions/{champion.version}"),
+            ("mlflow-gate-run.png", f"{mlflow_ui}/#/experiments/{gate_run.info.experiment_id}/runs/{gate_run.info.run_id}"),
+            ("prefect-flywheel-rounds.png", f"{prefect_ui}/artifacts/key/flywheel-rounds"),
+            ("prefect-round-report.png", f"{prefect_ui}/artifacts/key/flywheel-round-{rounds[-1]}"),
+            ("prefect-canary.png", f"{prefect_ui}/artifacts/key/canary"),
+            ("prefect-evaluation-gate.png", f"{prefect_ui}/artifacts/key/evaluation-gate"),
+        ]
+        for name, url in shots:
+            browser.open(url, settle_s=8)
+            browser.save(OUT / name)
+
+        if args.review:
+            processes.append(subprocess.Popen([sys.executable, "-m", "deployments.serve", "review"], env=env, cwd=ROOT,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            version = lwd(env, "train")["model_version"]
+            lwd(env, "evaluate", "--model-version", version)
+            run_id = send_to_review(env, api, version)
+            browser.open(f"{prefect_ui}/runs/flow-run/{run_id}", settle_s=8)
+            browser.wait_for("[...document.querySelectorAll('button')].some(b => b.innerText.trim() === 'Resume')")
+            browser.run("[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Resume').click()")
+            time.sleep(3)
+            browser.save(OUT / "prefect-review-form.png")
     finally:
         if browser:
             browser.close()
         for process in processes:
             process.terminate()
+
+
+def _artifact_keys(api: str) -> list[str]:
+    """The keys of the run's Prefect artifacts."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        return [artifact.key for artifact in client.read_artifacts(limit=200) if artifact.key]
 
 
 if __name__ == "__main__":
