@@ -44,5 +44,5 @@ def ingest(limit: int = 0, batch_size: int = 64, lease_s: float = 120.0, config:
         create_table_artifact(key="ingest-quarantine", table=[{"raw_key": q.raw_key, "reasons": "; ".join(q.reasons)}
                                                               for q in quarantined],
                               description="Quarantined episodes and why")
-    logger.info("ingest: %s; quarantine reasons %s", counts, totals.quarantine_reasons)
+    logger.info("ingest: %s", totals.describe())
     return totals

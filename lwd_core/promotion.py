@@ -274,6 +274,22 @@ class RolloutResult(Result):
     distribution_latency_p50_s: float | None = None
     distribution_latency_p99_s: float | None = None
 
+    def describe(self) -> str:
+        """The rollout as a log line a person reads."""
+        text = f"v{self.version} {self.status}"
+        if self.release:
+            text += f" ({self.release}, {len(self.live_robots)} live robots)"
+        if self.canary is not None:
+            canary, (low, high) = self.canary, self.canary.difference_ci
+            text += (f"; canary {', '.join(canary.robots)}: {canary.episodes} episodes from {canary.robots_seen} "
+                     f"robots, autonomous success {canary.autonomous_success:.0%} vs {canary.baseline_autonomous_success:.0%}"
+                     f" on {canary.baseline_version} (difference {low:+.2f} to {high:+.2f}): {canary.reason}")
+        if self.champion:
+            text += f"; champion back on v{self.champion}"
+        if self.distribution_latency_p50_s is not None:
+            text += f"; every robot on it after {self.distribution_latency_p50_s:.1f} s (median)"
+        return text
+
 
 class PromotionResult(Result):
     version: str

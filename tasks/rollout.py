@@ -129,4 +129,4 @@ def record_deployed(config: LWDConfig, result: RolloutResult) -> None:
     mlflow_adapter.tag_version(config, result.version, promotion.deployed(result.status, now_us()))
     shown = result.model_dump(mode="json", exclude={"distribution_latency_s"}, exclude_none=True)
     emit_model_event(ROLLOUT_COMPLETED, config.tracking.registered_model, result.version, shown)
-    get_run_logger().info("rollout v%s: %s", result.version, shown)
+    get_run_logger().info("rollout %s", result.describe())

@@ -481,3 +481,5 @@ def test_a_teleoperators_demonstration_is_no_robots_success_in_the_fleet_numbers
     assert summary.accepted == 2 and summary.rollouts == 1 and summary.rollout_steps == rollout.num_steps
     outcomes = summary.fleet_outcomes
     assert (outcomes.episodes, outcomes.autonomous_successes) == (1, 0)  # the demo's success is a person's
+    assert summary.describe() == ("2 seen, 2 accepted (1 robot rollouts, 20 steps), 0 quarantined, 0 duplicates; "
+                                  "rollouts: autonomous success 0%, assisted 0%, 4 takeovers")

@@ -123,6 +123,18 @@ class IngestSummary(BaseModel):
                    quarantine_reasons=reasons, latency_s=sorted(x for part in parts for x in part.latency_s),
                    queued_s=sorted(x for part in parts for x in part.queued_s))
 
+    def describe(self) -> str:
+        """The run's counts as a log line a person reads."""
+        rates = self.fleet_outcomes.rates()
+        text = (f"{self.seen} seen, {self.accepted} accepted ({self.rollouts} robot rollouts, {self.rollout_steps} steps), "
+                f"{self.quarantined} quarantined, {self.duplicates} duplicates")
+        if self.rollouts:
+            text += (f"; rollouts: autonomous success {rates['autonomous_success']:.0%}, assisted "
+                     f"{rates['assisted_success']:.0%}, {self.takeovers} takeovers")
+        if self.quarantine_reasons:
+            text += "; quarantined for " + ", ".join(f"{reason} ({n})" for reason, n in self.quarantine_reasons.items())
+        return text
+
     @property
     def fleet_outcomes(self) -> OutcomeCounts:
         return OutcomeCounts(episodes=self.rollouts, steps=self.rollout_steps,
