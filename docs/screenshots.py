@@ -162,17 +162,18 @@ def main() -> None:
         registry = MlflowClient(tracking_uri=mlflow_db)
         champion = registry.get_model_version_by_alias("lwd-policy", "champion")
         gate_run = registry.get_run(champion.tags["gate_run_id"])
-        rounds = sorted(int(key.rsplit("-", 1)[1]) for key in _artifact_keys(api) if key.startswith("flywheel-round-"))
+        artifacts = _latest_artifacts(api)
+        last_round = max(int(key.rsplit("-", 1)[1]) for key in artifacts if key.startswith("flywheel-round-"))
 
         browser = Browser()
         shots = [
             ("mlflow-registered-model.png", f"{mlflow_ui}/#/models/lwd-policy"),
             ("mlflow-version.png", f"{mlflow_ui}/#/models/lwd-policy/versions/{champion.version}"),
             ("mlflow-gate-run.png", f"{mlflow_ui}/#/experiments/{gate_run.info.experiment_id}/runs/{gate_run.info.run_id}"),
-            ("prefect-flywheel-rounds.png", f"{prefect_ui}/artifacts/key/flywheel-rounds"),
-            ("prefect-round-report.png", f"{prefect_ui}/artifacts/key/flywheel-round-{rounds[-1]}"),
-            ("prefect-canary.png", f"{prefect_ui}/artifacts/key/canary"),
-            ("prefect-evaluation-gate.png", f"{prefect_ui}/artifacts/key/evaluation-gate"),
+            ("prefect-flywheel-rounds.png", f"{prefect_ui}/artifacts/artifact/{artifacts['flywheel-rounds']}"),
+            ("prefect-round-report.png", f"{prefect_ui}/artifacts/artifact/{artifacts[f'flywheel-round-{last_round}']}"),
+            ("prefect-canary.png", f"{prefect_ui}/artifacts/artifact/{artifacts['canary']}"),
+            ("prefect-evaluation-gate.png", f"{prefect_ui}/artifacts/artifact/{artifacts['evaluation-gate']}"),
         ]
         for name, url in shots:
             browser.open(url, settle_s=8)
@@ -196,13 +197,13 @@ def main() -> None:
             process.terminate()
 
 
-def _artifact_keys(api: str) -> list[str]:
-    """The keys of the run's Prefect artifacts."""
+def _latest_artifacts(api: str) -> dict[str, str]:
+    """Per key, the id of the run's latest Prefect artifact (its page shows the content)."""
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        return [artifact.key for artifact in client.read_artifacts(limit=200) if artifact.key]
+        return {collection.key: str(collection.latest_id) for collection in client.read_latest_artifacts(limit=200)}
 
 
 if __name__ == "__main__":

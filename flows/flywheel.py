@@ -103,10 +103,10 @@ class RoundRecord(Deployment, FleetRound):
         page = config.tracking.version_page(self.model_version)
         # A link into MLflow from Prefect's UI needs MLflow's address (tracking.ui_url); without it, the route.
         version = f"[v{self.model_version}]({page})" if config.tracking.ui_url else f"v{self.model_version} (MLflow UI {page})"
-        rows = [("candidate", f"{version}: {_share(self.candidate_success)} on the gate (its page links the gate run)"),
+        rows = [("candidate", f"{version}: {_share(self.candidate_success)} on the gate"),
                 ("champion", _share(self.champion_success)), ("gate", self.gate),
                 ("review", "approved" if self.approved else ("promoted" if self.promoted else "-")),
-                ("rollout (canary decision on the version page)", self.rollout),
+                ("rollout", f"{self.rollout} (the version page has the canary's decision and the gate run)"),
                 ("fleet episodes this round", "-" if self.fleet_episodes is None else str(self.fleet_episodes)),
                 ("autonomous success (no rescue)", _share(self.autonomous_success)),
                 ("assisted success (rescued by the teleoperator)", _share(self.assisted_success)),
@@ -263,20 +263,22 @@ def where_to_look(config) -> list[str]:
     ]
 
 
-ROUND_COLUMNS = {"round": "round", "stage": "stage", "model_version": "version", "candidate_success": "candidate",
-                 "champion_success": "champion", "gate": "gate", "approved": "approved", "rollout": "rollout",
-                 "fleet_episodes": "fleet eps", "autonomous_success": "autonomous", "assisted_success": "assisted"}
+ROUND_COLUMNS = ("round", "version", "candidate", "champion", "gate, review, rollout", "fleet eps", "autonomous",
+                 "assisted")
 
 
 def table_rows(rows: list[RoundRecord]) -> list[dict[str, str]]:
-    """The round table's cells: the columns a reader compares, "-" where a round has no value."""
-    shown = [row.model_dump() for row in rows]
-    return [{label: "-" if values[name] is None else str(values[name]) for name, label in ROUND_COLUMNS.items()}
-            for values in shown]
+    """The round table's cells, narrow enough for a 1,400 px page: the columns a reader compares, "-"
+    where a round has no value."""
+    return [dict(zip(ROUND_COLUMNS, (
+        f"{row.round} ({row.stage})", f"v{row.model_version}", _share(row.candidate_success), _share(row.champion_success),
+        f"{row.gate}, {'approved' if row.approved else 'not approved'}, {row.rollout}",
+        "-" if row.fleet_episodes is None else str(row.fleet_episodes), _share(row.autonomous_success),
+        _share(row.assisted_success)), strict=True)) for row in rows]
 
 
 def format_table(rows: list[RoundRecord]) -> str:
     """The round table, each column as wide as its widest cell (it fits a terminal)."""
-    cells = [list(ROUND_COLUMNS.values())] + [list(row.values()) for row in table_rows(rows)]
+    cells = [list(ROUND_COLUMNS)] + [list(row.values()) for row in table_rows(rows)]
     widths = [max(len(line[index]) for line in cells) for index in range(len(ROUND_COLUMNS))]
     return "\n".join(" | ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in cells)
