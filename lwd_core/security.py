@@ -194,6 +194,8 @@ def report_verifier(keyring: Keyring) -> Callable[[Mapping[str, Any]], bool]:
     keys: dict[str, Ed25519PublicKey | None] = {}
 
     def verify(report: Mapping[str, Any]) -> bool:
+        if not isinstance(report, Mapping):  # whatever else a writer put there
+            return False
         robot_id = report.get("robot_id")
         if not isinstance(robot_id, str) or not _ROBOT_ID.match(robot_id) or ".." in robot_id:
             return False

@@ -295,6 +295,7 @@ def test_the_rollout_side_believes_only_reports_their_robot_signed(local_store, 
         "another-robots-key": genuine | {"signature": report_signer(keyring)(genuine | {"robot_id": "robot-01"})},
         "renamed": genuine | {"robot_id": "robot-01"},
         "path-in-id": genuine | {"robot_id": "../release"},
+        "not-a-report": [genuine],
     }
     for name, forged in forgeries.items():
         local_store.put_json(f"fleet/actors/{ROBOT}.json", forged)
