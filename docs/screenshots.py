@@ -177,6 +177,10 @@ def main() -> None:
         ]
         for name, url in shots:
             browser.open(url, settle_s=8)
+            # MLflow 3's assistant panel would take a third of the page: closed, as a reviewer would.
+            browser.run("[...document.querySelectorAll('button')].filter(b => /close/i.test("
+                        "b.getAttribute('aria-label') || '')).forEach(b => b.click())")
+            time.sleep(1)
             browser.save(OUT / name)
 
         if args.review:
