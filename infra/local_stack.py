@@ -103,7 +103,7 @@ class Process:
             pass
 
     def restart(self, down_s: float = 0.0, sig: int | None = None) -> None:
-        self.stop(self.stop_signal if sig is None else sig)
+        self.stop(sig)
         time.sleep(down_s)
         self.start()
 

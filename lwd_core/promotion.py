@@ -287,7 +287,7 @@ class RolloutResult(Result):
         if self.champion:
             text += f"; champion back on v{self.champion}"
         if self.distribution_latency_p50_s is not None:
-            text += f"; every robot on it after {self.distribution_latency_p50_s:.1f} s (median)"
+            text += f"; median time to reach a robot {self.distribution_latency_p50_s:.1f} s"
         return text
 
 

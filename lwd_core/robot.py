@@ -103,11 +103,10 @@ class FleetRobot:
         self.track = ReleaseTrack(robot_id)
         self.releases = ReleaseFollower(Path(floor_dir) if floor_dir else self.edge.root / FLOOR_DIR, store.url,
                                         release_verifier(keyring))
-        self.releases.restore(self.track)
         last_report = self.coordinator.actor(robot_id)
-        self.track.resume(last_report)
-        self.policy: PortablePolicy | None = None
-        self._loaded: tuple[Release, PortablePolicy] | None = None
+        self.releases.restore(self.track, last_report)
+        self.policy: PortablePolicy | None = None  # the running release's
+        self._candidate: PortablePolicy | None = None  # the release being considered, once it loaded
         self.task_id = (last_report or {}).get("task_id") or ""
 
     # -- releases ------------------------------------------------------------------------------
@@ -115,18 +114,18 @@ class FleetRobot:
         if not release.manifest_sha256:
             raise PermissionError("the release pins no checkpoint manifest, so its portable policy cannot be checked")
         model = self.store.get_committed(release.checkpoint, PORTABLE_POLICY_FILE, release.manifest_sha256)
-        self._loaded = (release, PortablePolicy(model, self.seed))
+        self._candidate = PortablePolicy(model, self.seed)
 
     def follow(self) -> PortablePolicy | None:
         """Between episodes: the policy of the release the fleet gives this robot, once it passes the rule
         (None until there is one)."""
         state = self.releases.consider(self.track, self.coordinator.release_for(self.robot_id),
                                        self.track.revision_floor or 0, self._load)
-        if state == "running" and self._loaded and self._loaded[0] == self.track.release:
-            self.policy = self._loaded[1]
-        self._loaded = None
+        if state == "running":  # it moved to the release whose policy just loaded
+            self.policy = self._candidate
+        self._candidate = None
         self.report(state or ("running" if self.track.release else "waiting"))  # also the robot's heartbeat
-        return self.policy if self.track.release is not None else None
+        return self.policy
 
     def report(self, state: str) -> None:
         self.coordinator.report(self.robot_id, status_report(self.track, self.task_id, state))

@@ -119,8 +119,7 @@ class Actor:
         self.floor_dir = Path(floor_dir) if floor_dir is not None else edge.root / FLOOR_DIR
         self.releases = ReleaseFollower(self.floor_dir, store.url, verify_release)
         for robot in self.robots:
-            robot.resume(self.coordinator.actor(robot.robot_id))
-            self.releases.restore(robot)
+            self.releases.restore(robot, self.coordinator.actor(robot.robot_id))
         self.human = human
         self.max_steps = max_steps
         self.seed = seed

@@ -78,11 +78,6 @@ class ReleaseTrack:
     revision_floor: int | None = 0
     per_version: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def resume(self, last_report: dict[str, Any] | None) -> None:
-        """A restarted robot keeps its history from its last report: outcomes per version and swaps."""
-        self.per_version = (last_report or {}).get("per_version", {})
-        self.swaps = (last_report or {}).get("swaps", [])
-
     def count(self, episode: Episode) -> None:
         """A finished episode in its version's record, autonomous or assisted."""
         counts = OutcomeCounts.from_dict(self.per_version.get(episode.policy_version))
@@ -98,8 +93,12 @@ class ReleaseFollower:
     def __init__(self, floor_dir: Path, store_url: str, verify_release: Callable[[dict[str, Any]], bool] | None):
         self.floor_dir, self.store_url, self.verify_release = Path(floor_dir), store_url, verify_release
 
-    def restore(self, track: ReleaseTrack) -> None:
+    def restore(self, track: ReleaseTrack, last_report: dict[str, Any] | None) -> None:
+        """A restarted robot: its floor from disk, its history (outcomes per version, swaps) from its last
+        report."""
         track.revision_floor = read_revision_floor(self.floor_dir, track.robot_id, self.store_url)
+        track.per_version = (last_report or {}).get("per_version", {})
+        track.swaps = (last_report or {}).get("swaps", [])
 
     def _check_revision(self, track: ReleaseTrack, release: Release, accepted_revision: int) -> None:
         if track.revision_floor is None:
