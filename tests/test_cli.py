@@ -119,7 +119,10 @@ def test_the_prefect_clients_retries_reach_the_operator_as_warnings():
     seen: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = seen.append
-    client = logging.getLogger("prefect.client")
+    client, prefect_logger = logging.getLogger("prefect.client"), logging.getLogger("prefect")
+    # The client's other records follow Prefect's level, which a test run earlier in this worker may have set.
+    prefect_level = prefect_logger.level
+    prefect_logger.setLevel(logging.INFO)
     client.addHandler(handler)
     try:
         client.debug("Received response with retryable status code 500. Another attempt will be made in 2s.")
@@ -127,6 +130,7 @@ def test_the_prefect_clients_retries_reach_the_operator_as_warnings():
         client.info("a plain info record")
     finally:
         client.removeHandler(handler)
+        prefect_logger.setLevel(prefect_level)
     assert [(r.levelname, r.getMessage()[:60]) for r in seen] == [
         ("WARNING", "the Prefect API is failing, retrying: Received response with"), ("INFO", "a plain info record")]
 
