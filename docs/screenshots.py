@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from flows.service_defaults import apply_service_defaults  # noqa: E402
 from infra.local_stack import free_port  # noqa: E402
+from lwd_core.promotion import read_tags  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"
 
@@ -161,7 +162,7 @@ def main() -> None:
 
         registry = MlflowClient(tracking_uri=mlflow_db)
         champion = registry.get_model_version_by_alias("lwd-policy", "champion")
-        gate_run = registry.get_run(champion.tags["gate_run_id"])
+        gate_run = registry.get_run(read_tags(champion.tags)["gate_run_id"])
         artifacts = _latest_artifacts(api)
         last_round = max(int(key.rsplit("-", 1)[1]) for key in artifacts if key.startswith("flywheel-round-"))
 

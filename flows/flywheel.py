@@ -33,7 +33,7 @@ from lwd_core.promotion import ReviewStatus, TrainedVersion
 from lwd_core.sim.evaluate import paired_comparison
 from lwd_core.store import now_us, open_store
 from tasks.pipeline import evaluate_version
-from tasks.promotion import champion_version
+from tasks.promotion import champion_version, read_version
 
 REVIEW_DEPLOYMENT = "review/review"  # flow name / deployment name in prefect.yaml
 
@@ -80,14 +80,16 @@ class RoundRecord(Deployment, FleetRound):
     candidate_success: float
     champion_success: float | None
     gate: str
+    gate_run_id: str = ""
 
     @classmethod
     def of(cls, round_index: int, trained: TrainedVersion, gate: GateResult, deployed: Deployment,
-           fleet: FleetRound) -> RoundRecord:
+           fleet: FleetRound, gate_run_id: str) -> RoundRecord:
         return cls(round=round_index, stage=trained.stage, snapshot=trained.snapshot_id,
                    model_version=trained.model_version, candidate_success=round(gate.candidate_mean, 3),
                    champion_success=None if gate.champion_mean is None else round(gate.champion_mean, 3),
-                   gate="pass" if gate.passed else "fail", **deployed.model_dump(), **fleet.model_dump())
+                   gate="pass" if gate.passed else "fail", gate_run_id=gate_run_id, **deployed.model_dump(),
+                   **fleet.model_dump())
 
     def summary_line(self) -> str:
         """The round for a log line a person reads."""
@@ -100,13 +102,13 @@ class RoundRecord(Deployment, FleetRound):
 
     def markdown(self, config: LWDConfig) -> str:
         """The round's report for the Prefect UI: a narrow table and links into MLflow."""
-        page = config.tracking.version_page(self.model_version)
-        # A link into MLflow from Prefect's UI needs MLflow's address (tracking.ui_url); without it, the route.
-        version = f"[v{self.model_version}]({page})" if config.tracking.ui_url else f"v{self.model_version} (MLflow UI {page})"
+        tracking = config.tracking
+        version = tracking.markdown_link(f"v{self.model_version}", tracking.version_route(self.model_version))
+        gate = tracking.markdown_link(self.gate, tracking.run_route(self.gate_run_id)) if self.gate_run_id else self.gate
         rows = [("candidate", f"{version}: {_share(self.candidate_success)} on the gate"),
-                ("champion", _share(self.champion_success)), ("gate", self.gate),
+                ("champion", _share(self.champion_success)), ("gate", gate),
                 ("review", "approved" if self.approved else ("promoted" if self.promoted else "-")),
-                ("rollout", f"{self.rollout} (the version page has the canary's decision and the gate run)"),
+                ("rollout", f"{self.rollout} (the version page has the canary's decision)"),
                 ("fleet episodes this round", "-" if self.fleet_episodes is None else str(self.fleet_episodes)),
                 ("autonomous success (no rescue)", _share(self.autonomous_success)),
                 ("assisted success (rescued by the teleoperator)", _share(self.assisted_success)),
@@ -180,7 +182,8 @@ def flywheel(rounds: int = 1, robots: int = 0, method: MethodName = "lwd", gate_
         snapshot = snapshot_buffer(config=config)
         trained = _trained(train(snapshot_id=snapshot.snapshot_id, method=method, resume=False, config=config))
         gate = evaluate_gate(trained.model_version, config=config)
-        table.append(RoundRecord.of(0, trained, gate, _deploy(config, gate), FleetRound()))
+        table.append(RoundRecord.of(0, trained, gate, _deploy(config, gate), FleetRound(),
+                                    read_version(config, trained.model_version).gate_run_id))
         _report_round(config, table[-1])
     starting_champion = champion_version(config)
     if starting_champion is None:
@@ -233,7 +236,8 @@ def flywheel_round(round_index: int = 0, method: MethodName = "lwd", config: LWD
     snapshot = snapshot_buffer(config=config)
     trained = _trained(train(snapshot_id=snapshot.snapshot_id, method=method, config=config))
     gate = evaluate_gate(trained.model_version, config=config)
-    return RoundRecord.of(round_index, trained, gate, _deploy(config, gate), FleetRound.of(ingested))
+    return RoundRecord.of(round_index, trained, gate, _deploy(config, gate), FleetRound.of(ingested),
+                          read_version(config, trained.model_version).gate_run_id)
 
 
 def learning(config, start_version: str | None, last_version: str | None) -> dict | None:
@@ -257,7 +261,8 @@ def format_learning(result: dict) -> str:
 def where_to_look(config) -> list[str]:
     return [
         "Prefect UI:  uv run prefect server start  -> http://127.0.0.1:4200 (flow runs, artifacts, events)",
-        f"MLflow UI:   uv run mlflow ui --backend-store-uri {config.tracking.mlflow_uri}  -> http://127.0.0.1:5000",
+        f"MLflow UI:   uv run mlflow ui --backend-store-uri {config.tracking.mlflow_uri}  -> "
+        f"{config.tracking.ui_url or 'http://127.0.0.1:5000'}",
         f"Data:        {config.storage.url} (buffer/, snapshots/, checkpoints/, quarantine/, fleet/)",
         "Fleet:       uv run lwd fleet status",
     ]

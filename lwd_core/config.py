@@ -84,17 +84,30 @@ class TrackingConfig(_Section):
     # Where a new experiment keeps run and model artifacts; empty: the server's default, or
     # <data_dir>/mlartifacts with the embedded sqlite store (not ./mlruns of whatever the cwd is).
     artifact_location: str = ""
-    # The MLflow UI's public address, for links read outside it (notifications). Empty: links are
-    # relative to the UI (#/models/...), so a version page's links work on whatever host and port the
-    # UI is served.
+    # The MLflow UI's address, for links read outside it (Prefect artifacts, events). Links inside the
+    # UI (version description, gate run note) are always relative, so they work on any host and port.
     ui_url: str = ""
 
-    def ui_link(self, route: str) -> str:
-        """A link to a page of the MLflow UI (``route``: ``/models/...``, ``/experiments/...``)."""
+    def version_route(self, version: str) -> str:
+        return f"/models/{self.registered_model}/versions/{version}"
+
+    @staticmethod
+    def run_route(run_id: str) -> str:
+        return f"/runs/{run_id}"  # the UI finds the run's experiment itself
+
+    @staticmethod
+    def ui_link(route: str) -> str:
+        """A link from one MLflow UI page to another (``route``: ``/models/...``, ``/runs/...``)."""
+        return f"#{route}"
+
+    def public_link(self, route: str) -> str:
+        """A link into the MLflow UI from outside it: absolute with ``ui_url``, else the route to open."""
         return f"{self.ui_url.rstrip('/')}/#{route}" if self.ui_url else f"#{route}"
 
-    def version_page(self, version: str) -> str:
-        return self.ui_link(f"/models/{self.registered_model}/versions/{version}")
+    def markdown_link(self, text: str, route: str) -> str:
+        """``text`` linked to an MLflow UI page, for markdown shown outside it (without ``ui_url``, the
+        route in words: a relative link would open a page of the server showing it)."""
+        return f"[{text}]({self.public_link(route)})" if self.ui_url else f"{text} (MLflow UI {self.public_link(route)})"
 
 
 class OrchestrationConfig(_Section):

@@ -8,11 +8,14 @@ A version is registered with gate ``pending`` and approval ``pending``. The gate
 ``rolled-back`` by its canary; alias ``champion`` moved onto a version that did not pass is ``refused``.
 
 The registry itself (MLflow) is reached only through ``tasks/mlflow_adapter.py``; the tag names
-below are the only place its tags are spelled.
+below are the only place its tags are spelled. What a reviewer reads (gate, approval, canary, rollout)
+are tags of their own; what the flywheel keeps for itself (the files it ships, the champion it replaced,
+when review and rollout started) is one JSON tag, :data:`STATE_TAG`, so the registry page stays short.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -95,7 +98,11 @@ class ModelVersion(BaseModel):
 
     @classmethod
     def from_tags(cls, version: str, tags: dict[str, str]) -> ModelVersion:
-        known = {name: value for name, value in tags.items() if name in cls.model_fields and value != ""}
+        try:
+            flat = read_tags(tags)
+        except ValueError as exc:
+            raise ValueError(f"v{version} has registry tags the flywheel cannot read: {exc}") from None
+        known = {name: value for name, value in flat.items() if name in cls.model_fields and value != ""}
         try:
             return cls(version=str(version), **known)
         except ValidationError as exc:
@@ -140,6 +147,34 @@ class ModelVersion(BaseModel):
         return None
 
 
+STATE_TAG = "flywheel_state"
+STATE_FIELDS = frozenset({"snapshot_id", "checkpoint", "policy_sha256", "stage", "gate_run_id", "previous_champion",
+                          "review_requested_at", "rollout_started_at", "deployed_at"})
+
+
+def read_tags(tags: dict[str, str]) -> dict[str, str]:
+    """A version's tags as one flat mapping, :data:`STATE_TAG` unpacked (flat tags of older versions read too)."""
+    flat = {name: value for name, value in tags.items() if name != STATE_TAG}
+    try:
+        state = json.loads(tags.get(STATE_TAG) or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"tag {STATE_TAG} is not JSON ({exc}): {tags[STATE_TAG][:200]!r}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"tag {STATE_TAG} is not a JSON object: {tags[STATE_TAG][:200]!r}")
+    return flat | {name: str(value) for name, value in state.items()}
+
+
+def tag_update(current: dict[str, str], update: dict[str, str]) -> dict[str, str]:
+    """The tags to set for a transition's ``update`` on a version now tagged ``current``: the flywheel's own
+    fields merged into :data:`STATE_TAG`, the reviewer's as tags of their own."""
+    shown = {name: str(value) for name, value in update.items() if name not in STATE_FIELDS}
+    kept = {name: str(value) for name, value in update.items() if name in STATE_FIELDS}
+    if kept:
+        state = {name: value for name, value in read_tags(current).items() if name in STATE_FIELDS} | kept
+        shown[STATE_TAG] = json.dumps(state, sort_keys=True, separators=(",", ":"))
+    return shown
+
+
 # The tag updates of each transition: the only place the registry's tags are written from. Times are
 # ISO 8601 in UTC, as a reviewer reads them in the MLflow UI.
 
@@ -152,8 +187,10 @@ a **reviewer's approval** (alias `champion`, or `lwd approve`), and a **canary**
 enough episodes from enough robots, autonomous success not worse than the previous release's.
 
 Tags a reviewer reads: `gate`, `gate_mean_success`, `approval`, `approved_by`, `approved_at`,
-`canary_decision`, `canary_evidence`, `rollout`. The rest (`checkpoint`, `policy_sha256`, `snapshot_id`)
-tie the version to its files; its training run and logged model are the registry's own fields."""
+`canary_decision`, `canary_evidence`, `rollout` (and who rejected or why it was rolled back, where so).
+`flywheel_state` is what the flywheel keeps for itself: the checkpoint and policy hash it ships, the
+snapshot it trained on, its gate run, the champion it replaced, and when review and rollout started. Its
+training run and logged model are the registry's own fields."""
 
 
 def iso_utc(at_us: int) -> str:

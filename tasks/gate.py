@@ -31,8 +31,8 @@ def record_gate_result(config: LWDConfig, gate: GateResult) -> None:
     """The verdict on the model version's tags, the per-task table on the flow run's page, a log line."""
     verdict = "PASS" if gate.passed else "FAIL"
     mlflow_adapter.tag_version(config, gate.candidate, promotion.gated(gate.passed, gate.candidate_mean))
+    version_page = config.tracking.markdown_link("version page", config.tracking.version_route(gate.candidate))
     create_table_artifact(key="evaluation-gate", table=gate_table(gate.candidate_eval, gate.champion_eval),
                           description=f"v{gate.candidate} vs champion {gate.champion or '-'}: {verdict} ({gate.rule}). "
-                                      f"Success with 95% Wilson intervals on the same seeds; the version in the "
-                                      f"MLflow UI: {config.tracking.version_page(gate.candidate)}")
+                                      f"Success with 95% Wilson intervals on the same seeds; the {version_page}")
     get_run_logger().info("gate v%s: %s (%.2f vs %s)", gate.candidate, verdict, gate.candidate_mean, gate.champion_mean)

@@ -109,8 +109,8 @@ def register_policy(config: LWDConfig, store: ObjectStore, checkpoint: str, poli
             input_example=policy_input_example(),
             pip_requirements=[f"{package}=={installed(package)}" for package in MODEL_REQUIREMENTS],
             registered_model_name=name, model_type="flow-policy",
-            params={"checkpoint": checkpoint, "policy_sha256": policy_sha256},
-            tags={"snapshot_id": snapshot_id, "stage": stage})
+            # No tags: MLflow copies a registered model's tags onto its version, whose tags are the reviewer's.
+            params={"checkpoint": checkpoint, "policy_sha256": policy_sha256})
     version = str(info.registered_model_version)
     if not client(config).get_registered_model(name).description:
         client(config).update_registered_model(name, description=promotion.MODEL_DESCRIPTION)
@@ -125,9 +125,10 @@ def model_version(config: LWDConfig, version: str) -> ModelVersion:
 
 def tag_version(config: LWDConfig, version: str, tags: dict[str, str]) -> None:
     """Apply one transition's tag update (:mod:`lwd_core.promotion`) to a registry version."""
-    mlflow_client = client(config)
-    for key, value in tags.items():
-        mlflow_client.set_model_version_tag(config.tracking.registered_model, version, key, str(value))
+    mlflow_client, name = client(config), config.tracking.registered_model
+    current = mlflow_client.get_model_version(name, version).tags if promotion.STATE_FIELDS & set(tags) else {}
+    for key, value in promotion.tag_update(current, tags).items():
+        mlflow_client.set_model_version_tag(name, version, key, value)
 
 
 def alias_version(config: LWDConfig, alias: str) -> str | None:
@@ -204,9 +205,10 @@ def log_gate_run(config: LWDConfig, gate: GateResult, episodes_per_task: int) ->
     mlflow = mlflow_setup(config)
     with mlflow.start_run(run_name=f"gate-v{gate.candidate}"):
         verdict = "PASS" if gate.passed else "FAIL"
+        version_page = config.tracking.ui_link(config.tracking.version_route(gate.candidate))
         mlflow.set_tags({"kind": "gate", "candidate": gate.candidate, "champion": gate.champion or "",
                          "passed": gate.passed, "mlflow.note.content":
-                             f"Evaluation gate of [v{gate.candidate}]({config.tracking.version_page(gate.candidate)}) "
+                             f"Evaluation gate of [v{gate.candidate}]({version_page}) "
                              f"against {'v' + gate.champion if gate.champion else 'no champion'}: {verdict}. "
                              f"Rule: {gate.rule}."})
         mlflow.log_params({"episodes_per_task": episodes_per_task, "seed": config.gate.seed,

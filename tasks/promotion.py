@@ -106,7 +106,7 @@ def announce_review(config: LWDConfig, version: ModelVersion) -> None:
     emit_model_event(AWAITING_REVIEW, config.tracking.registered_model, version.version, {
         "gate_mean_success": "" if version.gate_mean_success is None else f"{version.gate_mean_success:.3f}",
         "champion": version.previous_champion or "", "run_id": version.run_id,
-        "url": config.tracking.version_page(version.version)})
+        "url": config.tracking.public_link(config.tracking.version_route(version.version))})
 
 
 @task

@@ -30,6 +30,7 @@ from tasks.events import model_resource
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
+MLFLOW_UI = "http://mlflow.example:5000"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,9 @@ def stack(prefect_server, tmp_path_factory):
     env = {**os.environ, "LWD_DATA_DIR": str(data), "LWD_CONFIG": str(TINY), "PREFECT_API_URL": prefect_server["url"],
            "PREFECT_HOME": prefect_server["home"], "PREFECT_CLIENT_MAX_RETRIES": "15",
            # Several committed checkpoints per training run, and system metrics within its seconds.
-           "LWD_ALGO__CHECKPOINT_EVERY": "20", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+           "LWD_ALGO__CHECKPOINT_EVERY": "20", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
+           # Links read outside MLflow (Prefect's round reports) are built from it; links inside stay relative.
+           "LWD_TRACKING__UI_URL": MLFLOW_UI}
     result = lwd(env, "flywheel", "--rounds", "1", "--auto-approve", timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     os.environ["LWD_CONFIG"], previous = str(TINY), os.environ.get("LWD_CONFIG")
@@ -56,9 +59,16 @@ def registry(config):
     return MlflowClient(tracking_uri=config.tracking.mlflow_uri)
 
 
-def versions(config) -> dict[str, dict]:
+def raw_tags(config) -> dict[str, dict]:
     found = registry(config).search_model_versions(f"name='{config.tracking.registered_model}'")
     return {str(v.version): dict(v.tags) for v in found}
+
+
+def versions(config) -> dict[str, dict]:
+    """Each version's tags as the flywheel reads them (its own state tag unpacked)."""
+    from lwd_core.promotion import read_tags
+
+    return {version: read_tags(tags) for version, tags in raw_tags(config).items()}
 
 
 def champion(config) -> str:
@@ -83,8 +93,12 @@ def test_flywheel_runs_every_stage_and_reports_where_to_look(stack, prefect_serv
     kinds = {r.data.tags.get("kind", r.data.tags.get("stage")) for r in runs}
     assert {"offline", "online", "gate"} <= kinds
     train_run = next(r for r in runs if r.data.tags.get("stage") == "online")
-    # The training run and logged model are the registry's own fields, not tags a reviewer scrolls past.
+    # The training run and logged model are the registry's own fields, not tags a reviewer scrolls past;
+    # the flywheel's own state is one tag, so the registry page shows the reviewer's tags.
     assert not {"run_id", "model_id"} & set(tags["2"])
+    assert set(raw_tags(config)["2"]) <= {"gate", "gate_mean_success", "approval", "approved_by", "approval_comment",
+                                          "approved_at", "canary_decision", "canary_evidence", "rollout",
+                                          "flywheel_state"}
     from tasks.mlflow_adapter import model_version
 
     assert model_version(config, "2").run_id == train_run.info.run_id
@@ -173,6 +187,12 @@ def test_flywheel_runs_every_stage_and_reports_where_to_look(stack, prefect_serv
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
     assert {a.key for a in artifacts} == set(keys)
     assert all(a.type == "progress" and float(a.data) == 100.0 for a in artifacts if a.key != "fleet-start")
+    # The round's report links its version and gate run in the MLflow UI at the configured address.
+    with temporary_settings({PREFECT_API_URL: prefect_server["url"]}), get_client(sync_client=True) as client:
+        (report,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["flywheel-round-1"])),
+                                          limit=1)
+    assert f"[v2]({MLFLOW_UI}/#/models/lwd-policy/versions/2)" in report.data
+    assert f"[pass]({MLFLOW_UI}/#/runs/{gate_run})" in report.data
 
 
 def model_event_fired(prefect_server, config, version: str, event: str, timeout: float = 180) -> bool:

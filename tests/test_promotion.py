@@ -23,7 +23,7 @@ def walk(version: str, *updates: dict[str, str]) -> ModelVersion:
     """The version a registry holds after applying ``updates`` in order (as the adapter writes them)."""
     tags: dict[str, str] = {}
     for update in updates:
-        tags |= {key: str(value) for key, value in update.items()}
+        tags |= promotion.tag_update(tags, update)
     return ModelVersion.from_tags(version, tags)
 
 
@@ -81,6 +81,22 @@ def test_a_hand_edited_tag_the_flywheel_cannot_read_is_a_clear_error_and_unknown
     with pytest.raises(ValueError, match=r"v3 has registry tags the flywheel cannot read: tag approval='maybe'"):
         ModelVersion.from_tags("3", {"gate": "pass", "approval": "maybe"})
     assert ModelVersion.from_tags("3", {"gate": "pass", "mlflow.note": "x", "approval": ""}).approval is None
+
+
+def test_the_flywheels_own_state_is_one_tag_and_versions_tagged_before_it_still_read():
+    tags: dict[str, str] = {}
+    for update in (REGISTERED, promotion.gated(True, 0.8), promotion.gate_evidence("run-9"), promotion.challenger("3"),
+                   promotion.review_requested(5), promotion.approved("alice", "ok", "3", 6)):
+        tags |= promotion.tag_update(tags, update)
+    assert set(tags) == {"gate", "gate_mean_success", "approval", "approved_by", "approval_comment", "approved_at",
+                         promotion.STATE_TAG}
+    version = ModelVersion.from_tags("4", tags)
+    assert (version.snapshot_id, version.gate_run_id, version.previous_champion) == ("snap-1", "run-9", "3")
+    assert version.review_requested_us == 5
+    flat = {**REGISTERED, "gate": "pass", "previous_champion": "3"}  # as versions were tagged before
+    assert ModelVersion.from_tags("2", flat).checkpoint == "checkpoints/run-1/step-00000010"
+    with pytest.raises(ValueError, match=r"v4 has registry tags the flywheel cannot read: tag flywheel_state is not JSON"):
+        ModelVersion.from_tags("4", {**tags, promotion.STATE_TAG: "{broken"})
 
 
 def test_release_names_round_trip():
