@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lwd_core.config import LWDConfig, load_config
 from lwd_core.fleet.coordinator import Coordinator
@@ -146,13 +146,14 @@ def fleet_status(config: LWDConfig | None = None) -> None:
             print(f"{'':<10} error: {row['last_error']}")
 
 
-def actor_main(argv: list[str] | None = None) -> int:
-    """Process entry: run the named robots until done or SIGTERM, then drain uploads."""
+def actor_main(argv: list[str] | None = None) -> NoReturn:
+    """Process entry: run the named robots until done, SIGTERM or the supervisor's death, then drain
+    uploads and exit."""
     from lwd_core.algo.compilation import use_compilation_cache
     from lwd_core.fleet.actor import FLOOR_DIR, Actor, assign_tasks
     from lwd_core.fleet.edge import EdgeClient
     from lwd_core.security import episode_signer, release_verifier, report_signer
-    from tasks.events import emit_episode_uploaded, flush_events
+    from tasks.events import emit_episode_uploaded, exit_after_events
 
     parser = argparse.ArgumentParser(prog="python -m flows.fleet actor")
     parser.add_argument("--robots", required=True, help="comma-separated robot ids")
@@ -176,6 +177,7 @@ def actor_main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop_when_orphaned(stop)
     actor = Actor(store, edge, tasks, human=config.fleet.human, seed=config.algo.seed,
                   max_steps=config.fleet.max_episode_steps or None, poll_s=config.fleet.poll_seconds,
                   verify_release=release_verifier(keyring), sign_report=report_signer(keyring),
@@ -187,10 +189,25 @@ def actor_main(argv: list[str] | None = None) -> int:
         finished = actor.run(max_episodes=args.episodes or None, duration_s=args.duration or None, stop=stop)
     finally:
         report = edge.stop(drain=True)
-        flush_events()
         actor.close()
     log.info("actor done: %d episodes finished, %d left in spool", finished, len(edge.pending()))
-    return 0 if report is not None and not report.failed else 1
+    exit_after_events(0 if report is not None and not report.failed else 1)
+
+
+def stop_when_orphaned(stop: threading.Event, poll_s: float = 2.0) -> threading.Thread:
+    """Set ``stop`` once this process's parent is gone: an actor whose supervisor was killed stops
+    instead of running robots nobody supervises (or stops)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(poll_s):
+            if os.getppid() != parent:
+                log.warning("the supervisor (pid %d) is gone: stopping", parent)
+                stop.set()
+
+    watcher = threading.Thread(target=watch, name="orphan-watch", daemon=True)
+    watcher.start()
+    return watcher
 
 
 def _main(argv: list[str]) -> Any:

@@ -3,7 +3,10 @@ rollout milestones that automations turn into notifications (deployments/notific
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import os
+import sys
+from typing import Any, NoReturn
 
 EPISODE_UPLOADED = "lwd.episode.uploaded"
 AWAITING_REVIEW = "lwd.model.awaiting-review"
@@ -52,8 +55,23 @@ def emit_episode_uploaded(upload: dict[str, Any]) -> None:
     )
 
 
-def flush_events(timeout_s: float = 10.0) -> None:
-    """Deliver queued events before the process exits."""
+def flush_events(timeout_s: float = 10.0) -> bool:
+    """Deliver queued events before the process exits; whether all went out within ``timeout_s``."""
     from prefect.events.worker import EventsWorker
 
-    EventsWorker.drain_all(timeout=timeout_s)
+    _, undelivered = EventsWorker.drain_all(timeout=timeout_s)
+    return not undelivered
+
+
+def exit_after_events(code: int, timeout_s: float = 10.0) -> NoReturn:
+    """End the process with ``code`` once its queued events went out, or after ``timeout_s`` without
+    the rest: with the Prefect API gone, Prefect's exit hook would try each queued event for seconds,
+    hours for an actor's backlog. For events nothing depends on (ingest lists ``raw/`` itself)."""
+    if flush_events(timeout_s):
+        sys.exit(code)
+    logging.getLogger("lwd.events").warning(
+        "the Prefect API did not take this process's last events within %.0f s: exiting without them", timeout_s)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

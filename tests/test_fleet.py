@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -295,6 +296,73 @@ def test_fleet_up_runs_robots_as_processes_and_status_shows_versions(tmp_path):
     lines = [line.split() for line in status.stdout.splitlines() if line.startswith("robot-")]
     assert [(row[0], row[2], row[3], row[4]) for row in lines] == [
         (f"robot-0{i}", "v1", "v1", "yes") for i in range(3)]
+
+
+@pytest.fixture
+def hung_api():
+    """An address that accepts connections and never answers, as a hung Prefect server does."""
+    import socket
+    import threading
+
+    server, held = socket.create_server(("127.0.0.1", 0)), []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # closed at teardown
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/api"
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+def test_actors_stop_and_exit_when_their_supervisor_is_killed_and_prefect_hangs(tmp_path, hung_api):
+    """`lwd fleet up` killed with -9 while the Prefect API hangs: its actors (own sessions, so not
+    killed with it) notice, stop, and exit without waiting on the episode events nobody takes."""
+    data = tmp_path / "data"
+    env = {**os.environ, "LWD_DATA_DIR": str(data), "LWD_FLEET__MAX_EPISODE_STEPS": "15",
+           "LWD_FLEET__POLL_SECONDS": "0.2", "PREFECT_API_URL": hung_api}
+    env.pop("LWD_CONFIG", None)
+    from lwd_core.store import open_store
+
+    store = open_store(LWDConfig(data_dir=str(data)))
+    publisher(store, make_keyring(data / "keys")).publish_all(tiny_policy_checkpoint(store, "checkpoints/v1", 0))
+    up = subprocess.Popen([sys.executable, "-m", "flows.cli", "fleet", "up", "--robots", "1"], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = data / "logs" / "actor-0.log"
+
+    def actor_pids() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError):
+                continue
+            if b"actor" in argv and str(data).encode() in b" ".join(argv):
+                found.append(int(entry.name))
+        return found
+
+    try:
+        deadline = time.monotonic() + 600
+        while len(store.list("raw", suffix=".parquet")) < 2 or not actor_pids():  # robots at work, events queued
+            assert up.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:] if log.exists() else ""
+            time.sleep(0.5)
+        (actor,) = actor_pids()
+    finally:
+        up.kill()
+        up.wait()
+    deadline = time.monotonic() + 600
+    while Path(f"/proc/{actor}").exists() and Path(f"/proc/{actor}/cmdline").read_bytes():
+        if time.monotonic() > deadline:
+            os.kill(actor, signal.SIGKILL)
+            pytest.fail("the orphaned actor did not exit: " + log.read_text()[-3000:])
+        time.sleep(0.5)
+    text = log.read_text()
+    assert "is gone: stopping" in text and "actor done" in text and "exiting without them" in text, text[-3000:]
 
 
 def test_fleet_hosts_never_share_robot_ids_and_ingestion_knows_every_hosts_robots(tmp_path):
