@@ -223,8 +223,8 @@ def review_requested(at_us: int) -> dict[str, str]:
 
 
 def approved(reviewer: str, comment: str, previous_champion: str | None, at_us: int) -> dict[str, str]:
-    return {"approval": Approval.APPROVED, "approved_by": reviewer, "approval_comment": comment[:500],
-            "approved_at": iso_utc(at_us), "previous_champion": previous_champion or ""}
+    return {"approval": Approval.APPROVED, "approved_by": reviewer, "approved_at": iso_utc(at_us),
+            "previous_champion": previous_champion or "", **({"approval_comment": comment[:500]} if comment else {})}
 
 
 def superseded() -> dict[str, str]:
