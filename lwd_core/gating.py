@@ -60,6 +60,11 @@ class GateResult(BaseModel):
         return cls(candidate=candidate, champion=champion, **decision.as_dict(), candidate_eval=candidate_eval,
                    champion_eval=champion_eval)
 
+    @property
+    def versus(self) -> str:
+        """Whom the candidate was judged against, for a reader (a version gated against itself had none)."""
+        return f"champion v{self.champion}" if self.champion_eval is not None else "no champion"
+
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval: sensible at 0 or n successes and for small n."""
@@ -152,8 +157,7 @@ def gate_report_markdown(gate: GateResult, gate_run_url: str = "") -> str:
             return "-"
         return f"{row['success_rate']:.0%} ({row['ci_low']:.0%} to {row['ci_high']:.0%}, n={row['episodes']})"
 
-    versus = f"champion v{champion}" if champion_eval is not None else "no champion"
-    lines = [f"### Evaluation gate: {'PASS' if gate.passed else 'FAIL'} (v{candidate} vs {versus})", "",
+    lines = [f"### Evaluation gate: {'PASS' if gate.passed else 'FAIL'} (v{candidate} vs {gate.versus})", "",
              f"Rule: {gate.rule}. Success rate, 95% Wilson interval, episodes; same seeds for both.", "",
              f"| task | v{candidate} | {'v' + champion if champion_eval is not None else 'champion'} | change |",
              "|---|---|---|---|"]

@@ -33,9 +33,8 @@ def record_gate_result(config: LWDConfig, gate: GateResult) -> None:
     mlflow_adapter.tag_version(config, gate.candidate, promotion.gated(gate.passed, gate.candidate_mean))
     version_page = config.tracking.markdown_link("version page", config.tracking.version_route(gate.candidate))
     create_table_artifact(key="evaluation-gate", table=gate_table(gate.candidate_eval, gate.champion_eval),
-                          description=f"v{gate.candidate} vs champion {'v' + gate.champion if gate.champion else '-'}: "
-                                      f"{verdict} ({gate.rule}). "
+                          description=f"v{gate.candidate} vs {gate.versus}: {verdict} ({gate.rule}). "
                                       f"Success with 95% Wilson intervals on the same seeds; the {version_page}")
-    against = (f"champion v{gate.champion} {gate.champion_mean:.0%}" if gate.champion and gate.champion_mean is not None
-               else "no champion yet")
-    get_run_logger().info("gate v%s: %s, %.0f%% vs %s", gate.candidate, verdict, 100 * gate.candidate_mean, against)
+    champion = "" if gate.champion_mean is None else f" {gate.champion_mean:.0%}"
+    get_run_logger().info("gate v%s: %s, %.0f%% vs %s%s", gate.candidate, verdict, 100 * gate.candidate_mean,
+                          gate.versus, champion)

@@ -209,7 +209,7 @@ def log_gate_run(config: LWDConfig, gate: GateResult, episodes_per_task: int) ->
         mlflow.set_tags({"kind": "gate", "candidate": gate.candidate, "champion": gate.champion or "",
                          "passed": gate.passed, "mlflow.note.content":
                              f"Evaluation gate of [v{gate.candidate}]({version_page}) "
-                             f"against {'v' + gate.champion if gate.champion else 'no champion'}: {verdict}. "
+                             f"against {gate.versus}: {verdict}. "
                              f"Rule: {gate.rule}."})
         mlflow.log_params({"episodes_per_task": episodes_per_task, "seed": config.gate.seed,
                            "tolerance": config.gate.tolerance, "min_success": config.gate.min_success,
