@@ -148,6 +148,13 @@ def _deploy(config: LWDConfig, gate: GateResult) -> Deployment:
                       distribution_latency_p50_s=reviewed.rollout and reviewed.rollout.distribution_latency_p50_s)
 
 
+def _finish_round(config: LWDConfig, round_index: int, trained: TrainedVersion, gate: GateResult,
+                  fleet: FleetRound) -> RoundRecord:
+    """The candidate's review and rollout after its gate, and the round's row (linking its gate run)."""
+    return RoundRecord.of(round_index, trained, gate, _deploy(config, gate), fleet,
+                          read_version(config, trained.model_version).gate_run_id)
+
+
 def _report_round(config: LWDConfig, record: RoundRecord) -> None:
     print(record.summary_line())
     create_markdown_artifact(key=f"flywheel-round-{record.round}", markdown=record.markdown(config),
@@ -182,8 +189,7 @@ def flywheel(rounds: int = 1, robots: int = 0, method: MethodName = "lwd", gate_
         snapshot = snapshot_buffer(config=config)
         trained = _trained(train(snapshot_id=snapshot.snapshot_id, method=method, resume=False, config=config))
         gate = evaluate_gate(trained.model_version, config=config)
-        table.append(RoundRecord.of(0, trained, gate, _deploy(config, gate), FleetRound(),
-                                    read_version(config, trained.model_version).gate_run_id))
+        table.append(_finish_round(config, 0, trained, gate, FleetRound()))
         _report_round(config, table[-1])
     starting_champion = champion_version(config)
     if starting_champion is None:
@@ -236,8 +242,7 @@ def flywheel_round(round_index: int = 0, method: MethodName = "lwd", config: LWD
     snapshot = snapshot_buffer(config=config)
     trained = _trained(train(snapshot_id=snapshot.snapshot_id, method=method, config=config))
     gate = evaluate_gate(trained.model_version, config=config)
-    return RoundRecord.of(round_index, trained, gate, _deploy(config, gate), FleetRound.of(ingested),
-                          read_version(config, trained.model_version).gate_run_id)
+    return _finish_round(config, round_index, trained, gate, FleetRound.of(ingested))
 
 
 def learning(config, start_version: str | None, last_version: str | None) -> dict | None:

@@ -102,12 +102,13 @@ class TrackingConfig(_Section):
 
     def public_link(self, route: str) -> str:
         """A link into the MLflow UI from outside it: absolute with ``ui_url``, else the route to open."""
-        return f"{self.ui_url.rstrip('/')}/#{route}" if self.ui_url else f"#{route}"
+        return f"{self.ui_url.rstrip('/')}/{self.ui_link(route)}" if self.ui_url else self.ui_link(route)
 
     def markdown_link(self, text: str, route: str) -> str:
         """``text`` linked to an MLflow UI page, for markdown shown outside it (without ``ui_url``, the
         route in words: a relative link would open a page of the server showing it)."""
-        return f"[{text}]({self.public_link(route)})" if self.ui_url else f"{text} (MLflow UI {self.public_link(route)})"
+        link = self.public_link(route)
+        return f"[{text}]({link})" if self.ui_url else f"{text} (MLflow UI {link})"
 
 
 class OrchestrationConfig(_Section):
