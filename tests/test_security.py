@@ -275,7 +275,7 @@ def test_the_rollout_side_believes_only_reports_their_robot_signed(local_store, 
     """Whoever can write to the store cannot make a canary look good or a robot look alive: the rollout
     side's coordinator ignores reports not signed by the robot they name, and the signature covers the
     outcomes and the heartbeat."""
-    from lwd_core.fleet.coordinator import Coordinator
+    from lwd_core.fleet.coordinator import Coordinator, tally
     from lwd_core.fleet.staged_rollout import judge_canary, live_robots
     from lwd_core.security import report_signer, report_verifier
 
@@ -286,7 +286,7 @@ def test_the_rollout_side_believes_only_reports_their_robot_signed(local_store, 
               "per_version": {"v1": {"episodes": 3, "autonomous_successes": 1}}}
     robot.report(ROBOT, record)
     assert live_robots(rollout_side, 60) == [ROBOT]
-    assert rollout_side.outcomes("v1").autonomous_successes == 1
+    assert tally(rollout_side.actors(), "v1").autonomous_successes == 1
 
     genuine = local_store.get_json(f"fleet/actors/{ROBOT}.json")
     forgeries = {

@@ -230,10 +230,6 @@ class Coordinator:
         targets = robots if robots is not None else list(states)
         return bool(targets) and all(states.get(r, {}).get("running_version") == version for r in targets)
 
-    def outcomes(self, version: str, robots: list[str] | None = None) -> OutcomeCounts:
-        """What ``robots`` (default: all) finished under ``version``, autonomous and assisted."""
-        return tally(self.actors(), version, robots)
-
     def distribution_latencies_s(self, version: str) -> list[float]:
         """Per robot: seconds from the release's approval to that robot running it."""
         latencies = []

@@ -39,8 +39,8 @@ def judge_canary(coordinator: Coordinator, release: Release, canary: list[str], 
 
     def evidence(actors: dict[str, dict[str, Any]]) -> tuple[OutcomeCounts, list[str]]:
         """The canary's outcomes on the release and the robots they came from, from one read of the reports."""
-        robots = [robot for robot in canary if tally(actors, release.version, [robot]).episodes]
-        return tally(actors, release.version, canary), robots
+        counts = {robot: tally(actors, release.version, [robot]) for robot in canary}
+        return sum(counts.values(), OutcomeCounts()), [robot for robot, seen in counts.items() if seen.episodes]
 
     def enough() -> bool:
         outcomes, robots = evidence(coordinator.actors())
