@@ -30,7 +30,6 @@ from lwd_core.algo.learner import Learner
 from lwd_core.algo.text import MAX_TOKENS
 
 OPSET = 18
-INPUTS = ("obs", "tokens", "noise")
 OUTPUT = "actions"
 
 

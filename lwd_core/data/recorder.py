@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lwd_core.data.episode import Episode, Source
-from lwd_core.suite import sparse_reward
+from lwd_core.suite import sparse_rewards
 
 
 class MonotonicClock:
@@ -27,7 +27,7 @@ class MonotonicClock:
         return self._last
 
 
-_FIELDS = ("obs", "action", "reward", "success", "intervention", "terminal", "chunk_pos", "timestamp", "next_obs")
+_FIELDS = ("obs", "action", "success", "intervention", "terminal", "chunk_pos", "timestamp", "next_obs")
 
 
 class EpisodeRecorder:
@@ -51,7 +51,6 @@ class EpisodeRecorder:
         steps = self._steps
         steps["obs"].append(np.asarray(obs, np.float32))
         steps["action"].append(np.asarray(action, np.float32))
-        steps["reward"].append(sparse_reward(success))
         steps["success"].append(bool(success))
         steps["intervention"].append(bool(intervention))
         steps["terminal"].append(bool(terminal))
@@ -72,7 +71,7 @@ class EpisodeRecorder:
             outcome="success" if steps["success"][-1] else "failure",
             observations=np.stack(steps["obs"]),
             actions=np.stack(steps["action"]),
-            rewards=np.asarray(steps["reward"]),
+            rewards=sparse_rewards(np.asarray(steps["success"])),
             successes=np.asarray(steps["success"]),
             interventions=np.asarray(steps["intervention"]),
             terminals=np.asarray(steps["terminal"]),

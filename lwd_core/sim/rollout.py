@@ -70,7 +70,7 @@ class EpisodeRunner:
         if source != "rollout" and teleop is None:
             raise ValueError(f"a {source} episode needs a teleoperator")
         self.env, self.task, self.teleop, self.human = env, task, teleop, human
-        self.robot_id, self.policy_version, self.source = robot_id, policy_version, source
+        self.policy_version, self.source = policy_version, source
         self.limit = min(max_steps or task.horizon, task.horizon)
         self._ob, self._info = env.reset(seed=seed)
         forget_solver_warmstart(env)
